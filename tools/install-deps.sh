@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages consr's build, tests, examples and pipeline need (Debian 12).
+# Skips apt entirely when everything is already installed. Needs root (or sudo).
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  catch2 libbenchmark-dev libeigen3-dev libxtensor-dev libxsimd-dev xtl-dev
+  libtorch-dev python3 python3-torch python3-numpy
+  nlohmann-json3-dev libstb-dev libpcre2-dev libutf8proc-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} Debian packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
