@@ -1,0 +1,261 @@
+// consr/reductions.hpp — segmented reductions over packed sequences (spec §2).
+//
+// A packed array holds S variable-length segments end to end; `offsets` has
+// S + 1 entries and segment s is [offsets[s], offsets[s+1]), exactly as CUB's
+// DeviceSegmentedReduce takes them. These host functions are the references
+// the CUDA versions are tested against, so their semantics are exact:
+//   * offsets are int32 or int64, offsets[0] == 0, non-decreasing, and
+//     offsets[S] equals the packed array's length (checked in O(S));
+//   * an offsets view of length 1 (S = 0) is a successful no-op; length 0 is
+//     an error;
+//   * every segment accumulates in double, sequentially from its first to its
+//     last element, so results do not depend on the thread count (OpenMP
+//     splits the work by segment, never inside one);
+//   * values may be float, double, consr::bfloat16 or consr::float16 (read
+//     through to_accum); results are written to float, double, bfloat16 or
+//     float16 outputs, rounded once from the double accumulator.
+// Views may be strided (any stride); const and non-const element types are
+// both accepted for inputs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "numeric.hpp"
+#include "view.hpp"
+
+namespace consr {
+
+namespace detail {
+
+/// Below this many packed elements the host segment loops stay on one thread
+/// (forking costs more than the work).
+inline constexpr index_t segment_parallel_threshold = index_t(1) << 15;
+
+/// `std::type_identity_t` (C++20): keeps a parameter out of template argument
+/// deduction so that implicit view conversions (T -> const T) apply to it.
+template <class T>
+struct type_identity {
+  using type = T;
+};
+template <class T>
+using type_identity_t = typename type_identity<T>::type;
+
+/// Checks a packed-sequence offsets array against the packed array's length
+/// `packed_size` and returns the number of segments S = offsets.size() - 1.
+/// Throws consr::error naming `fn` / `arg` (and the offending segment) unless
+/// offsets has at least one element, offsets[0] == 0, offsets is
+/// non-decreasing, and offsets[S] == packed_size. `packed_arg` names the
+/// packed array in the message.
+template <class Offset>
+index_t check_packed_offsets(const host_view<Offset, 1>& offsets, index_t packed_size, const char* fn,
+                             const char* arg, const char* packed_arg) {
+  static_assert(is_index_type_v<Offset>, "consr: offsets must be int32 or int64");
+  check_view(offsets, fn, arg);
+  CONSR_CHECK_ARG(offsets.size() >= 1, fn, arg,
+                  "is empty; the offsets of S segments have S + 1 elements (a single 0 for no segment)");
+  const index_t num_segments = offsets.size() - 1;
+  CONSR_CHECK_ARG(offsets[0] == 0, fn, arg, "offsets[0] is ", offsets[0], " but must be 0");
+  for (index_t s = 0; s < num_segments; ++s) {
+    CONSR_CHECK_ARG(offsets[s] <= offsets[s + 1], fn, arg, "segment ", s, " has offsets[", s, "] = ", offsets[s],
+                    " > offsets[", s + 1, "] = ", offsets[s + 1], " (offsets must be non-decreasing)");
+  }
+  CONSR_CHECK_ARG(static_cast<index_t>(offsets[num_segments]) == packed_size, fn, arg, "offsets[", num_segments,
+                  "] (the end of the last segment) is ", offsets[num_segments], " but '", packed_arg, "' has ",
+                  packed_size, " elements");
+  return num_segments;
+}
+
+/// Checks that an optional per-token `labels` view is either empty (no
+/// labels: every token is scored) or has exactly `packed_size` elements.
+template <class Label>
+void check_optional_labels(const host_view<Label, 1>& labels, index_t packed_size, const char* fn, const char* arg) {
+  static_assert(is_index_type_v<Label>, "consr: labels must be int32 or int64");
+  check_view(labels, fn, arg);
+  CONSR_CHECK_ARG(labels.size() == 0 || labels.size() == packed_size, fn, arg, "has ", labels.size(),
+                  " elements but must have 0 (no labels) or one per token (", packed_size, ")");
+}
+
+/// Checks that an optional per-segment output is either empty (not written)
+/// or has exactly `count` elements.
+template <class T>
+void check_optional_output(const host_view<T, 1>& out, index_t count, const char* fn, const char* arg,
+                           const char* what) {
+  check_view(out, fn, arg);
+  CONSR_CHECK_ARG(out.size() == 0 || out.size() == count, fn, arg, "has ", out.size(), " elements but must have 0 (",
+                  "not written) or ", count, " (", what, ")");
+}
+
+/// Sum (in double) of values[t] over the tokens of [begin, end) whose label
+/// is not `ignore_index`, and their number in `count`. With `has_labels`
+/// false every token is scored. Ignored values are never read, so a NaN
+/// stored at an ignored position does not propagate.
+template <class V, class Label>
+CONSR_FORCEINLINE double scored_sum(const host_view<V, 1>& values, const host_view<Label, 1>& labels, bool has_labels,
+                                    std::int64_t ignore_index, index_t begin, index_t end, index_t& count) {
+  double acc = 0.0;
+  if (!has_labels) {
+    for (index_t t = begin; t < end; ++t) acc += to_accum<double>(values[t]);
+    count = end - begin;
+    return acc;
+  }
+  index_t n = 0;
+  for (index_t t = begin; t < end; ++t) {
+    if (static_cast<std::int64_t>(labels[t]) == ignore_index) continue;
+    acc += to_accum<double>(values[t]);
+    ++n;
+  }
+  count = n;
+  return acc;
+}
+
+template <class V>
+constexpr void assert_value_type() {
+  static_assert(is_supported_float_v<V>,
+                "consr: values must be float, double, consr::bfloat16 or consr::float16");
+}
+template <class R>
+constexpr void assert_output_type() {
+  static_assert(!std::is_const_v<R>, "consr: an output view must not have a const element type");
+  static_assert(is_supported_float_v<R>, "consr: outputs must be float, double, consr::bfloat16 or consr::float16");
+}
+
+}  // namespace detail
+
+/// Per-segment sum: out[s] = Σ_{i ∈ [offsets[s], offsets[s+1])} values[i]
+/// (spec §2), accumulated in double; an empty segment gives 0.
+/// Preconditions: offsets valid for values.size() (see the file comment),
+/// out.size() == S. Throws consr::error naming 'values', 'offsets' or 'out'.
+template <class V, class Offset, class R>
+void segmented_sum(host_view<V, 1> values, host_view<Offset, 1> offsets, host_view<R, 1> out) {
+  constexpr const char* fn = "consr::segmented_sum";
+  detail::assert_value_type<V>();
+  detail::assert_output_type<R>();
+  detail::check_view(values, fn, "values");
+  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
+  detail::check_view(out, fn, "out");
+  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  const host_view<const std::int64_t, 1> no_labels{};
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t count = 0;
+    const double sum = detail::scored_sum(values, no_labels, false, 0, offsets[s], offsets[s + 1], count);
+    out[s] = from_accum<R>(sum);
+  }
+}
+
+/// Per-segment mean: out[s] = (Σ values[i]) / (offsets[s+1] − offsets[s]),
+/// accumulated in double; an empty segment gives NaN.
+/// Preconditions and errors as segmented_sum.
+template <class V, class Offset, class R>
+void segmented_mean(host_view<V, 1> values, host_view<Offset, 1> offsets, host_view<R, 1> out) {
+  constexpr const char* fn = "consr::segmented_mean";
+  detail::assert_value_type<V>();
+  detail::assert_output_type<R>();
+  detail::check_view(values, fn, "values");
+  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
+  detail::check_view(out, fn, "out");
+  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  const host_view<const std::int64_t, 1> no_labels{};
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t count = 0;
+    const double sum = detail::scored_sum(values, no_labels, false, 0, offsets[s], offsets[s + 1], count);
+    out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+/// Per-segment weighted sum: out[s] = Σ_i weights[i] · values[i] over
+/// segment s, each product and the sum in double; an empty segment gives 0.
+/// Preconditions: weights.size() == values.size(), otherwise as
+/// segmented_sum. Throws consr::error naming 'values', 'weights', 'offsets'
+/// or 'out'.
+template <class V, class W, class Offset, class R>
+void segmented_weighted_sum(host_view<V, 1> values, host_view<W, 1> weights, host_view<Offset, 1> offsets,
+                            host_view<R, 1> out) {
+  constexpr const char* fn = "consr::segmented_weighted_sum";
+  detail::assert_value_type<V>();
+  detail::assert_value_type<W>();
+  detail::assert_output_type<R>();
+  detail::check_view(values, fn, "values");
+  detail::check_view(weights, fn, "weights");
+  detail::check_extent(weights, 0, values.size(), fn, "weights", "one weight per value");
+  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
+  detail::check_view(out, fn, "out");
+  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    double acc = 0.0;
+    for (index_t i = offsets[s]; i < static_cast<index_t>(offsets[s + 1]); ++i)
+      acc += to_accum<double>(weights[i]) * to_accum<double>(values[i]);
+    out[s] = from_accum<R>(acc);
+  }
+}
+
+/// Per-segment number of scored tokens: out[s] = #{i in segment s :
+/// labels[i] != ignore_index} (spec §2: ignored tokens do not count in any
+/// length |y|). Count may be int32 or int64.
+/// Preconditions: offsets valid for labels.size(), out.size() == S; with an
+/// int32 `out`, no segment may be longer than INT32_MAX. Throws consr::error
+/// naming 'labels', 'offsets' or 'out'.
+template <class Label, class Offset, class Count>
+void segmented_count(host_view<Label, 1> labels, host_view<Offset, 1> offsets, host_view<Count, 1> out,
+                     std::int64_t ignore_index = default_ignore_index) {
+  constexpr const char* fn = "consr::segmented_count";
+  static_assert(is_index_type_v<Label>, "consr::segmented_count: labels must be int32 or int64");
+  static_assert(!std::is_const_v<Count> && is_index_type_v<Count>,
+                "consr::segmented_count: out must be a non-const int32 or int64 view");
+  detail::check_view(labels, fn, "labels");
+  const index_t num_segments = detail::check_packed_offsets(offsets, labels.size(), fn, "offsets", "labels");
+  detail::check_view(out, fn, "out");
+  detail::check_extent(out, 0, num_segments, fn, "out", "one count per segment");
+  if constexpr (sizeof(Count) < sizeof(index_t)) {
+    for (index_t s = 0; s < num_segments; ++s) {
+      CONSR_CHECK_ARG(static_cast<index_t>(offsets[s + 1]) - static_cast<index_t>(offsets[s]) <=
+                          static_cast<index_t>(std::numeric_limits<Count>::max()),
+                      fn, "out", "segment ", s, " has ", offsets[s + 1] - offsets[s],
+                      " elements, more than an int32 count holds; pass an int64 'out'");
+    }
+  }
+  CONSR_OMP(parallel for schedule(static) if (labels.size() >= detail::segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t n = 0;
+    for (index_t i = offsets[s]; i < static_cast<index_t>(offsets[s + 1]); ++i)
+      n += static_cast<std::int64_t>(labels[i]) != ignore_index ? 1 : 0;
+    out[s] = static_cast<Count>(n);
+  }
+}
+
+/// Per-segment mean over the scored tokens only:
+/// out[s] = Σ_{i: labels[i] != ignore_index} values[i] / #{those i}, in
+/// double; a segment without a scored token gives NaN. Values at ignored
+/// positions are never read (a NaN there does not propagate).
+/// Preconditions: labels.size() == values.size(), otherwise as
+/// segmented_sum. Throws consr::error naming 'values', 'labels', 'offsets'
+/// or 'out'.
+template <class V, class Label, class Offset, class R>
+void segmented_masked_mean(host_view<V, 1> values, host_view<Label, 1> labels, host_view<Offset, 1> offsets,
+                           host_view<R, 1> out, std::int64_t ignore_index = default_ignore_index) {
+  constexpr const char* fn = "consr::segmented_masked_mean";
+  detail::assert_value_type<V>();
+  detail::assert_output_type<R>();
+  static_assert(is_index_type_v<Label>, "consr::segmented_masked_mean: labels must be int32 or int64");
+  detail::check_view(values, fn, "values");
+  detail::check_view(labels, fn, "labels");
+  detail::check_extent(labels, 0, values.size(), fn, "labels", "one label per value");
+  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
+  detail::check_view(out, fn, "out");
+  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t count = 0;
+    const double sum = detail::scored_sum(values, labels, true, ignore_index, offsets[s], offsets[s + 1], count);
+    out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+}  // namespace consr

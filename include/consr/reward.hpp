@@ -1,0 +1,239 @@
+// consr/reward.hpp — sequence probabilities and the contrastive reward of
+// ConSR (spec §5, paper eqs. 1–6).
+//
+// Each candidate response y is one segment of a packed token array. It is
+// scored three times on the same response tokens — under the original input
+// (x, I), the corrupted image (x, Ĩ) and the enriched prompt (x', I) — so the
+// three token log-prob arrays share one offsets array. Offsets follow
+// reductions.hpp (int32/int64, S + 1 entries, checked). Accumulation is in
+// double on the host; inputs may be float, double, bfloat16 or float16.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "numeric.hpp"
+#include "reductions.hpp"
+#include "view.hpp"
+
+namespace consr {
+
+/// Where the reward is computed (spec §5).
+enum class reward_space {
+  probability,  ///< the paper's: P = exp(mean token log-prob), differences of probabilities (default)
+  log,          ///< extension: differences of mean token log-probs (log P) instead
+};
+
+/// Options of contrastive_reward.
+struct reward_options {
+  /// Weight of the semantic term in eq. 6; must lie in [0, 1] (the paper's
+  /// convex combination, Table 3). A value outside flips the sign of one
+  /// term and would rank candidates by the opposite criterion, so it is
+  /// rejected as a configuration error rather than extrapolated.
+  double lambda = 0.8;
+  reward_space space = reward_space::probability;
+  /// Tokens whose label equals this are not scored (only with labels).
+  std::int64_t ignore_index = default_ignore_index;
+};
+
+/// Per-candidate outputs of contrastive_reward, each of length C (the number
+/// of candidates). `reward` is required; every other view is optional: size
+/// 0 means "not written". In reward_space::probability `p*` hold the
+/// probabilities of eqs. 1–3; in reward_space::log they hold the mean token
+/// log-probs (log P) the reward is then computed from.
+template <class T>
+struct reward_outputs {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "consr::reward_outputs: the element type must be float or double");
+  host_view<T, 1> p;           ///< P(y | x, I)          eq. 1 (or its log)
+  host_view<T, 1> p_corrupt;   ///< P(y | x, Ĩ)          eq. 2 (or its log)
+  host_view<T, 1> p_semantic;  ///< P(y | x', I)         eq. 3 (or its log)
+  host_view<T, 1> s_semantic;  ///< P_semantic − P       eq. 4
+  host_view<T, 1> s_corrupt;   ///< P − P_corrupt        eq. 5
+  host_view<T, 1> reward;      ///< λ·S_semantic + (1 − λ)·S_corrupt   eq. 6 (required)
+};
+
+/// What contrastive_reward found besides the values.
+struct reward_report {
+  index_t candidates = 0;                ///< C
+  index_t empty_candidates = 0;          ///< candidates with no scored token (T = 0): all outputs NaN
+  std::vector<index_t> empty_indices;    ///< their indices, ascending
+  /// Candidates with T > 0 whose stored reward is NaN or ±inf (e.g. from a
+  /// non-finite token log-prob); empty candidates are not counted here.
+  index_t nonfinite_rewards = 0;
+};
+
+namespace detail {
+
+template <class V1, class V2, class V3, class Offset, class Label, class R>
+reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_view<V2, 1>& logp_corrupt,
+                                      const host_view<V3, 1>& logp_semantic, const host_view<Offset, 1>& offsets,
+                                      const host_view<Label, 1>& labels, bool has_labels,
+                                      const reward_outputs<R>& out, const reward_options& options) {
+  constexpr const char* fn = "consr::contrastive_reward";
+  assert_value_type<V1>();
+  assert_value_type<V2>();
+  assert_value_type<V3>();
+  CONSR_CHECK_ARG(std::isfinite(options.lambda) && options.lambda >= 0.0 && options.lambda <= 1.0, fn,
+                  "options.lambda", "is ", options.lambda, " but must be a finite value in [0, 1] (eq. 6)");
+  CONSR_CHECK_ARG(options.space == reward_space::probability || options.space == reward_space::log, fn,
+                  "options.space", "is not a reward_space value (", static_cast<int>(options.space), ")");
+  check_view(logp, fn, "logp");
+  const index_t n = logp.size();
+  check_view(logp_corrupt, fn, "logp_corrupt");
+  check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp'");
+  check_view(logp_semantic, fn, "logp_semantic");
+  check_extent(logp_semantic, 0, n, fn, "logp_semantic", "the same tokens as 'logp'");
+  if (has_labels) {
+    check_view(labels, fn, "labels");
+    check_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
+  }
+  const index_t num_candidates = check_packed_offsets(offsets, n, fn, "offsets", "logp");
+  check_view(out.reward, fn, "out.reward");
+  check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
+  check_optional_output(out.p, num_candidates, fn, "out.p", "one per candidate");
+  check_optional_output(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
+  check_optional_output(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
+  check_optional_output(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
+  check_optional_output(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
+
+  const double lambda = options.lambda;
+  const bool log_space = options.space == reward_space::log;
+  const std::int64_t ignore = options.ignore_index;
+  CONSR_OMP(parallel for schedule(static) if (n >= segment_parallel_threshold && num_candidates > 1))
+  for (index_t c = 0; c < num_candidates; ++c) {
+    const index_t b = offsets[c], e = offsets[c + 1];
+    index_t count = 0;
+    const double sum = scored_sum(logp, labels, has_labels, ignore, b, e, count);
+    const double sum_corrupt = scored_sum(logp_corrupt, labels, has_labels, ignore, b, e, count);
+    const double sum_semantic = scored_sum(logp_semantic, labels, has_labels, ignore, b, e, count);
+    double p = std::numeric_limits<double>::quiet_NaN(), p_corrupt = p, p_semantic = p;
+    if (count > 0) {
+      const double inv = 1.0 / static_cast<double>(count);
+      p = sum * inv;
+      p_corrupt = sum_corrupt * inv;
+      p_semantic = sum_semantic * inv;
+      if (!log_space) {
+        p = std::exp(p);
+        p_corrupt = std::exp(p_corrupt);
+        p_semantic = std::exp(p_semantic);
+      }
+    }
+    const double s_semantic = p_semantic - p;  // eq. 4
+    const double s_corrupt = p - p_corrupt;    // eq. 5
+    const double r = lambda * s_semantic + (1.0 - lambda) * s_corrupt;  // eq. 6
+    out.reward[c] = static_cast<R>(r);
+    if (out.p.size() != 0) out.p[c] = static_cast<R>(p);
+    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(p_corrupt);
+    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(p_semantic);
+    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(s_semantic);
+    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(s_corrupt);
+  }
+
+  // The report is built serially so its index list is ordered.
+  reward_report report;
+  report.candidates = num_candidates;
+  for (index_t c = 0; c < num_candidates; ++c) {
+    index_t count = 0;
+    if (has_labels) {
+      for (index_t t = offsets[c]; t < static_cast<index_t>(offsets[c + 1]); ++t)
+        count += static_cast<std::int64_t>(labels[t]) != ignore ? 1 : 0;
+    } else {
+      count = static_cast<index_t>(offsets[c + 1]) - static_cast<index_t>(offsets[c]);
+    }
+    if (count == 0) {
+      ++report.empty_candidates;
+      report.empty_indices.push_back(c);
+    } else if (!std::isfinite(static_cast<double>(out.reward[c]))) {
+      ++report.nonfinite_rewards;
+    }
+  }
+  return report;
+}
+
+template <class V, class Offset, class Label, class R>
+void sequence_probability_impl(const host_view<V, 1>& logp, const host_view<Offset, 1>& offsets,
+                               const host_view<Label, 1>& labels, bool has_labels, const host_view<R, 1>& out,
+                               std::int64_t ignore_index) {
+  constexpr const char* fn = "consr::sequence_probability";
+  assert_value_type<V>();
+  assert_output_type<R>();
+  check_view(logp, fn, "logp");
+  if (has_labels) {
+    check_view(labels, fn, "labels");
+    check_extent(labels, 0, logp.size(), fn, "labels", "one label per token of 'logp'");
+  }
+  const index_t num_sequences = check_packed_offsets(offsets, logp.size(), fn, "offsets", "logp");
+  check_view(out, fn, "out");
+  check_extent(out, 0, num_sequences, fn, "out", "one probability per sequence");
+  CONSR_OMP(parallel for schedule(static) if (logp.size() >= segment_parallel_threshold && num_sequences > 1))
+  for (index_t s = 0; s < num_sequences; ++s) {
+    index_t count = 0;
+    const double sum = scored_sum(logp, labels, has_labels, ignore_index, offsets[s], offsets[s + 1], count);
+    out[s] = from_accum<R>(count > 0 ? std::exp(sum / static_cast<double>(count))
+                                     : std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+}  // namespace detail
+
+/// The contrastive reward of every candidate (spec §5, eqs. 1–6), in double:
+///   m, m_c, m_s = mean token log-prob of the candidate's scored tokens under
+///                 (x, I), (x, Ĩ), (x', I)   [logp, logp_corrupt, logp_semantic]
+///   probability space: P = exp(m), P_corrupt = exp(m_c), P_semantic = exp(m_s)
+///   log space:         P = m,      P_corrupt = m_c,      P_semantic = m_s
+///   S_semantic = P_semantic − P,  S_corrupt = P − P_corrupt,
+///   r = λ·S_semantic + (1 − λ)·S_corrupt.
+/// The three arrays share `offsets` (C + 1 entries, one segment per
+/// candidate). With `labels`, tokens whose label equals
+/// options.ignore_index are not scored (not read, not counted in T). A
+/// candidate with T = 0 scored tokens gets NaN in every output and is listed
+/// in the report (empty_candidates, empty_indices) rather than silently
+/// ranked. Outputs: see reward_outputs (reward required, others optional).
+/// Throws consr::error naming the argument: 'logp', 'logp_corrupt',
+/// 'logp_semantic' (lengths differ), 'labels', 'offsets', 'out.*' (wrong
+/// size), 'options.lambda' (not finite or outside [0, 1]), 'options.space'.
+template <class V1, class V2, class V3, class Offset, class Label, class R>
+reward_report contrastive_reward(host_view<V1, 1> logp, host_view<V2, 1> logp_corrupt, host_view<V3, 1> logp_semantic,
+                                 host_view<Offset, 1> offsets, host_view<Label, 1> labels, reward_outputs<R> out,
+                                 const reward_options& options = {}) {
+  return detail::contrastive_reward_impl(logp, logp_corrupt, logp_semantic, offsets, labels, true, out, options);
+}
+
+/// contrastive_reward without labels: every token of every segment is
+/// scored (T = segment length). options.ignore_index is unused.
+template <class V1, class V2, class V3, class Offset, class R>
+reward_report contrastive_reward(host_view<V1, 1> logp, host_view<V2, 1> logp_corrupt, host_view<V3, 1> logp_semantic,
+                                 host_view<Offset, 1> offsets, reward_outputs<R> out,
+                                 const reward_options& options = {}) {
+  const host_view<const std::int64_t, 1> no_labels{};
+  return detail::contrastive_reward_impl(logp, logp_corrupt, logp_semantic, offsets, no_labels, false, out, options);
+}
+
+/// Sequence probability, eq. 1: out[s] = exp(mean of logp over the scored
+/// tokens of segment s), in double; NaN for a segment without a scored token.
+/// Tokens whose label equals ignore_index are not scored.
+/// Preconditions: labels.size() == logp.size(), offsets valid for
+/// logp.size(), out.size() == S. Throws consr::error naming 'logp',
+/// 'labels', 'offsets' or 'out'.
+template <class V, class Offset, class Label, class R>
+void sequence_probability(host_view<V, 1> logp, host_view<Offset, 1> offsets, host_view<Label, 1> labels,
+                          host_view<R, 1> out, std::int64_t ignore_index = default_ignore_index) {
+  static_assert(is_index_type_v<Label>, "consr::sequence_probability: labels must be int32 or int64");
+  detail::sequence_probability_impl(logp, offsets, labels, true, out, ignore_index);
+}
+
+/// Sequence probability, eq. 1, with every token scored:
+/// out[s] = exp(mean of logp over segment s); NaN for an empty segment.
+template <class V, class Offset, class R>
+void sequence_probability(host_view<V, 1> logp, host_view<Offset, 1> offsets, host_view<R, 1> out) {
+  const host_view<const std::int64_t, 1> no_labels{};
+  detail::sequence_probability_impl(logp, offsets, no_labels, false, out, default_ignore_index);
+}
+
+}  // namespace consr
