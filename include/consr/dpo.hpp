@@ -1,0 +1,459 @@
+// consr/dpo.hpp — the DPO objectives of ConSR (spec §7, paper eqs. 7–14):
+// standard DPO, the length-normalized margin, token visual weights and the
+// ConSR surrogate with its stop-gradient, forward and backward on the host.
+//
+// A batch holds P preference pairs. Each side (chosen y_w, rejected y_l) is
+// packed: its per-token policy log-probs with offsets of P + 1 entries (as in
+// reductions.hpp). Everything accumulates in double; σ and softplus are
+// evaluated in forms that neither overflow nor lose the tail for |Δ| up to
+// 1e4 and beyond. The host code is serial (batches are a few pairs); it is
+// the reference for the CUDA version.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "numeric.hpp"
+#include "reductions.hpp"
+#include "view.hpp"
+
+namespace consr {
+
+/// Which objective dpo_forward / dpo_backward compute.
+enum class dpo_loss_type {
+  standard,  ///< eq. 7: L = −log σ(Δ); length_normalize, visual_weights, scale_by_beta do not apply
+  consr,     ///< eq. 14: L' = −sg(σ(−Δ'))·(Σ ω a − Σ ω b) (default)
+};
+
+/// How per-pair objectives reduce over the batch (spec §2).
+enum class loss_reduction {
+  mean,  ///< Σ_i L_i / P (0 for P = 0)
+  sum,   ///< Σ_i L_i
+  none,  ///< per-pair values in metrics.loss; dpo_forward returns their sum
+};
+
+/// Options of dpo_forward / dpo_backward.
+struct dpo_options {
+  dpo_loss_type loss = dpo_loss_type::consr;
+  double beta = 0.1;             ///< β > 0, finite
+  bool length_normalize = true;  ///< consr: Δ' of eq. 11 (off: Δ' = Δ)
+  bool visual_weights = true;    ///< consr: ω_t from `weights` (off: ω_t = 1)
+  bool scale_by_beta = false;    ///< consr: multiply the surrogate (and its gradient) by β (spec §7 decision)
+  loss_reduction reduction = loss_reduction::mean;
+  std::int64_t ignore_index = default_ignore_index;  ///< tokens with this label are excluded (with labels)
+};
+
+/// One side (chosen or rejected) of P pairs, packed. Non-const views convert
+/// to these members implicitly.
+///  - policy_logp: per-token policy log-probs (a_t or b_t), n tokens.
+///  - offsets: P + 1 entries, valid for n (reductions.hpp rules).
+///  - exactly one reference: reference_logp per token (n values, same
+///    packing) or reference_logp_sum per sequence (P values, summed by the
+///    caller over the same scored tokens). The per-sequence form is used when
+///    reference_logp_sum is non-empty; otherwise reference_logp must have n
+///    values.
+///  - labels: optional (size 0) or n; a token whose label equals
+///    options.ignore_index is excluded from every sum and length and gets
+///    gradient 0.
+///  - weights: visual weights ω_t per token (visual_weights()); n values,
+///    required iff loss == consr && visual_weights; otherwise ignored (but
+///    its size, if non-zero, must still be n).
+template <class T, class Offset, class Label = std::int64_t>
+struct dpo_sequences {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "consr::dpo_sequences: log-probs must be float or double");
+  static_assert(is_index_type_v<Offset>, "consr::dpo_sequences: offsets must be int32 or int64");
+  static_assert(is_index_type_v<Label>, "consr::dpo_sequences: labels must be int32 or int64");
+  host_view<const T, 1> policy_logp;
+  host_view<const Offset, 1> offsets;
+  host_view<const T, 1> reference_logp;
+  host_view<const T, 1> reference_logp_sum;
+  host_view<const Label, 1> labels;
+  host_view<const T, 1> weights;
+};
+
+/// Per-pair values reported by dpo_forward; each view is optional (size 0 =
+/// not written) and otherwise has P elements. Δ' below means Δ for the
+/// standard loss and for consr without length normalization.
+template <class T>
+struct dpo_pair_metrics {
+  host_view<T, 1> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
+  host_view<T, 1> sigma_neg;        ///< σ(−Δ')
+  host_view<T, 1> chosen_reward;    ///< β·Σ(a − a_ref) over scored tokens
+  host_view<T, 1> rejected_reward;  ///< β·Σ(b − b_ref) over scored tokens
+  host_view<T, 1> reward_margin;    ///< chosen_reward − rejected_reward
+  host_view<T, 1> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
+  host_view<T, 1> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
+  host_view<T, 1> loss;             ///< the per-pair objective being reduced (L or L')
+};
+
+/// Which side a visual weight belongs to (eq. 13).
+enum class weight_side { chosen, rejected };
+
+/// Options of visual_weights (eq. 13; paper defaults α = 0.5, ε = 0.2).
+struct visual_weight_options {
+  double alpha = 0.5;    ///< α, finite
+  double clip_lo = 0.0;  ///< lower clip bound, finite, <= clip_hi
+  double clip_hi = 0.2;  ///< upper clip bound ε, finite
+};
+
+namespace detail {
+
+/// σ(x) = 1 / (1 + e^−x) without overflow: e^x is only taken of x <= 0.
+inline double stable_sigmoid(double x) noexcept {
+  if (x >= 0.0) return 1.0 / (1.0 + std::exp(-x));
+  const double e = std::exp(x);  // x < 0 or NaN
+  return e / (1.0 + e);
+}
+
+/// softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^−|x|): exact for large
+/// |x| (x itself, or e^x), never overflows; NaN propagates.
+inline double stable_softplus(double x) noexcept {
+  if (std::isnan(x)) return x;
+  return std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
+}
+
+/// Names of one side's arguments, for error messages.
+struct dpo_side_names {
+  const char* side;
+  const char* policy_logp;
+  const char* offsets;
+  const char* reference_logp;
+  const char* reference_logp_sum;
+  const char* labels;
+  const char* weights;
+  const char* length_symbol;
+};
+inline constexpr dpo_side_names dpo_chosen_names{"chosen",         "chosen.policy_logp", "chosen.offsets",
+                                                 "chosen.reference_logp", "chosen.reference_logp_sum",
+                                                 "chosen.labels",  "chosen.weights",     "|y_w|"};
+inline constexpr dpo_side_names dpo_rejected_names{"rejected",         "rejected.policy_logp", "rejected.offsets",
+                                                   "rejected.reference_logp", "rejected.reference_logp_sum",
+                                                   "rejected.labels",  "rejected.weights",     "|y_l|"};
+
+inline bool dpo_uses_weights(const dpo_options& o) noexcept {
+  return o.loss == dpo_loss_type::consr && o.visual_weights;
+}
+inline bool dpo_uses_length_normalization(const dpo_options& o) noexcept {
+  return o.loss == dpo_loss_type::consr && o.length_normalize;
+}
+
+/// Sums of one side of one pair over its scored tokens.
+struct dpo_side_sums {
+  double log_ratio = 0.0;        ///< Σ (a − a_ref)
+  double weighted_policy = 0.0;  ///< Σ ω a (ω = 1 without weights)
+  index_t length = 0;            ///< |y| (scored tokens)
+};
+
+template <class T, class Offset, class Label>
+index_t dpo_scored_length(const dpo_sequences<T, Offset, Label>& s, index_t pair, std::int64_t ignore_index) {
+  const index_t b = s.offsets[pair], e = s.offsets[pair + 1];
+  if (s.labels.size() == 0) return e - b;
+  index_t n = 0;
+  for (index_t t = b; t < e; ++t) n += static_cast<std::int64_t>(s.labels[t]) != ignore_index ? 1 : 0;
+  return n;
+}
+
+template <class T, class Offset, class Label>
+dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, const dpo_options& o) {
+  const bool has_labels = s.labels.size() != 0;
+  const bool per_token_reference = s.reference_logp_sum.size() == 0;
+  const bool weighted = dpo_uses_weights(o);
+  const index_t b = s.offsets[pair], e = s.offsets[pair + 1];
+  dpo_side_sums sums;
+  for (index_t t = b; t < e; ++t) {
+    if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) continue;
+    const double a = static_cast<double>(s.policy_logp[t]);
+    sums.log_ratio += per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
+    sums.weighted_policy += weighted ? static_cast<double>(s.weights[t]) * a : a;
+    ++sums.length;
+  }
+  if (!per_token_reference) sums.log_ratio -= static_cast<double>(s.reference_logp_sum[pair]);
+  return sums;
+}
+
+/// Everything the forward and the backward need about one pair.
+struct dpo_pair_terms {
+  double delta;            ///< Δ or Δ'
+  double sigma_neg;        ///< σ(−Δ')
+  double chosen_reward;    ///< β Σ(a − a_ref)
+  double rejected_reward;  ///< β Σ(b − b_ref)
+  double dpo_loss;         ///< softplus(−Δ')
+  double objective;        ///< L (standard) or L' (consr)
+  double grad_scale;       ///< |∂L/∂a_t| / ω_t = σ(−Δ')·β (standard, or consr with scale_by_beta) or σ(−Δ')
+};
+
+template <class T, class Offset, class Label>
+dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                        index_t pair, const dpo_options& o) {
+  const dpo_side_sums w = dpo_side(chosen, pair, o);
+  const dpo_side_sums l = dpo_side(rejected, pair, o);
+  const double beta = o.beta;
+  dpo_pair_terms p{};
+  if (dpo_uses_length_normalization(o)) {
+    // eq. 11; the lengths were checked to be > 0 at the boundary.
+    const double nw = static_cast<double>(w.length), nl = static_cast<double>(l.length);
+    p.delta = 0.5 * (nw + nl) * (beta / nw * w.log_ratio - beta / nl * l.log_ratio);
+  } else {
+    p.delta = beta * (w.log_ratio - l.log_ratio);  // eq. 7; the same expression for both losses
+  }
+  p.sigma_neg = stable_sigmoid(-p.delta);
+  p.chosen_reward = beta * w.log_ratio;
+  p.rejected_reward = beta * l.log_ratio;
+  p.dpo_loss = stable_softplus(-p.delta);
+  if (o.loss == dpo_loss_type::standard) {
+    p.objective = p.dpo_loss;
+    p.grad_scale = p.sigma_neg * beta;  // eq. 8
+  } else {
+    const double factor = o.scale_by_beta ? beta : 1.0;
+    p.grad_scale = p.sigma_neg * factor;
+    p.objective = -p.grad_scale * (w.weighted_policy - l.weighted_policy);  // eq. 14
+  }
+  return p;
+}
+
+template <class T, class Offset, class Label>
+index_t dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o, const dpo_side_names& names,
+                       const char* fn) {
+  check_view(s.policy_logp, fn, names.policy_logp);
+  const index_t n = s.policy_logp.size();
+  const index_t num_pairs = check_packed_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
+  check_view(s.reference_logp, fn, names.reference_logp);
+  check_view(s.reference_logp_sum, fn, names.reference_logp_sum);
+  if (s.reference_logp_sum.size() != 0) {
+    CONSR_CHECK_ARG(s.reference_logp.size() == 0, fn, names.reference_logp, "has ", s.reference_logp.size(),
+                    " elements but '", names.reference_logp_sum,
+                    "' is given too; pass exactly one reference (per token or per sequence)");
+    check_extent(s.reference_logp_sum, 0, num_pairs, fn, names.reference_logp_sum, "one sum per pair");
+  } else {
+    CONSR_CHECK_ARG(s.reference_logp.size() == n, fn, names.reference_logp, "has ", s.reference_logp.size(),
+                    " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
+                    names.reference_logp_sum, "' with one sum per pair");
+  }
+  check_optional_labels(s.labels, n, fn, names.labels);
+  check_view(s.weights, fn, names.weights);
+  if (dpo_uses_weights(o)) {
+    CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
+                    " elements but the consr loss with visual_weights needs one per token (", n,
+                    "); compute them with consr::visual_weights or set visual_weights = false");
+  } else {
+    CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
+                    " elements but must have 0 or one per token (", n, ")");
+  }
+  return num_pairs;
+}
+
+/// With length normalization, every sequence of the side needs |y| > 0.
+template <class T, class Offset, class Label>
+void dpo_check_lengths(const dpo_sequences<T, Offset, Label>& s, index_t num_pairs, const dpo_options& o,
+                       const dpo_side_names& names, const char* fn) {
+  if (!dpo_uses_length_normalization(o)) return;
+  for (index_t i = 0; i < num_pairs; ++i) {
+    CONSR_CHECK_ARG(dpo_scored_length(s, i, o.ignore_index) > 0, fn, names.side, "pair ", i, " has no scored token (",
+                    names.length_symbol,
+                    " = 0); length normalization (eq. 11) divides by it: drop the pair or set "
+                    "length_normalize = false");
+  }
+}
+
+/// Validates options and both sides; returns P.
+template <class T, class Offset, class Label>
+index_t dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                  const dpo_options& o, const char* fn) {
+  CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
+                  "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
+  CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
+                      o.reduction == loss_reduction::none,
+                  fn, "options.reduction", "is not a loss_reduction value (", static_cast<int>(o.reduction), ")");
+  CONSR_CHECK_ARG(std::isfinite(o.beta) && o.beta > 0.0, fn, "options.beta", "is ", o.beta,
+                  " but must be finite and > 0");
+  const index_t num_chosen = dpo_check_side(chosen, o, dpo_chosen_names, fn);
+  const index_t num_rejected = dpo_check_side(rejected, o, dpo_rejected_names, fn);
+  CONSR_CHECK_ARG(num_rejected == num_chosen, fn, "rejected.offsets", "describes ", num_rejected,
+                  " pairs but 'chosen.offsets' describes ", num_chosen, " (both sides must hold the same pairs)");
+  dpo_check_lengths(chosen, num_chosen, o, dpo_chosen_names, fn);
+  dpo_check_lengths(rejected, num_chosen, o, dpo_rejected_names, fn);
+  return num_chosen;
+}
+
+template <class T, class Offset, class Label>
+void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                       const dpo_options& o, double grad_loss, const host_view<const T, 1>& grad_loss_per_pair,
+                       bool per_pair, const host_view<T, 1>& grad_chosen, const host_view<T, 1>& grad_rejected) {
+  constexpr const char* fn = "consr::dpo_backward";
+  const index_t num_pairs = dpo_check(chosen, rejected, o, fn);
+  if (per_pair) {
+    CONSR_CHECK_ARG(o.reduction == loss_reduction::none, fn, "grad_loss_per_pair",
+                    "is a per-pair upstream gradient, which needs options.reduction == none; pass a scalar "
+                    "grad_loss for mean or sum");
+    check_view(grad_loss_per_pair, fn, "grad_loss_per_pair");
+    check_extent(grad_loss_per_pair, 0, num_pairs, fn, "grad_loss_per_pair", "one upstream gradient per pair");
+  } else {
+    CONSR_CHECK_ARG(o.reduction != loss_reduction::none, fn, "options.reduction",
+                    "is none, which needs a per-pair upstream gradient (grad_loss_per_pair), not a scalar");
+  }
+  check_view(grad_chosen, fn, "grad_chosen_logp");
+  check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
+  check_view(grad_rejected, fn, "grad_rejected_logp");
+  check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
+
+  const bool weighted = dpo_uses_weights(o);
+  const double upstream_all =
+      o.reduction == loss_reduction::mean ? grad_loss / static_cast<double>(num_pairs) : grad_loss;
+  for (index_t i = 0; i < num_pairs; ++i) {
+    const dpo_pair_terms p = dpo_pair(chosen, rejected, i, o);
+    const double upstream = per_pair ? static_cast<double>(grad_loss_per_pair[i]) : upstream_all;
+    const double g = p.grad_scale * upstream;  // ∂L/∂b_t = +g·ω_t, ∂L/∂a_t = −g·ω_t (eqs. 8, 14)
+    const auto write_side = [&](const dpo_sequences<T, Offset, Label>& s, const host_view<T, 1>& grad, double sign) {
+      const bool has_labels = s.labels.size() != 0;
+      for (index_t t = s.offsets[i]; t < static_cast<index_t>(s.offsets[i + 1]); ++t) {
+        if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) {
+          grad[t] = T(0);
+          continue;
+        }
+        const double omega = weighted ? static_cast<double>(s.weights[t]) : 1.0;
+        grad[t] = static_cast<T>(sign * g * omega);
+      }
+    };
+    write_side(chosen, grad_chosen, -1.0);
+    write_side(rejected, grad_rejected, 1.0);
+  }
+}
+
+}  // namespace detail
+
+/// Forward of the DPO objective over P pairs (spec §7). Per pair, over the
+/// scored tokens (labels != ignore_index) of each side:
+///   S_w = Σ(a − a_ref), S_l = Σ(b − b_ref), |y_w|, |y_l| = scored lengths
+///   standard (eq. 7):  Δ = β(S_w − S_l),  L = −log σ(Δ) = softplus(−Δ)
+///   consr (eq. 14):    Δ' = (|y_w| + |y_l|)/2 · (β/|y_w|·S_w − β/|y_l|·S_l)
+///                      with length_normalize (eq. 11), else Δ' = Δ;
+///                      L' = −σ(−Δ')·(Σ ω_t a_t − Σ ω_t b_t), ×β with
+///                      scale_by_beta; ω_t = weights[t] with visual_weights,
+///                      else 1. (Its value is a surrogate: its gradient, with
+///                      σ(−Δ') held fixed, is the ConSR gradient.)
+/// Returns Σ_i L_i / P (mean; 0 for P = 0), Σ_i L_i (sum), or Σ_i L_i
+/// (none; the per-pair L_i go to metrics.loss). Metrics are optional; see
+/// dpo_pair_metrics.
+/// Throws consr::error naming the argument: 'options.beta' (not finite or
+/// <= 0), 'options.loss' / 'options.reduction' (not an enum value),
+/// 'chosen.*' / 'rejected.*' (offsets invalid or for different P, reference
+/// missing, both given or of the wrong size, labels or weights of the wrong
+/// size), 'chosen' / 'rejected' (with length normalization, a pair with no
+/// scored token: the message names the pair), 'metrics.*' (wrong size).
+template <class T, class Offset, class Label>
+double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                   const dpo_options& options, dpo_pair_metrics<detail::type_identity_t<T>> metrics = {}) {
+  constexpr const char* fn = "consr::dpo_forward";
+  const index_t num_pairs = detail::dpo_check(chosen, rejected, options, fn);
+  detail::check_optional_output(metrics.margin_logit, num_pairs, fn, "metrics.margin_logit", "one per pair");
+  detail::check_optional_output(metrics.sigma_neg, num_pairs, fn, "metrics.sigma_neg", "one per pair");
+  detail::check_optional_output(metrics.chosen_reward, num_pairs, fn, "metrics.chosen_reward", "one per pair");
+  detail::check_optional_output(metrics.rejected_reward, num_pairs, fn, "metrics.rejected_reward", "one per pair");
+  detail::check_optional_output(metrics.reward_margin, num_pairs, fn, "metrics.reward_margin", "one per pair");
+  detail::check_optional_output(metrics.accuracy, num_pairs, fn, "metrics.accuracy", "one per pair");
+  detail::check_optional_output(metrics.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
+  detail::check_optional_output(metrics.loss, num_pairs, fn, "metrics.loss", "one per pair");
+
+  double total = 0.0;
+  for (index_t i = 0; i < num_pairs; ++i) {
+    const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
+    total += p.objective;
+    if (metrics.margin_logit.size() != 0) metrics.margin_logit[i] = static_cast<T>(p.delta);
+    if (metrics.sigma_neg.size() != 0) metrics.sigma_neg[i] = static_cast<T>(p.sigma_neg);
+    if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
+    if (metrics.rejected_reward.size() != 0) metrics.rejected_reward[i] = static_cast<T>(p.rejected_reward);
+    if (metrics.reward_margin.size() != 0)
+      metrics.reward_margin[i] = static_cast<T>(p.chosen_reward - p.rejected_reward);
+    if (metrics.accuracy.size() != 0) metrics.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
+    if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
+    if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
+  }
+  if (options.reduction == loss_reduction::mean) return num_pairs > 0 ? total / static_cast<double>(num_pairs) : 0.0;
+  return total;
+}
+
+/// Backward of dpo_forward for reduction mean or sum: writes ∂(reduced
+/// objective)/∂a_t · grad_loss into grad_chosen_logp and the same for b_t into
+/// grad_rejected_logp (overwritten, every token):
+///   standard: ∂L/∂a_t = −β σ(−Δ),           ∂L/∂b_t = +β σ(−Δ)        (eq. 8)
+///   consr:    ∂L'/∂a_t = −σ(−Δ') ω_t [×β],   ∂L'/∂b_t = +σ(−Δ') ω_t [×β]
+/// (σ(−Δ') is a constant: stop-gradient), divided by P for mean; ignored
+/// tokens get 0. The reference, labels and weights get no gradient (they are
+/// constants). With scale_by_beta, length_normalize off and ω = 1, the consr
+/// gradient is computed by the same floating-point operations as the
+/// standard one, so the two are bitwise equal.
+/// Preconditions: as dpo_forward; options.reduction is mean or sum;
+/// grad_*_logp have the sizes of the policy_logp views and do not overlap
+/// the inputs. Throws consr::error as dpo_forward, and names
+/// 'options.reduction' (none), 'grad_chosen_logp' or 'grad_rejected_logp'.
+template <class T, class Offset, class Label>
+void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                  const dpo_options& options, double grad_loss, host_view<T, 1> grad_chosen_logp,
+                  host_view<T, 1> grad_rejected_logp) {
+  detail::dpo_backward_impl(chosen, rejected, options, grad_loss, host_view<const T, 1>{}, false, grad_chosen_logp,
+                            grad_rejected_logp);
+}
+
+/// Backward for reduction none: pair i's gradients are scaled by
+/// grad_loss_per_pair[i] (the upstream gradient of metrics.loss[i]).
+/// Otherwise as the scalar overload. Throws consr::error naming
+/// 'grad_loss_per_pair' (reduction is not none, or size != P) and as above.
+template <class T, class Offset, class Label>
+void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                  const dpo_options& options, host_view<const detail::type_identity_t<T>, 1> grad_loss_per_pair,
+                  host_view<T, 1> grad_chosen_logp, host_view<T, 1> grad_rejected_logp) {
+  detail::dpo_backward_impl(chosen, rejected, options, 0.0, grad_loss_per_pair, true, grad_chosen_logp,
+                            grad_rejected_logp);
+}
+
+/// Token visual weights, eqs. 12–13 (computed without gradient):
+///   Δp_t = exp(logp_clean[t]) − exp(logp_corrupt[t])
+///   c_t  = clip(α·Δp_t, clip_lo, clip_hi) = min(max(α·Δp_t, lo), hi)
+///   ω_t  = 1 + c_t (chosen side),  1 − c_t (rejected side)
+/// in double, rounded once to the output type. A NaN Δp_t gives NaN.
+/// logp_clean / logp_corrupt: the policy's token log-probs under (x, I) and
+/// (x, Ĩ), float, double, bfloat16 or float16. weights: float or double,
+/// same length.
+/// Throws consr::error naming 'logp_corrupt' or 'weights' (length differs),
+/// 'options.alpha' (not finite), 'options.clip_lo' / 'options.clip_hi' (not
+/// finite, or clip_lo > clip_hi), 'side'.
+template <class V1, class V2, class W>
+void visual_weights(host_view<V1, 1> logp_clean, host_view<V2, 1> logp_corrupt, weight_side side,
+                    host_view<W, 1> weights, const visual_weight_options& options = {}) {
+  constexpr const char* fn = "consr::visual_weights";
+  detail::assert_value_type<V1>();
+  detail::assert_value_type<V2>();
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
+                "consr::visual_weights: weights must be a non-const float or double view");
+  CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
+  CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
+                  " but must be finite");
+  CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
+                  " but must be finite");
+  CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
+                  " but must be <= options.clip_hi (", options.clip_hi, ")");
+  CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
+                  "is not a weight_side value (", static_cast<int>(side), ")");
+  detail::check_view(logp_clean, fn, "logp_clean");
+  const index_t n = logp_clean.size();
+  detail::check_view(logp_corrupt, fn, "logp_corrupt");
+  detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
+  detail::check_view(weights, fn, "weights");
+  detail::check_extent(weights, 0, n, fn, "weights", "one weight per token");
+  const double sign = side == weight_side::chosen ? 1.0 : -1.0;
+  CONSR_OMP(parallel for schedule(static) if (n >= detail::segment_parallel_threshold))
+  for (index_t t = 0; t < n; ++t) {
+    const double delta_p = std::exp(to_accum<double>(logp_clean[t])) - std::exp(to_accum<double>(logp_corrupt[t]));
+    const double scaled = options.alpha * delta_p;
+    // NaN must survive the clip (std::max / std::min would drop it on one side).
+    const double clipped = std::isnan(scaled) ? scaled : std::min(std::max(scaled, options.clip_lo), options.clip_hi);
+    weights[t] = static_cast<W>(1.0 + sign * clipped);
+  }
+}
+
+}  // namespace consr
