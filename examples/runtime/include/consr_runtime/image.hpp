@@ -1,0 +1,60 @@
+// consr_runtime/image.hpp — decoding PNG/JPEG images into 8-bit RGB tensors, and resizing them
+// exactly as Pillow does (Hugging Face's slow image processors resize uint8 images with PIL, so a
+// pixel-exact port of PIL's resampler is what makes our pixel_values equal to theirs).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <torch/types.h>
+
+namespace consr_runtime {
+
+/// An 8-bit RGB image: `pixels` is a contiguous uint8 CPU tensor of shape [height, width, 3]
+/// (HWC, row-major), the layout of `numpy.array(PIL.Image)`.
+struct rgb_image {
+  torch::Tensor pixels;
+  std::int64_t height() const { return pixels.size(0); }
+  std::int64_t width() const { return pixels.size(1); }
+};
+
+/// Wraps `pixels` (uint8 [H, W, 3], any strides, CPU) as an rgb_image (made contiguous).
+/// Throws runtime_error naming `arg` for another dtype, rank, channel count, device or an empty image.
+rgb_image make_rgb_image(const torch::Tensor& pixels, const std::string& arg = "pixels");
+
+/// Decodes a PNG or JPEG held in memory (stb_image from Debian's libstb-dev). Grayscale is replicated
+/// to RGB; an alpha channel (RGBA, gray+alpha, palette with transparency) is composited onto white
+/// with PIL's integer `alpha_composite` arithmetic, as transformers' `convert_to_rgb` does before
+/// every image processor. 16-bit PNGs are reduced to their high byte.
+/// `name` is used in error messages. Throws runtime_error naming `name` (and stb's reason) when the
+/// bytes are not a decodable PNG/JPEG, or when `data` is null / `size` is 0.
+rgb_image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name = "<memory>");
+
+/// Reads and decodes the image file `path` (see decode_image). Throws runtime_error naming the file
+/// when it cannot be read or decoded.
+rgb_image load_image(const std::string& path);
+
+/// Resampling filters of PIL's `Image.resize` that the processors use (PIL.Image.Resampling values
+/// 2 and 3).
+enum class resample_filter { bilinear, bicubic };
+
+/// Maps a PIL resample code (2 = BILINEAR, 3 = BICUBIC) to resample_filter; throws runtime_error
+/// naming `arg` for any other code.
+resample_filter resample_filter_from_pil(std::int64_t code, const std::string& arg = "resample");
+
+/// Resizes a uint8 [H, W, C] CPU tensor (any C >= 1) to [height, width, C] exactly as PIL's
+/// `Image.resize((width, height), filter)` on an 8-bit image (libImaging/Resample.c): separable
+/// convolution, horizontal pass then vertical pass, with the filter support scaled by the
+/// downscaling factor (antialiasing), bicubic a = -0.5, coefficients normalised to sum 1 and
+/// converted to fixed point with 22 fractional bits, each pass rounded and clipped to uint8.
+/// Same size returns a copy. Throws runtime_error naming the argument for a non-uint8 / non-3-D /
+/// empty image or a non-positive target size.
+torch::Tensor resize_uint8(const torch::Tensor& image_hwc, std::int64_t height, std::int64_t width,
+                           resample_filter filter);
+
+/// resize_uint8 on an rgb_image.
+rgb_image resize(const rgb_image& image, std::int64_t height, std::int64_t width,
+                 resample_filter filter = resample_filter::bicubic);
+
+}  // namespace consr_runtime
