@@ -1,0 +1,769 @@
+// consr/corruption.hpp — image corruptions of the contrastive reward (spec §3;
+// paper §3.1–3.2, Appendix C Table 7): closed-form diffusion noise, random
+// patch masking, mixup and random resized crop, on host views.
+//
+// Reproducibility: every random decision is a pure function of the rng_key
+// (seed, offset) and the *logical* position of what it decides (element index,
+// image index, patch index), so results do not depend on the thread count, on
+// how a tensor is split into calls, or on its memory layout. The CUDA twins
+// (include/consr/cuda/) use the same functions of consr/random.hpp.
+//
+// Streams used here (all under one rng_key):
+//  * diffusion noise: normal i of the key = normal_at(key, i), i = the element's
+//    row-major logical index plus options.element_offset;
+//  * patch masks and crop boxes: uniform draws uniform_at(key, (image << 32) + k),
+//    image = options.image_offset + b; patch masks use k = patch index < 2^31,
+//    crop boxes k = 2^31 + 4·attempt + {0, 1, 2, 3}. Uniform draws live in a
+//    counter range disjoint from the normals.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "numeric.hpp"
+#include "random.hpp"
+#include "view.hpp"
+
+namespace consr {
+
+// ================================================================================================
+// Noise schedules
+// ================================================================================================
+
+/// β schedules of the forward diffusion (spec §3).
+enum class noise_schedule {
+  sigmoid,        ///< default (VCD, POVID, SeVa): β = sigmoid(linspace(−6, 6, T)) · (5e-3 − 1e-5) + 1e-5
+  linear,         ///< DDPM: β = linspace(1e-4, 0.02, T)
+  scaled_linear,  ///< β = linspace(√1e-4, √0.02, T)² (the DDPM endpoints, interpolated in √β)
+  cosine,         ///< Nichol & Dhariwal: ᾱ(τ) ∝ cos²((τ + 0.008)/1.008 · π/2), β capped at 0.999
+};
+
+/// Name of a schedule, for messages.
+inline const char* to_string(noise_schedule s) noexcept {
+  switch (s) {
+    case noise_schedule::sigmoid: return "sigmoid";
+    case noise_schedule::linear: return "linear";
+    case noise_schedule::scaled_linear: return "scaled_linear";
+    case noise_schedule::cosine: return "cosine";
+  }
+  return "unknown";
+}
+
+/// A β schedule and its cumulative products, in fp64 (spec §3). Steps are
+/// 0-based: t ∈ [0, T−1] and ᾱ_t = Π_{k=0..t} (1 − β_k), so t = 0 already
+/// applies β_0. 1 − ᾱ_t is accumulated separately (1 − ᾱ_t = (1 − ᾱ_{t−1}) +
+/// β_t ᾱ_{t−1}) so sqrt(1 − ᾱ_t) keeps full relative precision at small t.
+class diffusion_schedule {
+ public:
+  /// The schedule `schedule` with `num_steps` steps.
+  /// Throws consr::error naming 'num_steps' unless num_steps ≥ 1, or
+  /// 'schedule' for a value outside the enum.
+  static diffusion_schedule make(noise_schedule schedule = noise_schedule::sigmoid, int num_steps = 1000) {
+    constexpr const char* fn = "consr::diffusion_schedule::make";
+    CONSR_CHECK_ARG(num_steps >= 1, fn, "num_steps", "must be at least 1, got ", num_steps);
+    diffusion_schedule s;
+    s.schedule_ = schedule;
+    const std::size_t n = static_cast<std::size_t>(num_steps);
+    s.beta_.resize(n);
+    // linspace(a, b, T)[t] = a + (b − a) t/(T − 1), and [a] for T = 1 (as torch.linspace).
+    auto frac = [&](std::size_t t) { return n > 1 ? static_cast<double>(t) / static_cast<double>(n - 1) : 0.0; };
+    switch (schedule) {
+      case noise_schedule::sigmoid:
+        for (std::size_t t = 0; t < n; ++t) {
+          const double x = -6.0 + 12.0 * frac(t);
+          s.beta_[t] = (1.0 / (1.0 + std::exp(-x))) * (5e-3 - 1e-5) + 1e-5;
+        }
+        break;
+      case noise_schedule::linear:
+        for (std::size_t t = 0; t < n; ++t) s.beta_[t] = 1e-4 + (0.02 - 1e-4) * frac(t);
+        break;
+      case noise_schedule::scaled_linear: {
+        const double a = std::sqrt(1e-4), b = std::sqrt(0.02);
+        for (std::size_t t = 0; t < n; ++t) {
+          const double r = a + (b - a) * frac(t);
+          s.beta_[t] = r * r;
+        }
+        break;
+      }
+      case noise_schedule::cosine: {
+        // β_t = 1 − f(τ_{t+1})/f(τ_t), f(τ) = cos²((τ + 0.008)/1.008 · π/2), τ_t = t/T.
+        // Written with the complementary angle b(τ) = (1 − τ)/1.008 · π/2, f = sin² b,
+        // and sin²b0 − sin²b1 = sin(b0 + b1) sin(b0 − b1): no cancellation for the
+        // small early β (~4e-5) and no loss near τ = 1 where cos(·) → 0.
+        constexpr double pi = 3.14159265358979323846;
+        const double scale = (pi / 2) / 1.008 / static_cast<double>(n);
+        for (std::size_t t = 0; t < n; ++t) {
+          const double b0 = static_cast<double>(n - t) * scale, b1 = static_cast<double>(n - t - 1) * scale;
+          const double s0 = std::sin(b0);
+          s.beta_[t] = std::min(std::sin(b0 + b1) * std::sin(scale) / (s0 * s0), 0.999);
+        }
+        break;
+      }
+      default:
+        CONSR_CHECK_ARG(false, fn, "schedule", "unknown noise_schedule value ", static_cast<int>(schedule));
+    }
+    s.alpha_bar_.resize(n);
+    s.one_minus_alpha_bar_.resize(n);
+    double ab = 1.0, omab = 0.0;
+    for (std::size_t t = 0; t < n; ++t) {
+      omab = omab + s.beta_[t] * ab;
+      ab = ab * (1.0 - s.beta_[t]);
+      s.alpha_bar_[t] = ab;
+      s.one_minus_alpha_bar_[t] = omab;
+    }
+    return s;
+  }
+
+  /// β_t. Throws consr::error naming 't' unless 0 ≤ t < num_steps().
+  double beta(int t) const { return beta_[check_step(t)]; }
+  /// ᾱ_t = Π_{k≤t} (1 − β_k). Throws like beta().
+  double alpha_bar(int t) const { return alpha_bar_[check_step(t)]; }
+  /// sqrt(ᾱ_t), the image coefficient of x_t. Throws like beta().
+  double sqrt_alpha_bar(int t) const { return std::sqrt(alpha_bar_[check_step(t)]); }
+  /// sqrt(1 − ᾱ_t), the noise coefficient of x_t. Throws like beta().
+  double sqrt_one_minus_alpha_bar(int t) const { return std::sqrt(one_minus_alpha_bar_[check_step(t)]); }
+  /// T, the number of steps.
+  int num_steps() const noexcept { return static_cast<int>(beta_.size()); }
+  /// Which β schedule this is.
+  noise_schedule schedule() const noexcept { return schedule_; }
+
+ private:
+  diffusion_schedule() = default;
+  std::size_t check_step(int t) const {
+    CONSR_CHECK_ARG(t >= 0 && t < num_steps(), "consr::diffusion_schedule", "t", "step ", t, " outside [0, ",
+                    num_steps(), ")");
+    return static_cast<std::size_t>(t);
+  }
+  noise_schedule schedule_ = noise_schedule::sigmoid;
+  std::vector<double> beta_;
+  std::vector<double> alpha_bar_;
+  std::vector<double> one_minus_alpha_bar_;
+};
+
+// ================================================================================================
+// Diffusion noise
+// ================================================================================================
+
+/// Options of add_diffusion_noise.
+struct diffusion_noise_options {
+  int step = 800;  ///< 0-based step t ∈ [0, num_steps − 1]: 800 for the reward corruption, 500 for noisy sampling
+  noise_schedule schedule = noise_schedule::sigmoid;
+  int num_steps = 1000;
+  /// Logical index, in the whole tensor being noised, of this view's first
+  /// element. Noising a tensor in pieces — each piece a view of consecutive
+  /// row-major elements (e.g. a range of leading-dimension slices) with
+  /// element_offset = the index of its first element — gives exactly the
+  /// noise of one call on the whole tensor.
+  std::uint64_t element_offset = 0;
+};
+
+/// The two coefficients of x_t = a·x_0 + b·ε.
+struct diffusion_coefficients {
+  double sqrt_alpha_bar;            ///< a = sqrt(ᾱ_t)
+  double sqrt_one_minus_alpha_bar;  ///< b = sqrt(1 − ᾱ_t)
+};
+
+namespace detail {
+
+template <class T>
+struct identity {
+  using type = T;
+};
+/// Blocks template deduction, so a view of T converts to a view of const T.
+template <class T>
+using identity_t = typename identity<T>::type;
+
+inline diffusion_coefficients diffusion_coefficients_checked(const diffusion_noise_options& o, const char* fn) {
+  CONSR_CHECK_ARG(o.num_steps >= 1, fn, "num_steps", "must be at least 1, got ", o.num_steps);
+  CONSR_CHECK_ARG(o.step >= 0 && o.step < o.num_steps, fn, "step", "step ", o.step, " outside [0, ", o.num_steps,
+                  ") (0-based steps of a ", o.num_steps, "-step schedule)");
+  const auto s = diffusion_schedule::make(o.schedule, o.num_steps);
+  return {s.sqrt_alpha_bar(o.step), s.sqrt_one_minus_alpha_bar(o.step)};
+}
+
+/// Address range [lo, hi) of the elements of `v` (empty views: lo == hi).
+template <class T, int R>
+void byte_span(const host_view<T, R>& v, std::uintptr_t& lo, std::uintptr_t& hi) {
+  if (v.size() == 0) {
+    lo = hi = 0;
+    return;
+  }
+  index_t min_off = 0, max_off = 0;
+  for (int d = 0; d < R; ++d) {
+    const index_t reach = (v.extent(d) - 1) * v.stride(d);
+    (reach < 0 ? min_off : max_off) += reach;
+  }
+  lo = reinterpret_cast<std::uintptr_t>(v.data() + min_off);
+  hi = reinterpret_cast<std::uintptr_t>(v.data() + max_off + 1);
+}
+
+/// True when the memory spans of `a` and `b` intersect.
+template <class A, class B, int R>
+bool views_overlap(const host_view<A, R>& a, const host_view<B, R>& b) {
+  std::uintptr_t alo, ahi, blo, bhi;
+  byte_span(a, alo, ahi);
+  byte_span(b, blo, bhi);
+  return alo < bhi && blo < ahi;
+}
+
+/// True when `a` and `b` address exactly the same elements in the same order.
+template <class A, class B, int R>
+bool views_identical(const host_view<A, R>& a, const host_view<B, R>& b) {
+  if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
+  for (int d = 0; d < R; ++d)
+    if (a.extent(d) != b.extent(d) || (a.extent(d) > 1 && a.stride(d) != b.stride(d))) return false;
+  return true;
+}
+
+/// `out` may be `in` exactly (in place) or disjoint from it; anything else is a partial overlap.
+template <class A, class B, int R>
+void check_alias_exact_or_disjoint(const host_view<A, R>& in, const host_view<B, R>& out, const char* fn,
+                                   const char* in_name) {
+  CONSR_CHECK_ARG(views_identical(in, out) || !views_overlap(in, out), fn, "out", "partially overlaps '", in_name,
+                  "'; pass the same view for in-place operation or disjoint memory");
+}
+
+/// An output must hold one element per logical position: no zero (broadcast)
+/// stride on a dimension of extent > 1, which would also race between threads.
+template <class T, int R>
+void check_no_broadcast(const host_view<T, R>& out, const char* fn) {
+  for (int d = 0; d < R; ++d)
+    CONSR_CHECK_ARG(out.extent(d) <= 1 || out.stride(d) != 0, fn, "out", "dimension ", d,
+                    " has stride 0 (a broadcast view); an output needs distinct elements");
+}
+
+/// Offset of row r (a multi-index over dims 0..R−2, row-major) in view `v`.
+template <class T, int R>
+index_t row_offset(const host_view<T, R>& v, index_t r) noexcept {
+  index_t off = 0;
+  for (int d = R - 2; d >= 0; --d) {
+    const index_t e = v.extent(d);
+    off += (r % e) * v.stride(d);
+    r /= e;
+  }
+  return off;
+}
+
+/// Elements per tile of the noise loop: 8 KiB of normals, well inside L1.
+inline constexpr index_t noise_tile = 2048;
+
+/// z[0 .. 4·num_blocks) = the normals of blocks first_block, first_block + 1, …
+/// (num_blocks ≤ noise_tile/4 + 2): exactly normal_block()'s values, computed in
+/// three vectorizable passes — Philox words into structure-of-arrays buffers,
+/// Box–Muller over the pairs, interleave — which is ~15% faster than calling
+/// normal_block per block (the 4-wide interleaved layout costs shuffles inside
+/// the long Box–Muller body). GCC vectorizes all three with AVX2 or AVX-512
+/// (-O3 -march=...); on the x86-64 SSE2 baseline GCC keeps them scalar, Clang
+/// vectorizes them.
+inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t num_blocks,
+                               float* CONSR_RESTRICT z) noexcept {
+  constexpr index_t max_blocks = noise_tile / 4 + 2;
+  alignas(64) std::uint32_t w_radius[2 * max_blocks];
+  alignas(64) std::uint32_t w_angle[2 * max_blocks];
+  alignas(64) float z_cos[2 * max_blocks];
+  alignas(64) float z_sin[2 * max_blocks];
+  const index_t nb = num_blocks;
+  CONSR_SIMD
+  for (index_t j = 0; j < nb; ++j) {
+    const uint4x32 r = philox_block(key, first_block + static_cast<std::uint64_t>(j));
+    w_radius[j] = r.v[0];  // pair (0, 1) of block j
+    w_angle[j] = r.v[1];
+    w_radius[nb + j] = r.v[2];  // pair (2, 3) of block j
+    w_angle[nb + j] = r.v[3];
+  }
+  CONSR_SIMD
+  for (index_t k = 0; k < 2 * nb; ++k) box_muller(w_radius[k], w_angle[k], z_cos[k], z_sin[k]);
+  CONSR_SIMD
+  for (index_t j = 0; j < nb; ++j) {
+    z[4 * j + 0] = z_cos[j];
+    z[4 * j + 1] = z_sin[j];
+    z[4 * j + 2] = z_cos[nb + j];
+    z[4 * j + 3] = z_sin[nb + j];
+  }
+}
+
+template <class T, class Acc>
+CONSR_FORCEINLINE T noised(T x, float z, Acc a, Acc b) noexcept {
+  return from_accum<T>(a * to_accum<Acc>(x) + b * static_cast<Acc>(z));
+}
+
+/// y = a·x + b·z over logical elements [begin, begin + len) of two views.
+template <class T, int R, class Acc>
+void apply_noise_strided(host_view<const T, R> x, host_view<T, R> y, index_t begin, index_t len, const float* z,
+                         Acc a, Acc b) noexcept {
+  if constexpr (R == 0) {
+    (void)begin;
+    (void)len;
+    y() = noised(x(), z[0], a, b);
+  } else {
+    const index_t inner = x.extent(R - 1);
+    const index_t xs = x.stride(R - 1), ys = y.stride(R - 1);
+    index_t row = begin / inner, col = begin % inner;
+    index_t e = 0;
+    while (e < len) {
+      const index_t run = std::min(inner - col, len - e);
+      const T* xp = x.data() + row_offset(x, row) + col * xs;
+      T* yp = y.data() + row_offset(y, row) + col * ys;
+      for (index_t k = 0; k < run; ++k) yp[k * ys] = noised(xp[k * xs], z[e + k], a, b);
+      e += run;
+      ++row;
+      col = 0;
+    }
+  }
+}
+
+}  // namespace detail
+
+/// The coefficients (sqrt ᾱ_t, sqrt(1 − ᾱ_t)) for `options` (spec §3).
+/// Throws consr::error naming 'num_steps' or 'step' when out of range.
+inline diffusion_coefficients diffusion_noise_coefficients(const diffusion_noise_options& options = {}) {
+  return detail::diffusion_coefficients_checked(options, "consr::diffusion_noise_coefficients");
+}
+
+/// Forward diffusion in closed form (spec §3, paper §3.1–3.2):
+///   out_i = sqrt(ᾱ_t) · image_i + sqrt(1 − ᾱ_t) · ε_i,  ε_i = normal_at(key, element_offset + i),
+/// where i is the element's row-major *logical* index, so any layout (column-
+/// major, strided, a broadcast image) gets the same value per logical element. The
+/// arithmetic is in accum_t<T> (fp32 for fp32/bf16/fp16, fp64 for fp64; ε is
+/// the fp32 normal either way); no clamping. Any rank 0..8.
+/// Preconditions: `out` has the image's extents, no zero stride, and is either
+/// exactly `image` (in place) or disjoint from it. Throws consr::error naming
+/// 'image' or 'out' (bad view, shape, broadcast or partially overlapping out),
+/// 'step' / 'num_steps' (out of range) or
+/// 'element_offset' (element_offset + size overflows 64 bits).
+/// Runs in parallel (OpenMP, static tiles of the logical index) when enabled;
+/// the result does not depend on the thread count.
+template <class T, int R>
+void add_diffusion_noise(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+                         const diffusion_noise_options& options = {}) {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr::add_diffusion_noise: element type must be float, double, consr::bfloat16 or consr::float16");
+  constexpr const char* fn = "consr::add_diffusion_noise";
+  detail::check_view(image, fn, "image");
+  detail::check_view(out, fn, "out");
+  for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  detail::check_no_broadcast(out, fn);
+  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
+  const diffusion_coefficients coef = detail::diffusion_coefficients_checked(options, fn);
+  const index_t n = image.size();
+  if (n == 0) return;
+  CONSR_CHECK_ARG(options.element_offset <= std::numeric_limits<std::uint64_t>::max() - static_cast<std::uint64_t>(n),
+                  fn, "element_offset", options.element_offset, " + ", n, " elements overflows 64-bit indices");
+
+  using acc = accum_t<T>;
+  const acc a = static_cast<acc>(coef.sqrt_alpha_bar);
+  const acc b = static_cast<acc>(coef.sqrt_one_minus_alpha_bar);
+  const bool contiguous = image.is_contiguous() && out.is_contiguous();
+  const index_t tile = detail::noise_tile;
+  const index_t num_tiles = (n + tile - 1) / tile;
+  const std::uint64_t base = options.element_offset;
+
+  CONSR_OMP(parallel for schedule(static) if (num_tiles > 4))
+  for (index_t t = 0; t < num_tiles; ++t) {
+    alignas(64) float z[detail::noise_tile + 8];
+    const index_t begin = t * tile;
+    const index_t len = std::min(tile, n - begin);
+    const std::uint64_t first = base + static_cast<std::uint64_t>(begin);
+    const index_t lead = static_cast<index_t>(first % 4);  // position of `first` in its Philox block
+    detail::fill_normal_blocks(key, first / 4, (lead + len + 3) / 4, z);
+    if (contiguous) {
+      const T* x = image.data() + begin;
+      T* y = out.data() + begin;
+      const float* zz = z + lead;
+      CONSR_SIMD
+      for (index_t i = 0; i < len; ++i) y[i] = detail::noised(x[i], zz[i], a, b);
+    } else {
+      detail::apply_noise_strided<T, R>(image, out, begin, len, z + lead, a, b);
+    }
+  }
+}
+
+/// In-place add_diffusion_noise: image ← sqrt(ᾱ_t)·image + sqrt(1 − ᾱ_t)·ε.
+template <class T, int R>
+void add_diffusion_noise(host_view<T, R> image, rng_key key, const diffusion_noise_options& options = {}) {
+  add_diffusion_noise<T, R>(host_view<const T, R>(image), image, key, options);
+}
+
+// ================================================================================================
+// Batched image helpers (shared by the Table-7 corruptions)
+// ================================================================================================
+
+namespace detail {
+
+/// A [C, H, W] view as a [1, C, H, W] batch; [B, C, H, W] unchanged.
+template <class T, int R>
+host_view<T, 4> as_batch(const host_view<T, R>& v) noexcept {
+  static_assert(R == 3 || R == 4, "consr: images are [C, H, W] or [B, C, H, W] views");
+  if constexpr (R == 4) {
+    return v;
+  } else {
+    const index_t e[4] = {1, v.extent(0), v.extent(1), v.extent(2)};
+    const index_t s[4] = {0, v.stride(0), v.stride(1), v.stride(2)};
+    return host_view<T, 4>(v.data(), e, s);
+  }
+}
+
+/// Image b of a batch as a [C, H, W] view.
+template <class T>
+host_view<T, 3> image_of(const host_view<T, 4>& v, index_t b) noexcept {
+  const index_t e[3] = {v.extent(1), v.extent(2), v.extent(3)};
+  const index_t s[3] = {v.stride(1), v.stride(2), v.stride(3)};
+  return host_view<T, 3>(v.data() + b * v.stride(0), e, s);
+}
+
+/// Uniform-stream sub-range of the patch-mask draws of an image.
+inline constexpr std::uint64_t patch_mask_stream = 0;
+/// Uniform-stream sub-range of the crop-box draws of an image.
+inline constexpr std::uint64_t crop_box_stream = std::uint64_t{1} << 31;
+/// Largest number of images (image_offset + B) the per-image streams address.
+inline constexpr std::uint64_t max_stream_images = std::uint64_t{1} << 32;
+
+inline void check_image_range(std::uint64_t image_offset, index_t batch, const char* fn) {
+  CONSR_CHECK_ARG(image_offset <= max_stream_images - static_cast<std::uint64_t>(batch), fn, "image_offset",
+                  "image_offset ", image_offset, " + ", batch, " images exceeds the 2^32 per-image random streams");
+}
+
+}  // namespace detail
+
+// ================================================================================================
+// Random patch masking (Table 7)
+// ================================================================================================
+
+/// Options of random_patch_mask.
+struct patch_mask_options {
+  index_t patch_size = 14;  ///< side of the square patches, in pixels (edge patches are cut by the border)
+  double probability = 0.5;  ///< chance that a patch is masked
+  double fill_value = 0.0;   ///< value written into every channel of a masked patch
+  /// Index of this view's first image in the whole batch: image b draws from
+  /// stream image_offset + b, so masking a batch in pieces gives the same masks.
+  std::uint64_t image_offset = 0;
+};
+
+/// Whether patch `patch_index` (row-major over the patch grid) of image
+/// `image_index` is masked: uniform_at(key, (image_index << 32) + patch_index) < probability.
+/// Preconditions: image_index < 2^32, patch_index < 2^31.
+CONSR_HOST_DEVICE inline bool patch_is_masked(rng_key key, std::uint64_t image_index, std::uint64_t patch_index,
+                                              double probability) noexcept {
+  return uniform_at(key, (image_index << 32) + detail::patch_mask_stream + patch_index) < probability;
+}
+
+/// Random patch masking (paper Table 7): the H × W plane is tiled by
+/// patch_size × patch_size squares from the top-left corner (the last row and
+/// column of patches are cut by the border); each patch of each image is,
+/// independently with probability p (patch_is_masked), set to fill_value in
+/// every channel; other pixels are copied. Views are [C, H, W] or [B, C, H, W].
+/// `out` has the image's shape and is `image` exactly (in place) or disjoint.
+/// Throws consr::error naming 'image', 'out', 'patch_size' (< 1 or more than
+/// 2^31 patches), 'probability' (outside [0, 1]) or 'image_offset'.
+template <class T, int R>
+void random_patch_mask(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+                       const patch_mask_options& options = {}) {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr::random_patch_mask: element type must be float, double, consr::bfloat16 or consr::float16");
+  static_assert(R == 3 || R == 4, "consr::random_patch_mask: images are [C, H, W] or [B, C, H, W] views");
+  constexpr const char* fn = "consr::random_patch_mask";
+  detail::check_view(image, fn, "image");
+  detail::check_view(out, fn, "out");
+  for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  detail::check_no_broadcast(out, fn);
+  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
+  CONSR_CHECK_ARG(options.patch_size >= 1, fn, "patch_size", "must be at least 1, got ", options.patch_size);
+  CONSR_CHECK_ARG(options.probability >= 0.0 && options.probability <= 1.0, fn, "probability", "must be in [0, 1], got ",
+                  options.probability);
+  const host_view<const T, 4> x = detail::as_batch(image);
+  const host_view<T, 4> y = detail::as_batch(out);
+  const index_t batch = x.extent(0), channels = x.extent(1), height = x.extent(2), width = x.extent(3);
+  const index_t ps = options.patch_size;
+  const index_t grid_rows = (height + ps - 1) / ps, grid_cols = (width + ps - 1) / ps;
+  CONSR_CHECK_ARG(grid_rows == 0 || grid_cols <= (index_t{1} << 31) / grid_rows, fn, "patch_size", "patch size ", ps,
+                  " gives ", grid_rows, " x ", grid_cols, " patches; at most 2^31 per image are supported");
+  detail::check_image_range(options.image_offset, batch, fn);
+  if (x.size() == 0) return;
+
+  // One byte per (image, patch): tiny next to the image, and the loops below read it.
+  const index_t patches = grid_rows * grid_cols;
+  std::vector<unsigned char> masked(static_cast<std::size_t>(batch * patches));
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t p = 0; p < patches; ++p)
+      masked[static_cast<std::size_t>(b * patches + p)] =
+          patch_is_masked(key, options.image_offset + static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(p),
+                          options.probability);
+
+  const T fill = from_accum<T>(static_cast<accum_t<T>>(options.fill_value));
+  const index_t rows = batch * channels * height;
+  CONSR_OMP(parallel for schedule(static) if (rows * width > 65536))
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t row_y = r % height, b = r / (channels * height), c = (r / height) % channels;
+    const T* xp = &x(b, c, row_y, 0);
+    T* yp = &y(b, c, row_y, 0);
+    const unsigned char* m = masked.data() + b * patches + (row_y / ps) * grid_cols;
+    const index_t xs = x.stride(3), ys = y.stride(3);
+    for (index_t col = 0; col < width; ++col) yp[col * ys] = m[col / ps] ? fill : xp[col * xs];
+  }
+}
+
+/// In-place random_patch_mask: masked patches of `image` are overwritten with fill_value.
+template <class T, int R>
+void random_patch_mask(host_view<T, R> image, rng_key key, const patch_mask_options& options = {}) {
+  random_patch_mask<T, R>(host_view<const T, R>(image), image, key, options);
+}
+
+// ================================================================================================
+// Mixup (Table 7)
+// ================================================================================================
+
+/// Mixup with a second image (paper Table 7): out = λ·image + (1 − λ)·other,
+/// element by element in accum_t<T>. Any rank 0..8; `other` and `out` have the
+/// image's shape; `out` may be exactly `image` or `other`, else disjoint from both.
+/// Throws consr::error naming 'image', 'other', 'out' or 'lambda' (outside [0, 1]).
+template <class T, int R>
+void mixup(detail::identity_t<host_view<const T, R>> image, detail::identity_t<host_view<const T, R>> other,
+           host_view<T, R> out, double lambda) {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr::mixup: element type must be float, double, consr::bfloat16 or consr::float16");
+  constexpr const char* fn = "consr::mixup";
+  detail::check_view(image, fn, "image");
+  detail::check_view(other, fn, "other");
+  detail::check_view(out, fn, "out");
+  for (int d = 0; d < R; ++d) {
+    detail::check_extent(other, d, image.extent(d), fn, "other", "the image's extent");
+    detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  }
+  detail::check_no_broadcast(out, fn);
+  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
+  detail::check_alias_exact_or_disjoint(other, out, fn, "other");
+  CONSR_CHECK_ARG(lambda >= 0.0 && lambda <= 1.0, fn, "lambda", "must be in [0, 1], got ", lambda);
+  using acc = accum_t<T>;
+  const acc wa = static_cast<acc>(lambda), wb = static_cast<acc>(1.0 - lambda);
+  auto mix = [wa, wb](T p, T q) { return from_accum<T>(wa * to_accum<acc>(p) + wb * to_accum<acc>(q)); };
+  if constexpr (R == 0) {
+    out() = mix(image(), other());
+  } else {
+    const index_t n = image.size();
+    if (n == 0) return;
+    const index_t inner = image.extent(R - 1), rows = n / inner;
+    const index_t xs = image.stride(R - 1), os = other.stride(R - 1), ys = out.stride(R - 1);
+    CONSR_OMP(parallel for schedule(static) if (n > 65536))
+    for (index_t r = 0; r < rows; ++r) {
+      const T* xp = image.data() + detail::row_offset(image, r);
+      const T* op = other.data() + detail::row_offset(other, r);
+      T* yp = out.data() + detail::row_offset(out, r);
+      CONSR_SIMD
+      for (index_t k = 0; k < inner; ++k) yp[k * ys] = mix(xp[k * xs], op[k * os]);
+    }
+  }
+}
+
+// ================================================================================================
+// Random resized crop (Table 7)
+// ================================================================================================
+
+/// A crop rectangle in pixels: rows [top, top + height), columns [left, left + width).
+struct crop_box {
+  index_t top = 0;
+  index_t left = 0;
+  index_t height = 0;
+  index_t width = 0;
+};
+
+/// Options of random_resized_crop (torchvision RandomResizedCrop's defaults).
+struct resized_crop_options {
+  double scale_min = 0.08;  ///< crop area, as a fraction of the image area: [scale_min, scale_max]
+  double scale_max = 1.0;
+  double ratio_min = 3.0 / 4;  ///< crop aspect ratio width/height: [ratio_min, ratio_max], drawn log-uniformly
+  double ratio_max = 4.0 / 3;
+  /// Index of this view's first image in the whole batch (see patch_mask_options).
+  std::uint64_t image_offset = 0;
+};
+
+/// The crop box torchvision's RandomResizedCrop.get_params would draw for a
+/// height × width image, with its random numbers taken from the uniform stream
+/// of `key` for image `image_index`: up to 10 attempts, each drawing an area
+/// fraction s ~ U[scale_min, scale_max] and log-ratio ~ U[log ratio_min, log ratio_max],
+/// w = round(sqrt(s·area·ratio)), h = round(sqrt(s·area/ratio)) (round half to
+/// even, as Python); the first attempt with 0 < w ≤ width and 0 < h ≤ height takes
+/// top ~ U{0..height−h}, left ~ U{0..width−w}. Otherwise the centre crop of the
+/// aspect ratio clamped to [ratio_min, ratio_max]. Host only (it calls libm).
+/// Throws consr::error naming 'height' / 'width' (< 1), 'scale_min' / 'scale_max'
+/// (need 0 < scale_min ≤ scale_max, finite), 'ratio_min' / 'ratio_max' (need
+/// 0 < ratio_min ≤ ratio_max, finite) or 'image_index' (≥ 2^32).
+inline crop_box draw_resized_crop_box(index_t height, index_t width, rng_key key, std::uint64_t image_index,
+                                      const resized_crop_options& options = {}) {
+  constexpr const char* fn = "consr::draw_resized_crop_box";
+  CONSR_CHECK_ARG(height >= 1, fn, "height", "must be at least 1, got ", height);
+  CONSR_CHECK_ARG(width >= 1, fn, "width", "must be at least 1, got ", width);
+  CONSR_CHECK_ARG(std::isfinite(options.scale_min) && options.scale_min > 0.0, fn, "scale_min",
+                  "must be positive and finite, got ", options.scale_min);
+  CONSR_CHECK_ARG(std::isfinite(options.scale_max) && options.scale_max >= options.scale_min, fn, "scale_max",
+                  "must be finite and at least scale_min (", options.scale_min, "), got ", options.scale_max);
+  CONSR_CHECK_ARG(std::isfinite(options.ratio_min) && options.ratio_min > 0.0, fn, "ratio_min",
+                  "must be positive and finite, got ", options.ratio_min);
+  CONSR_CHECK_ARG(std::isfinite(options.ratio_max) && options.ratio_max >= options.ratio_min, fn, "ratio_max",
+                  "must be finite and at least ratio_min (", options.ratio_min, "), got ", options.ratio_max);
+  CONSR_CHECK_ARG(image_index < detail::max_stream_images, fn, "image_index", image_index,
+                  " is not below 2^32 (the per-image random streams)");
+  const double area = static_cast<double>(height) * static_cast<double>(width);
+  const double log_rmin = std::log(options.ratio_min), log_rmax = std::log(options.ratio_max);
+  const std::uint64_t base = (image_index << 32) + detail::crop_box_stream;
+  // randint(0, n): floor(u·n), clamped against the product rounding up to n.
+  auto randint = [](double u, index_t n) { return std::min(static_cast<index_t>(u * static_cast<double>(n)), n - 1); };
+  for (std::uint64_t attempt = 0; attempt < 10; ++attempt) {
+    const std::uint64_t k = base + 4 * attempt;
+    const double target_area = area * (options.scale_min + (options.scale_max - options.scale_min) * uniform_at(key, k));
+    const double aspect = std::exp(log_rmin + (log_rmax - log_rmin) * uniform_at(key, k + 1));
+    const double wf = std::nearbyint(std::sqrt(target_area * aspect));
+    const double hf = std::nearbyint(std::sqrt(target_area / aspect));
+    if (wf > 0 && wf <= static_cast<double>(width) && hf > 0 && hf <= static_cast<double>(height)) {
+      crop_box box;
+      box.width = static_cast<index_t>(wf);
+      box.height = static_cast<index_t>(hf);
+      box.top = randint(uniform_at(key, k + 2), height - box.height + 1);
+      box.left = randint(uniform_at(key, k + 3), width - box.width + 1);
+      return box;
+    }
+  }
+  // Fallback: centre crop, as torchvision.
+  const double in_ratio = static_cast<double>(width) / static_cast<double>(height);
+  crop_box box;
+  if (in_ratio < options.ratio_min) {
+    box.width = width;
+    box.height = static_cast<index_t>(std::nearbyint(static_cast<double>(width) / options.ratio_min));
+  } else if (in_ratio > options.ratio_max) {
+    box.height = height;
+    box.width = static_cast<index_t>(std::nearbyint(static_cast<double>(height) * options.ratio_max));
+  } else {
+    box.width = width;
+    box.height = height;
+  }
+  box.height = std::clamp<index_t>(box.height, 1, height);
+  box.width = std::clamp<index_t>(box.width, 1, width);
+  box.top = (height - box.height) / 2;
+  box.left = (width - box.width) / 2;
+  return box;
+}
+
+namespace detail {
+
+/// Source sample positions of bilinear resizing with align_corners = false
+/// (half-pixel centres, PyTorch's upsample_bilinear2d): for output index o of
+/// `out_size`, the source coordinate max((o + 0.5)·in/out − 0.5, 0) inside a
+/// crop of `in_size` starting at `start`.
+struct bilinear_taps {
+  std::vector<index_t> i0, i1;
+  std::vector<double> w1;  // weight of i1; i0 gets 1 − w1
+  bilinear_taps(index_t start, index_t in_size, index_t out_size) : i0(out_size), i1(out_size), w1(out_size) {
+    const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+    for (index_t o = 0; o < out_size; ++o) {
+      const double src = std::max((static_cast<double>(o) + 0.5) * scale - 0.5, 0.0);
+      const index_t lo = std::min(static_cast<index_t>(src), in_size - 1);
+      const index_t hi = std::min(lo + 1, in_size - 1);
+      i0[static_cast<std::size_t>(o)] = start + lo;
+      i1[static_cast<std::size_t>(o)] = start + hi;
+      w1[static_cast<std::size_t>(o)] = hi == lo ? 0.0 : src - static_cast<double>(lo);
+    }
+  }
+};
+
+template <class T>
+void crop_resize_batch(host_view<const T, 4> x, const crop_box* boxes, host_view<T, 4> y) {
+  const index_t batch = x.extent(0), channels = x.extent(1), out_h = y.extent(2), out_w = y.extent(3);
+  if (y.size() == 0) return;
+  std::vector<bilinear_taps> rows_taps, cols_taps;
+  rows_taps.reserve(static_cast<std::size_t>(batch));
+  cols_taps.reserve(static_cast<std::size_t>(batch));
+  for (index_t b = 0; b < batch; ++b) {
+    rows_taps.emplace_back(boxes[b].top, boxes[b].height, out_h);
+    cols_taps.emplace_back(boxes[b].left, boxes[b].width, out_w);
+  }
+  const index_t rows = batch * channels * out_h;
+  CONSR_OMP(parallel for schedule(static) if (rows * out_w > 65536))
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t oy = r % out_h, c = (r / out_h) % channels, b = r / (channels * out_h);
+    const bilinear_taps& rt = rows_taps[static_cast<std::size_t>(b)];
+    const bilinear_taps& ct = cols_taps[static_cast<std::size_t>(b)];
+    const double wy = rt.w1[static_cast<std::size_t>(oy)];
+    const T* row0 = &x(b, c, rt.i0[static_cast<std::size_t>(oy)], 0);
+    const T* row1 = &x(b, c, rt.i1[static_cast<std::size_t>(oy)], 0);
+    const index_t xs = x.stride(3), ys = y.stride(3);
+    T* yp = &y(b, c, oy, 0);
+    for (index_t ox = 0; ox < out_w; ++ox) {
+      const std::size_t k = static_cast<std::size_t>(ox);
+      const index_t c0 = ct.i0[k] * xs, c1 = ct.i1[k] * xs;
+      const double wx = ct.w1[k];
+      const double top = (1.0 - wx) * to_accum<double>(row0[c0]) + wx * to_accum<double>(row0[c1]);
+      const double bottom = (1.0 - wx) * to_accum<double>(row1[c0]) + wx * to_accum<double>(row1[c1]);
+      yp[ox * ys] = from_accum<T>(static_cast<accum_t<T>>((1.0 - wy) * top + wy * bottom));
+    }
+  }
+}
+
+template <class T, int R>
+void check_crop_views(const host_view<const T, R>& image, const host_view<T, R>& out, const char* fn) {
+  detail::check_view(image, fn, "image");
+  detail::check_view(out, fn, "out");
+  if constexpr (R == 4) detail::check_extent(out, 0, image.extent(0), fn, "out", "the image's batch size");
+  detail::check_extent(out, R - 3, image.extent(R - 3), fn, "out", "the image's channel count");
+  detail::check_no_broadcast(out, fn);
+  CONSR_CHECK_ARG(!detail::views_overlap(image, out), fn, "out", "overlaps 'image'; the crop cannot run in place");
+}
+
+}  // namespace detail
+
+/// Crops `box` out of every image and resizes it bilinearly to out's H × W
+/// (align_corners = false, half-pixel centres, no antialiasing: the same as
+/// torchvision's resized_crop whenever out is at least the crop's size, which
+/// random_resized_crop guarantees, since antialiasing only acts when shrinking).
+/// Computed in fp64, rounded once to T. Views are [C, H, W] or
+/// [B, C, H, W] (the same box for every image); `out` has the image's batch
+/// and channel extents, any H × W, and must not overlap `image`.
+/// Throws consr::error naming 'image', 'out' or 'box' (not inside the image, or empty).
+template <class T, int R>
+void crop_and_resize_bilinear(detail::identity_t<host_view<const T, R>> image, const crop_box& box, host_view<T, R> out) {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr::crop_and_resize_bilinear: element type must be float, double, consr::bfloat16 or consr::float16");
+  static_assert(R == 3 || R == 4, "consr::crop_and_resize_bilinear: images are [C, H, W] or [B, C, H, W] views");
+  constexpr const char* fn = "consr::crop_and_resize_bilinear";
+  detail::check_crop_views(image, out, fn);
+  const index_t height = image.extent(R - 2), width = image.extent(R - 1);
+  CONSR_CHECK_ARG(box.height >= 1 && box.width >= 1 && box.top >= 0 && box.left >= 0 && box.top <= height - box.height &&
+                      box.left <= width - box.width,
+                  fn, "box", "rows [", box.top, ", ", box.top + box.height, ") x columns [", box.left, ", ",
+                  box.left + box.width, ") is empty or not inside the ", height, " x ", width, " image");
+  const host_view<const T, 4> x = detail::as_batch(image);
+  std::vector<crop_box> boxes(static_cast<std::size_t>(x.extent(0)), box);
+  detail::crop_resize_batch<T>(x, boxes.data(), detail::as_batch(out));
+}
+
+/// Random resized crop (paper Table 7): for each image b, a box drawn by
+/// draw_resized_crop_box(H, W, key, image_offset + b, options), cropped and
+/// resized back to H × W with crop_and_resize_bilinear. Views are [C, H, W] or
+/// [B, C, H, W]; `out` has the image's shape and must not overlap it.
+/// Throws consr::error naming 'image', 'out', 'image_offset' or an option
+/// (see draw_resized_crop_box).
+template <class T, int R>
+void random_resized_crop(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+                         const resized_crop_options& options = {}) {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr::random_resized_crop: element type must be float, double, consr::bfloat16 or consr::float16");
+  static_assert(R == 3 || R == 4, "consr::random_resized_crop: images are [C, H, W] or [B, C, H, W] views");
+  constexpr const char* fn = "consr::random_resized_crop";
+  detail::check_crop_views(image, out, fn);
+  for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  const host_view<const T, 4> x = detail::as_batch(image);
+  const index_t batch = x.extent(0), height = x.extent(2), width = x.extent(3);
+  detail::check_image_range(options.image_offset, batch, fn);
+  if (x.size() == 0) return;
+  std::vector<crop_box> boxes(static_cast<std::size_t>(batch));
+  for (index_t b = 0; b < batch; ++b)
+    boxes[static_cast<std::size_t>(b)] =
+        draw_resized_crop_box(height, width, key, options.image_offset + static_cast<std::uint64_t>(b), options);
+  detail::crop_resize_batch<T>(x, boxes.data(), detail::as_batch(out));
+}
+
+}  // namespace consr
