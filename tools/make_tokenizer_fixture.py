@@ -263,6 +263,32 @@ QWEN_STRING_CASES = [
 ]
 
 
+# A variant with added-token flags Qwen2 does not use (lstrip / rstrip / normalized), so that the C++
+# handling of them is checked against HF too (tokenizer_added_flags.json, reference_added_flags.json).
+FLAG_TOKENS = [
+    AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True),
+    AddedToken("<sep>", lstrip=False, rstrip=True, normalized=False, special=True),
+    AddedToken("<both>", lstrip=True, rstrip=True, normalized=False, special=False),
+    AddedToken("cafe\u0301", normalized=True, special=False),  # matched after NFC, as "café"
+    AddedToken("<e\u0301>", normalized=False, special=False),  # matched before NFC only
+]
+FLAG_STRINGS = [
+    "a <mask> b", "a   <mask>", "<mask>   x", "\u3000\u00a0<mask>", "x<sep>   y", "x <sep>\n\ny", "  <both>  ",
+    "a<both>b", "<mask><mask>", " <sep> <sep> ", "<sep>", " <mask>", "x \t<mask>\t <sep>\t y",
+    "cafe\u0301 and caf\u00e9 and cafe", "<e\u0301> and <\u00e9>", "<|im_start|> <mask> <|im_end|>",
+]
+
+
+def flags_reference(tok):
+    tok.add_tokens(FLAG_TOKENS)
+    tok.save(os.path.join(OUT, "tokenizer_added_flags.json"), pretty=True)
+    cases = [{"text": s, "ids": tok.encode(s, add_special_tokens=False).ids} for s in FLAG_STRINGS]
+    for c in cases:
+        c["decode"] = tok.decode(c["ids"], skip_special_tokens=False)
+        c["decode_skip_special"] = tok.decode(c["ids"], skip_special_tokens=True)
+    write_json("reference_added_flags.json", {"generator": "tools/make_tokenizer_fixture.py", "encode": cases})
+
+
 def chat_reference(tok_dir, tok_ids):
     from transformers import AutoTokenizer
     hf = AutoTokenizer.from_pretrained(tok_dir)
@@ -422,6 +448,7 @@ def main():
     hf, chat_cases = chat_reference(OUT, tok_ids)
     write_json("chat_template_reference.json", {"generator": "tools/make_tokenizer_fixture.py",
                                                 "render": chat_cases, "expand": expansion_reference(hf)})
+    flags_reference(build_tokenizer())
     print(f"wrote {OUT}: vocab {tok.get_vocab_size(with_added_tokens=True)} (model {tok.get_vocab_size(False)}), "
           f"{len(merges)} merges, {len(encode_cases)} encode cases, {len(decode_cases)} decode cases, "
           f"{len(chat_cases)} chat cases")
