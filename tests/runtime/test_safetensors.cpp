@@ -1,6 +1,9 @@
 // safetensors reader / writer / checkpoint directories: values against files written by the Python
 // `safetensors` package (tools/make_safetensors_fixture.py), round trips, and corrupt inputs, each
 // of which must throw consr_runtime::runtime_error naming the file (and tensor), never crash.
+// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
+#include <torch/torch.h>
+#undef CHECK
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -13,7 +16,6 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include "consr_runtime/safetensors.hpp"
 

@@ -1,5 +1,8 @@
 // load_weights: hub names under legacy and newer prefixes, dtype conversion, in-place copies, and
 // errors that name missing / extra / mis-shaped tensors.
+// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
+#include <torch/torch.h>
+#undef CHECK
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
@@ -8,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
 
 #include "consr_runtime/safetensors.hpp"
 #include "consr_runtime/weights.hpp"
