@@ -1,5 +1,8 @@
 // Image decoding and PIL-exact resampling against Pillow's own outputs, saved by
 // tools/make_model_fixtures.py in tests/fixtures/models/images/.
+#include <torch/torch.h>
+// LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
+#undef CHECK
 #include <catch2/catch.hpp>
 
 #include <fstream>

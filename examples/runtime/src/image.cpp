@@ -222,28 +222,21 @@ torch::Tensor resize_uint8(const torch::Tensor& image_hwc, std::int64_t height, 
   const std::int64_t channels = src.size(2);
   if (in_h == out_h && in_w == out_w) return src.clone();  // PIL returns a copy
 
-  const axis_coeffs horiz = precompute_coeffs(in_w, out_w, filter);
-  const axis_coeffs vert = precompute_coeffs(in_h, out_h, filter);
   const std::int64_t half = static_cast<std::int64_t>(1) << (precision_bits - 1);
-
-  // Horizontal pass (only when the width changes), over the rows the vertical pass reads.
-  torch::Tensor temp = src;
-  int row0 = 0;
-  if (in_w != out_w) {
-    row0 = vert.first.front();
-    const int row1 = vert.first.back() + vert.count.back();
-    const int rows = in_h == out_h ? in_h : row1 - row0;
-    if (in_h == out_h) row0 = 0;
-    temp = torch::empty({rows, out_w, channels}, torch::kUInt8);
-    const std::uint8_t* in = src.data_ptr<std::uint8_t>();
-    std::uint8_t* out = temp.data_ptr<std::uint8_t>();
-    for (int y = 0; y < rows; ++y) {
-      const std::uint8_t* in_row = in + static_cast<std::int64_t>(y + row0) * in_w * channels;
-      std::uint8_t* out_row = out + static_cast<std::int64_t>(y) * out_w * channels;
+  // Each pass convolves one axis with fixed-point coefficients and rounds to uint8.
+  auto horizontal = [&](const torch::Tensor& in_img) {  // [rows, in_w, C] -> [rows, out_w, C]
+    const axis_coeffs co = precompute_coeffs(in_w, out_w, filter);
+    const std::int64_t rows = in_img.size(0);
+    auto out_img = torch::empty({rows, out_w, channels}, torch::kUInt8);
+    const std::uint8_t* in = in_img.data_ptr<std::uint8_t>();
+    std::uint8_t* out = out_img.data_ptr<std::uint8_t>();
+    for (std::int64_t y = 0; y < rows; ++y) {
+      const std::uint8_t* in_row = in + y * in_w * channels;
+      std::uint8_t* out_row = out + y * out_w * channels;
       for (int xx = 0; xx < out_w; ++xx) {
-        const int xmin = horiz.first[static_cast<std::size_t>(xx)];
-        const int n = horiz.count[static_cast<std::size_t>(xx)];
-        const std::int32_t* k = horiz.k.data() + static_cast<std::size_t>(xx) * static_cast<std::size_t>(horiz.ksize);
+        const int xmin = co.first[static_cast<std::size_t>(xx)];
+        const int n = co.count[static_cast<std::size_t>(xx)];
+        const std::int32_t* k = co.k.data() + static_cast<std::size_t>(xx) * static_cast<std::size_t>(co.ksize);
         for (std::int64_t c = 0; c < channels; ++c) {
           std::int64_t ss = half;
           for (int x = 0; x < n; ++x) ss += static_cast<std::int64_t>(in_row[(x + xmin) * channels + c]) * k[x];
@@ -251,25 +244,33 @@ torch::Tensor resize_uint8(const torch::Tensor& image_hwc, std::int64_t height, 
         }
       }
     }
-  }
-  if (in_h == out_h) return temp;
-
-  // Vertical pass.
-  auto result = torch::empty({out_h, out_w, channels}, torch::kUInt8);
-  const std::int64_t row_len = static_cast<std::int64_t>(out_w) * channels;
-  const std::uint8_t* in = temp.data_ptr<std::uint8_t>();
-  std::uint8_t* out = result.data_ptr<std::uint8_t>();
-  for (int yy = 0; yy < out_h; ++yy) {
-    const int ymin = vert.first[static_cast<std::size_t>(yy)] - row0;
-    const int n = vert.count[static_cast<std::size_t>(yy)];
-    const std::int32_t* k = vert.k.data() + static_cast<std::size_t>(yy) * static_cast<std::size_t>(vert.ksize);
-    for (std::int64_t i = 0; i < row_len; ++i) {
-      std::int64_t ss = half;
-      for (int y = 0; y < n; ++y) ss += static_cast<std::int64_t>(in[(ymin + y) * row_len + i]) * k[y];
-      out[yy * row_len + i] = clip8(ss);
+    return out_img;
+  };
+  auto vertical = [&](const torch::Tensor& in_img) {  // [in_h, W, C] -> [out_h, W, C]
+    const axis_coeffs co = precompute_coeffs(in_h, out_h, filter);
+    const std::int64_t row_len = in_img.size(1) * channels;
+    auto out_img = torch::empty({out_h, in_img.size(1), channels}, torch::kUInt8);
+    const std::uint8_t* in = in_img.data_ptr<std::uint8_t>();
+    std::uint8_t* out = out_img.data_ptr<std::uint8_t>();
+    for (int yy = 0; yy < out_h; ++yy) {
+      const int ymin = co.first[static_cast<std::size_t>(yy)];
+      const int n = co.count[static_cast<std::size_t>(yy)];
+      const std::int32_t* k = co.k.data() + static_cast<std::size_t>(yy) * static_cast<std::size_t>(co.ksize);
+      for (std::int64_t i = 0; i < row_len; ++i) {
+        std::int64_t ss = half;
+        for (int y = 0; y < n; ++y) ss += static_cast<std::int64_t>(in[(ymin + y) * row_len + i]) * k[y];
+        out[yy * row_len + i] = clip8(ss);
+      }
     }
-  }
-  return result;
+    return out_img;
+  };
+  if (in_w == out_w) return vertical(src);
+  if (in_h == out_h) return horizontal(src);
+  // Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks by more
+  // than twice as many pixels as the width; the order changes the rounding of the intermediate image.
+  // (Pillow's passes also skip rows/columns the second pass never reads; that changes no value.)
+  const bool vertical_first = out_h < in_h && (in_h - out_h) > 2 * (in_w - out_w);
+  return vertical_first ? horizontal(vertical(src)) : vertical(horizontal(src));
 }
 
 rgb_image resize(const rgb_image& image, std::int64_t height, std::int64_t width, resample_filter filter) {

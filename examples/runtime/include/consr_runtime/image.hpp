@@ -45,7 +45,8 @@ resample_filter resample_filter_from_pil(std::int64_t code, const std::string& a
 
 /// Resizes a uint8 [H, W, C] CPU tensor (any C >= 1) to [height, width, C] exactly as PIL's
 /// `Image.resize((width, height), filter)` on an 8-bit image (libImaging/Resample.c): separable
-/// convolution, horizontal pass then vertical pass, with the filter support scaled by the
+/// convolution, horizontal pass then vertical pass (vertical first when the height shrinks by more
+/// than twice as many pixels as the width, as Pillow 13 does), with the filter support scaled by the
 /// downscaling factor (antialiasing), bicubic a = -0.5, coefficients normalised to sum 1 and
 /// converted to fixed point with 22 fractional bits, each pass rounded and clipped to uint8.
 /// Same size returns a copy. Throws runtime_error naming the argument for a non-uint8 / non-3-D /

@@ -1,0 +1,246 @@
+// Qwen2-VL and LLaVA-OneVision image processors against transformers 5.24's slow processors
+// (fixtures of tools/make_model_fixtures.py), plus hand-written smart_resize / best-resolution cases.
+#include <torch/torch.h>
+// LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
+#undef CHECK
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "consr_runtime/error.hpp"
+#include "consr_runtime/image.hpp"
+#include "consr_runtime/processors.hpp"
+#include "consr_runtime/safetensors.hpp"
+
+namespace {
+
+const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models";
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+
+double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+bool message_contains(const std::exception& e, const std::string& part) {
+  return std::string(e.what()).find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("smart_resize: hand-written cases including .5 ties and both pixel bounds", "[processors]") {
+  using consr_runtime::smart_resize;
+  const std::int64_t mn = 56 * 56, mx = 28 * 28 * 16384;
+  using P = std::pair<std::int64_t, std::int64_t>;
+  CHECK(smart_resize(70, 45, 28, mn, mx) == P{56, 56});     // 70/28 = 2.5 -> 2 (half to even)
+  CHECK(smart_resize(98, 42, 28, mn, mx) == P{112, 56});    // 3.5 -> 4, 1.5 -> 2
+  CHECK(smart_resize(126, 154, 28, mn, mx) == P{112, 168}); // 4.5 -> 4, 5.5 -> 6
+  CHECK(smart_resize(101, 159, 28, mn, mx) == P{112, 168}); // 3.61 -> 4, 5.68 -> 6
+  CHECK(smart_resize(28, 28, 28, mn, mx) == P{56, 56});     // below min_pixels: ceil(28 * 2 / 28) = 2
+  CHECK(smart_resize(30, 40, 28, mn, mx) == P{56, 84});     // beta = sqrt(3136/1200): ceil 1.73 -> 2, 2.31 -> 3
+  CHECK(smart_resize(1000, 2000, 28, mn, 100000) == P{196, 420});  // beta = sqrt(20): floor 7.99 -> 7, 15.97 -> 15
+  // Aspect exactly 200 is allowed; 10 x 2000 rounds to 0 x 1988 < min_pixels: beta = sqrt(3136 / 20000),
+  // ceil(3.96 / 28) = 1, ceil(791.9 / 28) = 29.
+  CHECK(smart_resize(10, 2000, 28, mn, mx) == P{28, 812});
+  CHECK(smart_resize(560, 840, 28, mn, mx) == P{560, 840});  // already multiples of 28
+  try {
+    smart_resize(9, 100, 28, mn, mx);
+    FAIL("no exception");
+  } catch (const consr_runtime::runtime_error& e) {
+    CHECK(message_contains(e, "'height'"));
+    CHECK(message_contains(e, "too small"));
+  }
+  CHECK_THROWS_AS(smart_resize(100, 5, 28, mn, mx), consr_runtime::runtime_error);
+  try {
+    smart_resize(10, 2001, 28, mn, mx);
+    FAIL("no exception");
+  } catch (const consr_runtime::runtime_error& e) {
+    CHECK(message_contains(e, "aspect ratio"));
+  }
+  CHECK_THROWS_AS(smart_resize(100, 100, 0, mn, mx), consr_runtime::runtime_error);
+}
+
+TEST_CASE("smart_resize and select_best_resolution equal transformers' functions", "[processors]") {
+  const auto meta = read_json(models_dir + "/images/images.json");
+  const auto& sr = meta["cases"]["smart_resize"];
+  REQUIRE(sr.size() >= 10);
+  for (const auto& c : sr) {
+    INFO(c.dump());
+    const auto r = consr_runtime::smart_resize(c["height"].get<std::int64_t>(), c["width"].get<std::int64_t>(), 28,
+                                               c["min_pixels"].get<std::int64_t>(), c["max_pixels"].get<std::int64_t>());
+    CHECK(r.first == c["resized_height"].get<std::int64_t>());
+    CHECK(r.second == c["resized_width"].get<std::int64_t>());
+  }
+  std::vector<std::array<std::int64_t, 2>> pinpoints;
+  for (const auto& p : meta["cases"]["select_best_resolution"]["pinpoints"]) pinpoints.push_back({p[0].get<std::int64_t>(), p[1].get<std::int64_t>()});
+  REQUIRE(pinpoints.size() == 36);
+  for (const auto& c : meta["cases"]["select_best_resolution"]["cases"]) {
+    INFO(c.dump());
+    const auto best = consr_runtime::select_best_resolution(c["height"].get<std::int64_t>(), c["width"].get<std::int64_t>(), pinpoints);
+    CHECK(best[0] == c["best"][0].get<std::int64_t>());
+    CHECK(best[1] == c["best"][1].get<std::int64_t>());
+  }
+}
+
+TEST_CASE("select_best_resolution: ties go to the least waste, then to the first candidate", "[processors]") {
+  using consr_runtime::select_best_resolution;
+  using A = std::array<std::int64_t, 2>;
+  // Equal effective resolution and equal waste: the first candidate wins.
+  CHECK(select_best_resolution(384, 384, {{384, 768}, {768, 384}}) == A{384, 768});
+  CHECK(select_best_resolution(384, 384, {{768, 384}, {384, 768}}) == A{768, 384});
+  // Both hold the whole image: the smaller (less waste) wins, whatever the order.
+  CHECK(select_best_resolution(100, 100, {{768, 768}, {384, 384}}) == A{384, 384});
+  CHECK(select_best_resolution(100, 100, {{384, 384}, {768, 768}}) == A{384, 384});
+  // A wide image: more effective pixels beat less waste.
+  CHECK(select_best_resolution(300, 1000, {{384, 384}, {384, 1152}, {768, 768}}) == A{384, 1152});
+  CHECK_THROWS_AS(select_best_resolution(0, 10, {{384, 384}}), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(select_best_resolution(10, 10, {}), consr_runtime::runtime_error);
+}
+
+TEST_CASE("Qwen2-VL processor reproduces HF pixel_values and image_grid_thw", "[processors]") {
+  const std::string dir = models_dir + "/qwen2_5_vl_tiny";
+  const auto meta = read_json(dir + "/reference.json");
+  consr_runtime::safetensors_file ref(dir + "/reference.safetensors");
+  const auto proc = consr_runtime::qwen2_vl_image_processor::from_file(dir);
+  CHECK(proc.config().min_pixels == 3136);
+  CHECK(proc.config().max_pixels == 28 * 28 * 16384);
+  std::vector<consr_runtime::rgb_image> images;
+  for (const auto& name : meta["images"]) images.push_back(consr_runtime::load_image(models_dir + "/images/" + name.get<std::string>()));
+  REQUIRE(images.size() == 2);
+
+  const auto n0 = proc.normalize(images[0]);
+  CHECK(n0.sizes() == torch::IntArrayRef({3, 112, 168}));
+  const auto packed = proc(images);
+  const auto expected = ref.load("pixel_values");
+  REQUIRE(packed.pixel_values.sizes() == expected.sizes());
+  CHECK(max_abs(packed.pixel_values, expected) <= 1e-6);
+  CHECK(torch::equal(packed.pixel_values, expected));  // PIL-exact resize + numpy-exact normalization
+  CHECK(torch::equal(packed.image_grid_thw, ref.load("image_grid_thw")));
+  REQUIRE(packed.num_image_tokens.size() == 2);
+  CHECK(packed.num_image_tokens[0] == meta["num_image_tokens"].get<std::int64_t>());
+  CHECK(packed.num_image_tokens[1] == 4);
+
+  // The hub spelling of the processor config (min_pixels / max_pixels keys) gives the same processor.
+  const auto hub = consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/qwen2_5_vl_tiny_sharded/preprocessor_config.json");
+  CHECK(hub.config().min_pixels == proc.config().min_pixels);
+  CHECK(hub.config().max_pixels == proc.config().max_pixels);
+  CHECK(torch::equal(hub(images).pixel_values, expected));
+}
+
+TEST_CASE("Qwen2-VL stage boundary: a corruption between normalize and pack reaches both frames", "[processors]") {
+  const auto proc = consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/qwen2_5_vl_tiny");
+  const auto image = consr_runtime::load_image(models_dir + "/images/qwen_a_101x159.png");
+  auto normalized = proc.normalize(image);
+  torch::manual_seed(3);
+  const auto noisy = normalized + torch::randn(normalized.sizes());
+  const auto packed = proc.pack(noisy);
+  // Row features are (C, T, 14, 14): the two temporal copies must be identical, noise included.
+  const auto v = packed.pixel_values.view({-1, 3, 2, 14, 14});
+  CHECK(torch::equal(v.select(2, 0), v.select(2, 1)));
+  CHECK(!torch::equal(packed.pixel_values, proc.pack(normalized).pixel_values));
+  // Undo the flattening by hand: row r of merge group (bh, bw, mh, mw) is patch (2 bh + mh, 2 bw + mw).
+  const std::int64_t gw = 168 / 14;
+  for (std::int64_t r : {0, 1, 2, 3, 5, 17, 95}) {
+    const std::int64_t group = r / 4, within = r % 4;
+    const std::int64_t ph = (group / (gw / 2)) * 2 + within / 2, pw = (group % (gw / 2)) * 2 + within % 2;
+    const auto patch = noisy.narrow(1, ph * 14, 14).narrow(2, pw * 14, 14);  // [3, 14, 14]
+    CHECK(torch::equal(v[r].select(1, 0), patch));
+  }
+}
+
+TEST_CASE("Qwen2-VL processor rejects bad arguments with named errors", "[processors]") {
+  const auto proc = consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/qwen2_5_vl_tiny");
+  try {
+    proc.pack(torch::zeros({3, 30, 56}));
+    FAIL("no exception");
+  } catch (const consr_runtime::runtime_error& e) {
+    CHECK(message_contains(e, "'normalized[0]'"));
+  }
+  CHECK_THROWS_AS(proc.pack(torch::zeros({4, 56, 56})), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(proc.pack(torch::zeros({3, 56, 56}, torch::kDouble)), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(proc.pack(std::vector<torch::Tensor>{}), consr_runtime::runtime_error);
+  const auto tiny = consr_runtime::make_rgb_image(torch::zeros({8, 40, 3}, torch::kUInt8));
+  CHECK_THROWS_AS(proc.normalize(tiny), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(consr_runtime::parse_qwen2_vl_processor_config("{\"min_pixels\": \"a\"}", "pp.json"),
+                  consr_runtime::runtime_error);
+  try {
+    consr_runtime::parse_qwen2_vl_processor_config("{\"image_std\": [0.5, 0, 0.5]}", "pp.json");
+    FAIL("no exception");
+  } catch (const consr_runtime::runtime_error& e) {
+    CHECK(message_contains(e, "pp.json"));
+    CHECK(message_contains(e, "image_std"));
+  }
+  CHECK_THROWS_AS(consr_runtime::parse_qwen2_vl_processor_config("[1, 2]", "pp.json"), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/nowhere"), consr_runtime::runtime_error);
+}
+
+TEST_CASE("LLaVA-OneVision processor reproduces HF tiles, image_sizes and token counts", "[processors]") {
+  const std::string dir = models_dir + "/llava_onevision_tiny";
+  const auto meta = read_json(dir + "/reference.json");
+  consr_runtime::safetensors_file ref(dir + "/reference.safetensors");
+  const auto proc = consr_runtime::llava_onevision_image_processor::from_directory(dir);
+  CHECK(proc.config().tile_size == 384);
+  CHECK(proc.config().image_grid_pinpoints.size() == 36);
+  CHECK(proc.config().image_mean[0] == 0.5);
+
+  const auto image = consr_runtime::load_image(models_dir + "/images/" + meta["images"][0].get<std::string>());
+  const auto normalized = proc.normalize(image);
+  const auto shape = ref.load("pixel_values_shape");
+  REQUIRE(normalized.dim() == 4);
+  for (int d = 0; d < 4; ++d) CHECK(normalized.size(d) == shape[d].item<std::int64_t>());
+  CHECK(max_abs(normalized.to(torch::kDouble).sum(3), ref.load("pixel_values_row_sums")) <= 1e-9);
+  CHECK(max_abs(normalized.to(torch::kDouble).sum(2), ref.load("pixel_values_col_sums")) <= 1e-9);
+  using torch::indexing::Slice;
+  CHECK(torch::equal(normalized.index({Slice(), Slice(), Slice(0, torch::indexing::None, 11), Slice(0, torch::indexing::None, 7)}),
+                     ref.load("pixel_values_sample")));
+  const auto packed = proc.pack({normalized}, {{image.height(), image.width()}});
+  CHECK(torch::equal(packed.image_sizes, ref.load("image_sizes")));
+  CHECK(packed.num_image_tokens.at(0) == meta["num_image_tokens"].get<std::int64_t>());
+
+  // The 12-tile image with the anyres_max_9 downsample.
+  const auto large = consr_runtime::load_image(models_dir + "/images/" + meta["images"][1].get<std::string>());
+  const auto nl = proc.normalize(large);
+  const auto lshape = ref.load("large.pixel_values_shape");
+  CHECK(nl.size(0) == lshape[0].item<std::int64_t>());
+  CHECK(max_abs(nl.to(torch::kDouble).sum(3), ref.load("large.pixel_values_row_sums")) <= 1e-9);
+  CHECK(consr_runtime::llava_onevision_num_image_tokens(large.height(), large.width(), proc.config()) ==
+        ref.load("large.num_image_tokens")[0].item<std::int64_t>());
+
+  for (const auto& c : meta["processor_token_counts"]) {
+    INFO(c.dump());
+    CHECK(consr_runtime::llava_onevision_num_image_tokens(c["height"].get<std::int64_t>(), c["width"].get<std::int64_t>(),
+                                                          proc.config()) == c["num_image_tokens"].get<std::int64_t>());
+  }
+  // The legacy sharded copy has the same processor.
+  const auto legacy = consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/llava_onevision_tiny_sharded");
+  const bool same_pinpoints = legacy.config().image_grid_pinpoints == proc.config().image_grid_pinpoints;
+  CHECK(same_pinpoints);
+}
+
+TEST_CASE("LLaVA-OneVision processor rejects bad arguments with named errors", "[processors]") {
+  const auto proc = consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/llava_onevision_tiny");
+  try {
+    proc.pack({torch::zeros({2, 3, 384, 384})}, {{233, 410}});  // needs 3 tiles
+    FAIL("no exception");
+  } catch (const consr_runtime::runtime_error& e) {
+    CHECK(message_contains(e, "'normalized[0]'"));
+  }
+  CHECK_THROWS_AS(proc.pack({torch::zeros({3, 3, 384, 384})}, {}), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(proc.pack({torch::zeros({3, 3, 380, 384})}, {{233, 410}}), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(proc.pack({torch::zeros({3, 3, 384, 384})}, {{0, 410}}), consr_runtime::runtime_error);
+  CHECK_THROWS_AS(consr_runtime::parse_llava_onevision_processor_config("{\"size\": {\"height\": 384, \"width\": 300}}"),
+                  consr_runtime::runtime_error);
+  CHECK_THROWS_AS(consr_runtime::parse_llava_onevision_processor_config("{\"image_grid_pinpoints\": [[384]]}"),
+                  consr_runtime::runtime_error);
+  CHECK_THROWS_AS(consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/qwen2_5_vl_tiny"),
+                  consr_runtime::runtime_error);
+}
