@@ -1,0 +1,322 @@
+// Generation and teacher-forced log-probs against Hugging Face (greedy tokens of model.generate and
+// log_softmax(logits[t−1])[id_t] from tools/make_model_fixtures.py), plus the sampler against a
+// plain reference of HF's temperature + top-p rule, seeding, stop tokens and batching.
+// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
+#include <torch/torch.h>
+#undef CHECK
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "consr_runtime/error.hpp"
+#include "consr_runtime/generation.hpp"
+#include "consr_runtime/image.hpp"
+#include "consr_runtime/models.hpp"
+#include "consr_runtime/processors.hpp"
+#include "consr_runtime/safetensors.hpp"
+
+using namespace consr_runtime;
+
+namespace {
+
+const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models/";
+
+struct fixture {
+  std::string dir;
+  safetensors_file ref;
+  nlohmann::json meta;
+  std::shared_ptr<vision_language_model> model;
+  explicit fixture(const std::string& name)
+      : dir(models_dir + name), ref(dir + "/reference.safetensors"), model(load_model(dir)) {
+    std::ifstream in(dir + "/reference.json");
+    in >> meta;
+  }
+  torch::Tensor operator[](const std::string& name) const { return ref.load(name); }
+  std::vector<std::int64_t> ids(const std::string& name) const {
+    torch::Tensor t = ref.load(name).reshape({-1}).contiguous();
+    return std::vector<std::int64_t>(t.data_ptr<std::int64_t>(), t.data_ptr<std::int64_t>() + t.numel());
+  }
+  std::int64_t token(const std::string& name) const { return meta["token_ids"][name].get<std::int64_t>(); }
+  bool qwen() const { return model->config().qwen2_5_vl.has_value(); }
+
+  // The image prompt with its image run through this model's processor (from the PNG).
+  prompt_input image_prompt() const {
+    prompt_input p;
+    p.input_ids = ids("prompt_input_ids");
+    rgb_image image = load_image(dir + "/" + meta["prompt_images"][0].get<std::string>());
+    if (qwen()) {
+      auto packed = qwen2_vl_image_processor::from_file(dir)({image});
+      p.images.pixel_values = packed.pixel_values;
+      p.images.image_grid_thw = packed.image_grid_thw;
+    } else {
+      auto packed = llava_onevision_image_processor::from_directory(dir)({image});
+      p.images.pixel_values = packed.pixel_values;
+      p.images.image_sizes = packed.image_sizes;
+    }
+    return p;
+  }
+  prompt_input text_prompt() const {
+    prompt_input p;
+    p.input_ids = ids("text_input_ids");
+    return p;
+  }
+  std::vector<std::int64_t> stops() const { return {token("im_end"), token("endoftext")}; }
+};
+
+fixture& qwen() {
+  static fixture f("qwen2_5_vl_tiny");
+  return f;
+}
+fixture& llava() {
+  static fixture f("llava_onevision_tiny");
+  return f;
+}
+
+sampling_options greedy(const fixture& f, std::int64_t max_new_tokens) {
+  sampling_options o;
+  o.temperature = 0;
+  o.max_new_tokens = max_new_tokens;
+  o.stop_token_ids = f.stops();
+  return o;
+}
+
+// generated tokens plus the stop token, as HF's generate returns them
+std::vector<std::int64_t> with_stop(const generation_result& r) {
+  std::vector<std::int64_t> out = r.token_ids;
+  if (r.stop_token) out.push_back(*r.stop_token);
+  return out;
+}
+
+// HF's TopPLogitsWarper after a temperature, written directly: probabilities (double) of the
+// tokens kept, renormalised; removed tokens get 0.
+std::vector<double> reference_distribution(const std::vector<double>& logits, double temperature, double top_p) {
+  std::vector<double> p(logits.size());
+  double mx = *std::max_element(logits.begin(), logits.end()), z = 0;
+  for (std::size_t i = 0; i < p.size(); ++i) z += (p[i] = std::exp((logits[i] - mx) / temperature));
+  for (auto& v : p) v /= z;
+  // Ascending sort; remove while the cumulative mass (ascending) <= 1 − top_p; keep the largest.
+  std::vector<std::size_t> asc(p.size());
+  std::iota(asc.begin(), asc.end(), 0);
+  std::stable_sort(asc.begin(), asc.end(), [&](std::size_t a, std::size_t b) { return p[a] < p[b]; });
+  std::vector<double> kept = p;
+  double cum = 0;
+  for (std::size_t k = 0; k + 1 < asc.size(); ++k) {
+    cum += p[asc[k]];
+    if (cum <= 1 - top_p) kept[asc[k]] = 0;
+  }
+  double s = std::accumulate(kept.begin(), kept.end(), 0.0);
+  for (auto& v : kept) v /= s;
+  return kept;
+}
+
+}  // namespace
+
+TEST_CASE("generation: sampler matches HF's temperature + top-p distribution", "[generation]") {
+  const std::vector<double> logits{0.3, 2.0, -1.0, 1.2, 2.0, -3.0, 0.9};
+  torch::Tensor t = torch::tensor(logits, torch::kFloat64);
+  for (double temperature : {0.5, 1.0, 1.7}) {
+    for (double top_p : {1.0, 0.95, 0.7, 0.4, 0.05}) {
+      auto expected = reference_distribution(logits, temperature, top_p);
+      const int draws = 20000;
+      std::vector<double> freq(logits.size(), 0.0);
+      for (int k = 0; k < draws; ++k) freq[sample_token(t, temperature, top_p, (k + 0.5) / draws)] += 1.0 / draws;
+      INFO("T = " << temperature << ", top_p = " << top_p);
+      // Stratified u: every frequency is within 1/draws of the exact probability.
+      for (std::size_t i = 0; i < logits.size(); ++i) CHECK(std::abs(freq[i] - expected[i]) <= 1.5 / draws);
+    }
+  }
+  // T = 0: the first maximum (ids 1 and 4 tie).
+  CHECK(sample_token(t, 0.0, 1.0, 0.99) == 1);
+  // Tiny top_p keeps only the most likely token whatever u; on an exact tie HF keeps the last of the
+  // tied maxima (its stable ascending sort; checked with transformers' TopPLogitsWarper(0.05) on
+  // these logits: only id 4 survives).
+  for (double u : {0.0, 0.5, 0.999}) CHECK(sample_token(t, 1.0, 1e-9, u) == 4);
+  for (double u : {0.0, 0.5, 0.999}) CHECK(sample_token(t, 1.0, 0.05, u) == 4);
+}
+
+TEST_CASE("generation: top-p boundary follows HF (keep while the mass before a token < top_p)", "[generation]") {
+  // probabilities 0.5, 0.3, 0.2
+  torch::Tensor t = torch::tensor({std::log(0.2), std::log(0.5), std::log(0.3)}, torch::kFloat64);
+  auto support = [&](double top_p) {
+    std::vector<int> seen(3, 0);
+    for (int k = 0; k < 1000; ++k) seen[sample_token(t, 1.0, top_p, (k + 0.5) / 1000)] = 1;
+    return seen;
+  };
+  CHECK(support(0.49) == std::vector<int>{0, 1, 0});
+  CHECK(support(0.51) == std::vector<int>{0, 1, 1});
+  CHECK(support(0.79) == std::vector<int>{0, 1, 1});
+  CHECK(support(0.81) == std::vector<int>{1, 1, 1});
+  // Bad options and logits name the argument.
+  CHECK_THROWS_WITH(sample_token(t, -1.0, 1.0, 0.5), Catch::Contains("'temperature'"));
+  CHECK_THROWS_WITH(sample_token(t, 1.0, 0.0, 0.5), Catch::Contains("'top_p'"));
+  CHECK_THROWS_WITH(sample_token(t, 1.0, 1.5, 0.5), Catch::Contains("'top_p'"));
+  CHECK_THROWS_WITH(sample_token(torch::tensor({0.0, std::nan("")}), 1.0, 1.0, 0.5), Catch::Contains("'logits'"));
+}
+
+TEST_CASE("generation: counter_uniform is a pure function of (seed, stream, counter)", "[generation]") {
+  CHECK(counter_uniform(1, 2, 3) == counter_uniform(1, 2, 3));
+  CHECK(counter_uniform(1, 2, 3) != counter_uniform(2, 2, 3));
+  CHECK(counter_uniform(1, 2, 3) != counter_uniform(1, 3, 3));
+  CHECK(counter_uniform(1, 2, 3) != counter_uniform(1, 2, 4));
+  double sum = 0, lo = 1, hi = 0;
+  for (std::uint64_t i = 0; i < 20000; ++i) {
+    double u = counter_uniform(7, 0, i);
+    REQUIRE(u >= 0.0);
+    REQUIRE(u < 1.0);
+    sum += u;
+    lo = std::min(lo, u);
+    hi = std::max(hi, u);
+  }
+  CHECK(std::abs(sum / 20000 - 0.5) < 0.01);
+  CHECK(lo < 0.001);
+  CHECK(hi > 0.999);
+}
+
+TEST_CASE("generation: greedy continuation equals HF generate", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    auto expected = f->ids("greedy_ids");
+    auto result = generate(*f->model, {f->image_prompt()}, greedy(*f, f->meta["greedy"]["max_new_tokens"].get<std::int64_t>()));
+    INFO(f->dir);
+    CHECK(with_stop(result.at(0)) == expected);
+  }
+}
+
+TEST_CASE("generation: teacher-forced log-probs equal HF", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    auto response = f->ids("response_ids");  // "A gradient with a red circle.<|im_end|>"
+    REQUIRE(response.back() == f->token("im_end"));
+    std::vector<std::int64_t> without_end(response.begin(), response.end() - 1);
+    // The end-of-turn token is appended (spec decision), unless the response already ends with it.
+    auto scored = score_responses(*f->model, {f->image_prompt(), f->text_prompt(), f->image_prompt()},
+                                  {without_end, without_end, response}, f->token("im_end"));
+    torch::Tensor image_ref = (*f)["response_logprobs"];
+    torch::Tensor text_ref = (*f)["text_response_logprobs"];
+    INFO(f->dir);
+    for (int row : {0, 1, 2}) CHECK(scored[row].token_ids == response);
+    auto diff = [](const scored_response& s, const torch::Tensor& ref) {
+      REQUIRE(static_cast<std::int64_t>(s.logprobs.size()) == ref.numel());
+      double m = 0;
+      for (std::size_t i = 0; i < s.logprobs.size(); ++i)
+        m = std::max(m, std::abs(static_cast<double>(s.logprobs[i]) - ref[static_cast<std::int64_t>(i)].item<double>()));
+      return m;
+    };
+    CHECK(diff(scored[0], image_ref) <= 1e-4);
+    CHECK(diff(scored[1], text_ref) <= 1e-4);
+    CHECK(diff(scored[2], image_ref) <= 1e-4);
+    // The image matters: with and without it the log-probs differ.
+    CHECK(diff(scored[0], text_ref) > 1e-3);
+    WARN(f->dir << ": max |logprob − HF| = " << std::max(diff(scored[0], image_ref), diff(scored[1], text_ref)));
+
+    // The differentiable form gives the same numbers and a gradient.
+    auto batch = teacher_forced_logprobs(*f->model, {f->text_prompt()}, {response}, f->token("im_end"));
+    CHECK(batch.offsets == std::vector<std::int64_t>{0, static_cast<std::int64_t>(response.size())});
+    CHECK(batch.logprobs.requires_grad());
+    CHECK(torch::allclose(batch.logprobs.detach(), text_ref, 1e-5, 1e-4));
+  }
+}
+
+TEST_CASE("generation: seeded sampling is reproducible and batch-independent", "[generation]") {
+  fixture& f = qwen();
+  sampling_options o;
+  o.temperature = 1.0;
+  o.top_p = 0.9;
+  o.max_new_tokens = 12;
+  o.seed = 1234;
+  prompt_input image = f.image_prompt(), text = f.text_prompt();
+  auto a = generate(*f.model, {image, text}, o, {5, 9});
+  auto b = generate(*f.model, {image, text}, o, {5, 9});
+  CHECK(a[0].token_ids == b[0].token_ids);
+  CHECK(a[1].token_ids == b[1].token_ids);
+  // The same (seed, key) alone, or in another batch order, gives the same tokens.
+  CHECK(generate(*f.model, {text}, o, {9})[0].token_ids == a[1].token_ids);
+  auto swapped = generate(*f.model, {text, image}, o, {9, 5});
+  CHECK(swapped[0].token_ids == a[1].token_ids);
+  CHECK(swapped[1].token_ids == a[0].token_ids);
+  // Another seed or key gives other tokens.
+  sampling_options o2 = o;
+  o2.seed = 99;
+  CHECK(generate(*f.model, {text}, o2, {9})[0].token_ids != a[1].token_ids);
+  CHECK(generate(*f.model, {text}, o, {10})[0].token_ids != a[1].token_ids);
+  // Samples of one prompt: sample k does not depend on how many are drawn.
+  auto samples = generate_samples(*f.model, image, 3, o, 4);
+  CHECK(samples[1].token_ids == a[0].token_ids);
+  CHECK(generate_samples(*f.model, image, 1, o, 5)[0].token_ids == a[0].token_ids);
+  CHECK(samples[0].token_ids != samples[1].token_ids);
+}
+
+TEST_CASE("generation: top_p tiny equals greedy; stop tokens and max_new_tokens end a row", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    prompt_input text = f->text_prompt();
+    auto greedy_tokens = generate(*f->model, {text}, greedy(*f, 10))[0];
+    sampling_options o = greedy(*f, 10);
+    o.temperature = 1.3;
+    o.top_p = 1e-7;
+    o.seed = 3;
+    INFO(f->dir);
+    CHECK(generate(*f->model, {text}, o)[0].token_ids == greedy_tokens.token_ids);
+    REQUIRE(greedy_tokens.token_ids.size() >= 3);
+    CHECK(greedy_tokens.reason == finish_reason::length);
+    // Declare the third greedy token a stop token: the row ends there, without it.
+    sampling_options stop = greedy(*f, 10);
+    stop.stop_token_ids = {greedy_tokens.token_ids[2]};
+    auto stopped = generate(*f->model, {text}, stop)[0];
+    CHECK(stopped.reason == finish_reason::stop_token);
+    CHECK(stopped.stop_token == greedy_tokens.token_ids[2]);
+    CHECK(stopped.token_ids == std::vector<std::int64_t>(greedy_tokens.token_ids.begin(), greedy_tokens.token_ids.begin() + 2));
+    CHECK(generate(*f->model, {text}, greedy(*f, 0))[0].token_ids.empty());
+  }
+}
+
+TEST_CASE("generation: a batch equals its prompts one by one (greedy)", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    prompt_input image = f->image_prompt(), text = f->text_prompt();
+    prompt_input short_text;
+    short_text.input_ids = std::vector<std::int64_t>(text.input_ids.begin(), text.input_ids.begin() + 9);
+    sampling_options o = greedy(*f, 6);
+    // A stop token that ends one row early exercises dropping finished rows from the batch.
+    auto alone_short = generate(*f->model, {short_text}, o)[0];
+    REQUIRE(alone_short.token_ids.size() >= 2);
+    o.stop_token_ids.push_back(alone_short.token_ids[1]);
+    std::vector<prompt_input> prompts{image, text, short_text};
+    auto batched = generate(*f->model, prompts, o);
+    INFO(f->dir);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      auto alone = generate(*f->model, {prompts[i]}, o)[0];
+      CHECK(batched[i].token_ids == alone.token_ids);
+      CHECK(batched[i].stop_token == alone.stop_token);
+    }
+    CHECK(batched[2].token_ids.size() == 1);
+  }
+}
+
+TEST_CASE("generation: collate left-pads and bad options are rejected", "[generation]") {
+  prompt_input a, b;
+  a.input_ids = {5, 6, 7};
+  b.input_ids = {8};
+  model_inputs in = collate({a, b}, 0);
+  CHECK(in.input_ids.equal(torch::tensor({5, 6, 7, 0, 0, 8}, torch::kInt64).view({2, 3})));
+  CHECK(in.attention_mask.equal(torch::tensor({1, 1, 1, 0, 0, 1}, torch::kInt64).view({2, 3})));
+  CHECK_THROWS_WITH(collate({}, 0), Catch::Contains("'prompts'"));
+  CHECK_THROWS_WITH(collate({a, prompt_input{}}, 0), Catch::Contains("'prompts'") && Catch::Contains("prompt 1"));
+
+  fixture& f = qwen();
+  sampling_options o;
+  o.top_p = 0;
+  CHECK_THROWS_WITH(generate(*f.model, {a}, o), Catch::Contains("'top_p'"));
+  o = sampling_options{};
+  o.temperature = -0.5;
+  CHECK_THROWS_WITH(generate(*f.model, {a}, o), Catch::Contains("'temperature'"));
+  o = sampling_options{};
+  o.stop_token_ids = {f.model->text().vocab_size};
+  CHECK_THROWS_WITH(generate(*f.model, {a}, o), Catch::Contains("'stop_token_ids'"));
+  CHECK_THROWS_WITH(generate(*f.model, {a}, sampling_options{}, {1, 2}), Catch::Contains("'sample_keys'"));
+  CHECK_THROWS_WITH(score_responses(*f.model, {a}, {{1, 99999}}, f.token("im_end")), Catch::Contains("'responses'"));
+  CHECK_THROWS_WITH(score_responses(*f.model, {a, b}, {{1}}, f.token("im_end")), Catch::Contains("'responses'"));
+}
