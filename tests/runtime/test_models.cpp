@@ -222,6 +222,9 @@ TEST_CASE("models: the sharded copies in the other hub naming load to identical 
     auto bf16 = load_model(dir + "_sharded", torch::TensorOptions().dtype(torch::kBFloat16));
     CHECK(bf16->dtype() == torch::kBFloat16);
     CHECK(bf16->language_model->embed_tokens->weight.to(torch::kFloat32).equal(a["model.language_model.embed_tokens.weight"]));
+    torch::Tensor logits16 = bf16->forward(in).to(torch::kFloat32), logits32 = reference->forward(in);
+    CHECK(logits16.isfinite().all().item<bool>());
+    CHECK((logits16 - logits32).abs().max().item<double>() < 0.05 * logits32.abs().max().item<double>());
   }
 }
 

@@ -314,6 +314,54 @@ TEST_CASE("qwen2: a left-padded batch equals each row alone", "[qwen2]") {
   CHECK(cache.batch_size() == 2);
 }
 
+TEST_CASE("qwen2: bf16 with left padding stays finite and close to fp32", "[qwen2]") {
+  text_config c = tiny_config(false);
+  qwen2_causal_lm lm32(c);
+  randomize(*lm32, 44);
+  qwen2_causal_lm lm16(c, torch::TensorOptions().dtype(torch::kBFloat16));
+  {
+    torch::NoGradGuard no_grad;
+    auto p16 = lm16->named_parameters();
+    for (auto& p : lm32->named_parameters()) {
+      p16[p.key()].copy_(p.value());
+      p.value().copy_(p16[p.key()].to(torch::kFloat32));  // the same (bf16-representable) weights
+    }
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::tensor({0, 0, 0, 4, 5, 6, 1, 2, 3, 4, 5, 6}, torch::kInt64).view({2, 6});
+  torch::Tensor mask = torch::tensor({0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1}, torch::kInt64).view({2, 6});
+  torch::Tensor pos = positions_from_mask(mask);
+  torch::Tensor a = lm16->forward(ids, pos, mask).to(torch::kFloat32);
+  torch::Tensor b = lm32->forward(ids, pos, mask);
+  CHECK(a.isfinite().all().item<bool>());
+  CHECK(lm16->forward(ids, pos, mask).scalar_type() == torch::kBFloat16);
+  // bf16 keeps ~3 significant digits; the real rows agree with fp32 to that precision.
+  double scale = b.abs().max().item<double>();
+  CHECK((a[0].narrow(0, 3, 3) - b[0].narrow(0, 3, 3)).abs().max().item<double>() < 0.05 * scale);
+  CHECK((a[1] - b[1]).abs().max().item<double>() < 0.05 * scale);
+}
+
+TEST_CASE("qwen2: long inputs are processed in query chunks with the same result", "[qwen2]") {
+  // 2^26 / (heads · T) queries per chunk: with 4 heads and T = 4200 that is 3994 rows, so a
+  // 4200-token input runs as two chunks; it must equal the per-row reference on a sample.
+  text_config c = tiny_config(false);
+  c.max_position_embeddings = 8192;
+  qwen2_causal_lm lm(c);
+  randomize(*lm, 55);
+  torch::NoGradGuard no_grad;
+  const std::int64_t n = 4200;
+  torch::Tensor ids = torch::remainder(torch::arange(n) * 7 + 3, c.vocab_size).view({1, n});
+  torch::Tensor logits = lm->forward(ids, torch::arange(n).view({1, n}))[0];
+  // Chunking is invisible: the tail equals a run of the same tokens through the KV cache, where
+  // each step is a single chunk.
+  kv_cache cache;
+  lm->forward(ids.narrow(1, 0, n - 3), torch::arange(n - 3).view({1, -1}), {}, &cache);
+  for (std::int64_t t = n - 3; t < n; ++t) {
+    torch::Tensor step = lm->forward(ids.narrow(1, t, 1), torch::full({1, 1}, t, torch::kInt64), {}, &cache)[0][0];
+    CHECK(torch::allclose(step, logits[t], 1e-4, 1e-4));
+  }
+}
+
 TEST_CASE("qwen2: RMSNorm multiplies the weight after the cast back (bf16)", "[qwen2]") {
   rms_norm norm(16, 1e-6, torch::TensorOptions().dtype(torch::kBFloat16));
   torch::manual_seed(3);

@@ -1,6 +1,7 @@
 // The Qwen2 decoder (see consr_runtime/qwen2.hpp).
 #include "consr_runtime/qwen2.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -75,8 +76,6 @@ void linear_impl::attach_lora(const torch::Tensor& lora_a, const torch::Tensor& 
 
 void linear_impl::detach_lora() {
   if (!lora_A) return;
-  // LibTorch has no unregister_module in 1.13; replace_module keeps the name registered, so
-  // rebuild the children list without the adapter instead.
   unregister_module("lora_A");
   unregister_module("lora_B");
   lora_A.reset();
@@ -221,18 +220,30 @@ torch::Tensor qwen2_attention_impl::forward(const torch::Tensor& x, const torch:
   k = apply_rotary(k, cos, sin);
   if (cache) std::tie(k, v) = cache->update(layer, k, v);
   const std::int64_t total = k.size(2);
-  // GQA without materialising repeat_kv: the `rep` query heads of KV head g are rows of one matmul
-  // (head h uses KV head h / rep, as HF's repeat_kv).
-  torch::Tensor qg = q.reshape({batch, num_kv_heads_, rep * len, head_dim_});
-  torch::Tensor scores = torch::matmul(qg, k.transpose(2, 3)) * scaling_;  // [B, KV, rep·L, T]
-  scores = scores.view({batch, num_kv_heads_, rep, len, total});
-  // Masked scores take the dtype's lowest finite value (as HF) so a fully masked padding row stays
-  // finite instead of NaN; its output is never used.
-  scores = scores.masked_fill(allowed.view({batch, 1, 1, len, total}).logical_not(),
-                              std::numeric_limits<float>::lowest());
-  torch::Tensor probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
-  torch::Tensor out = torch::matmul(probs.view({batch, num_kv_heads_, rep * len, total}), v);  // [B, KV, rep·L, d]
-  out = out.view({batch, num_heads_, len, head_dim_}).transpose(1, 2).reshape({batch, len, num_heads_ * head_dim_});
+  torch::Tensor kt = k.transpose(2, 3);
+  torch::Tensor disallowed = allowed.logical_not();
+  // Queries in chunks so the fp32 scores of a long prompt (e.g. thousands of image tokens) stay
+  // within ~2^26 elements per chunk instead of heads × L × T at once; a short input is one chunk.
+  const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{1} << 26) / std::max<std::int64_t>(1, batch * num_heads_ * total));
+  std::vector<torch::Tensor> outputs;
+  for (std::int64_t start = 0; start < len; start += chunk) {
+    const std::int64_t n = std::min(chunk, len - start);
+    // GQA without materialising repeat_kv: the `rep` query heads of KV head g are rows of one
+    // matmul (head h uses KV head h / rep, as HF's repeat_kv).
+    torch::Tensor qg = q.narrow(2, start, n).reshape({batch, num_kv_heads_, rep * n, head_dim_});
+    torch::Tensor scores = torch::matmul(qg, kt) * scaling_;  // [B, KV, rep·n, T]
+    scores = scores.view({batch, num_kv_heads_, rep, n, total});
+    // Masked scores take the lowest finite fp32 value (as HF's finfo.min) so a fully masked padding
+    // row stays finite instead of NaN (a NaN value row would poison real rows through 0·NaN). The
+    // fill happens after the cast: fp32's lowest is -inf in bf16/fp16.
+    torch::Tensor scores32 = scores.to(torch::kFloat32).masked_fill(
+        disallowed.narrow(1, start, n).view({batch, 1, 1, n, total}), std::numeric_limits<float>::lowest());
+    torch::Tensor probs = torch::softmax(scores32, -1).to(q.scalar_type());
+    torch::Tensor out = torch::matmul(probs.view({batch, num_kv_heads_, rep * n, total}), v);  // [B, KV, rep·n, d]
+    outputs.push_back(out.view({batch, num_heads_, n, head_dim_}));
+  }
+  torch::Tensor out = outputs.size() == 1 ? outputs[0] : torch::cat(outputs, 2);
+  out = out.transpose(1, 2).reshape({batch, len, num_heads_ * head_dim_});
   return o_proj->forward(out);
 }
 
