@@ -16,19 +16,19 @@
 namespace consr_test {
 
 /// Fails the current test with the CUDA error string unless `expr` is cudaSuccess.
-#define CONSR_TEST_CUDA(expr)                                                       \
+#define CONSR_TEST_CUDA(...)                                                        \
   do {                                                                              \
-    const cudaError_t consr_test_err_ = (expr);                                     \
-    INFO(#expr << ": " << cudaGetErrorString(consr_test_err_));                     \
+    const cudaError_t consr_test_err_ = (__VA_ARGS__);                              \
+    INFO(#__VA_ARGS__ << ": " << cudaGetErrorString(consr_test_err_));              \
     REQUIRE(consr_test_err_ == cudaSuccess);                                        \
   } while (0)
 
 /// Fails the current test unless a consr::cuda launcher returned status::success
 /// (printing consr::cuda::last_error_message() otherwise).
-#define CONSR_TEST_OK(expr)                                                         \
+#define CONSR_TEST_OK(...)                                                          \
   do {                                                                              \
-    const ::consr::status consr_test_st_ = (expr);                                  \
-    INFO(#expr << " -> " << ::consr::to_string(consr_test_st_) << ": "              \
+    const ::consr::status consr_test_st_ = (__VA_ARGS__);                           \
+    INFO(#__VA_ARGS__ << " -> " << ::consr::to_string(consr_test_st_) << ": "              \
                << ::consr::cuda::last_error_message());                             \
     REQUIRE(consr_test_st_ == ::consr::status::success);                            \
   } while (0)
