@@ -194,6 +194,8 @@ TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load ro
     auto wrapped = apply_lora(*model, cfg);
     CHECK(peft_tensor_name(*model, wrapped[0], false) == n.expected_prefix + "0.self_attn.q_proj.lora_A.weight");
     CHECK(peft_tensor_name(*model, wrapped[0], true) == n.expected_prefix + "0.self_attn.q_proj.lora_B.weight");
+    CHECK(peft_tensor_name(*model, wrapped[0], true, lora_naming::transformers5) ==
+          "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight");
     perturb_lora_b(*model, 0.05);
     torch::NoGradGuard no_grad;
     model_inputs in = text_inputs(models_dir + (n.model == "qwen2_5_vl_tiny_sharded" ? "qwen2_5_vl_tiny" : n.model));
@@ -227,6 +229,14 @@ TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load ro
     CHECK(loaded.alpha == 32.0);
     CHECK(loaded.target_modules == std::vector<std::string>{"o_proj", "q_proj", "up_proj"});
     CHECK(fresh->forward(in).equal(model->forward(in)));
+    // The transformers-5 naming loads back too.
+    fs::remove_all(dir);
+    save_lora_adapter(*model, cfg, dir, "", lora_naming::transformers5);
+    CHECK(safetensors_file(dir + "/adapter_model.safetensors")
+              .contains("base_model.model.model.language_model.layers.1.mlp.up_proj.lora_B.weight"));
+    auto fresh5 = load_model(models_dir + n.model);
+    load_lora_adapter(*fresh5, dir);
+    CHECK(fresh5->forward(in).equal(model->forward(in)));
     fs::remove_all(dir);
   }
 }
@@ -284,11 +294,13 @@ TEST_CASE("lora: export an adapter and its logits for the PEFT check (only when 
     cfg.alpha = 8;
     apply_lora(*model, cfg);
     perturb_lora_b(*model, 0.05);
-    std::string dir = std::string(out) + "/" + name;
-    save_lora_adapter(*model, cfg, dir);
     torch::NoGradGuard no_grad;
     model_inputs in = text_inputs(models_dir + name);
-    save_safetensors(dir + "/expected_logits.safetensors",
-                     {{"input_ids", in.input_ids}, {"logits", model->forward(in)[0].contiguous()}});
+    torch::Tensor logits = model->forward(in)[0].contiguous();
+    for (lora_naming naming : {lora_naming::checkpoint, lora_naming::transformers5}) {
+      std::string dir = std::string(out) + "/" + name + (naming == lora_naming::checkpoint ? "/checkpoint" : "/transformers5");
+      save_lora_adapter(*model, cfg, dir, "", naming);
+      save_safetensors(dir + "/expected_logits.safetensors", {{"input_ids", in.input_ids}, {"logits", logits}});
+    }
   }
 }

@@ -119,23 +119,24 @@ void mark_only_lora_trainable(torch::nn::Module& model) {
   }
 }
 
-std::string peft_tensor_name(const vision_language_model& model, const std::string& in_memory_path, bool lora_b) {
+std::string peft_tensor_name(const vision_language_model& model, const std::string& in_memory_path, bool lora_b,
+                             lora_naming naming) {
   const std::string scope = vision_language_model::language_model_module_prefix();
   if (!starts_with(in_memory_path, scope))
     fail("peft_tensor_name", "in_memory_path", "'" + in_memory_path + "' is not under " + scope);
-  return peft_prefix + model.language_model_hub_prefix() + in_memory_path.substr(scope.size()) +
-         (lora_b ? ".lora_B.weight" : ".lora_A.weight");
+  const std::string prefix = naming == lora_naming::checkpoint ? model.language_model_hub_prefix() : scope;
+  return peft_prefix + prefix + in_memory_path.substr(scope.size()) + (lora_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
 void save_lora_adapter(const vision_language_model& model, const lora_config& config, const std::string& dir,
-                       const std::string& base_model_name_or_path) {
+                       const std::string& base_model_name_or_path, lora_naming naming) {
   const char* fn = "save_lora_adapter";
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   std::set<std::string> suffixes;
   for (auto& [name, lin] : lm_linears(model)) {
     if (!lin->has_lora()) continue;
-    tensors.emplace_back(peft_tensor_name(model, name, false), lin->lora_A->weight.detach().to(torch::kCPU).contiguous());
-    tensors.emplace_back(peft_tensor_name(model, name, true), lin->lora_B->weight.detach().to(torch::kCPU).contiguous());
+    tensors.emplace_back(peft_tensor_name(model, name, false, naming), lin->lora_A->weight.detach().to(torch::kCPU).contiguous());
+    tensors.emplace_back(peft_tensor_name(model, name, true, naming), lin->lora_B->weight.detach().to(torch::kCPU).contiguous());
     suffixes.insert(name.substr(name.rfind('.') + 1));
   }
   if (tensors.empty()) fail(fn, "model", "has no LoRA adapter (call apply_lora or load_lora_adapter first)");

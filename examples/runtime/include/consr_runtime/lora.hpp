@@ -53,15 +53,30 @@ std::vector<torch::Tensor> lora_parameters(torch::nn::Module& model);
 /// LoRA parameters (the training setting: only the adapter learns).
 void mark_only_lora_trainable(torch::nn::Module& model);
 
-/// PEFT name of a wrapped module's factor: "base_model.model." + hub path + ".lora_A.weight".
-/// `in_memory_path` must lie under vision_language_model::language_model_module_prefix().
-std::string peft_tensor_name(const vision_language_model& model, const std::string& in_memory_path, bool lora_b);
+/// Which module paths the saved tensor names use.
+enum class lora_naming {
+  /// The naming of the checkpoint the model was loaded from (default). Verified with
+  /// tools/check_lora_with_peft.py (transformers 5.24, peft 0.21.2): transformers' own
+  /// `model.load_adapter(dir)` maps hub names to its modules and loads these for both models;
+  /// `peft.PeftModel.from_pretrained` loads LLaVA-OV's legacy names but not Qwen2.5-VL's
+  /// `model.layers.*` (it does not remap them to model.language_model.*) — use `transformers5`
+  /// for that loader.
+  checkpoint,
+  /// transformers ≥ 4.52's in-memory paths: model.language_model.layers.* for both models.
+  transformers5,
+};
+
+/// PEFT name of a wrapped module's factor: "base_model.model." + module path + ".lora_A.weight"
+/// (".lora_B.weight" when `lora_b`), the path in `naming`. `in_memory_path` must lie under
+/// vision_language_model::language_model_module_prefix().
+std::string peft_tensor_name(const vision_language_model& model, const std::string& in_memory_path, bool lora_b,
+                             lora_naming naming = lora_naming::checkpoint);
 
 /// Writes `<dir>/adapter_model.safetensors` and `<dir>/adapter_config.json` (the directory is
 /// created if missing). `base_model_name_or_path` defaults to the model's directory. Throws
 /// runtime_error if the model has no adapter, or naming the file on I/O failure.
 void save_lora_adapter(const vision_language_model& model, const lora_config& config, const std::string& dir,
-                       const std::string& base_model_name_or_path = "");
+                       const std::string& base_model_name_or_path = "", lora_naming naming = lora_naming::checkpoint);
 
 /// Reads a PEFT LoRA adapter directory and attaches it (tensors converted to the model's dtype),
 /// replacing existing adapters. Accepts the module paths of either hub naming of the language
