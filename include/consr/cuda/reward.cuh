@@ -1,0 +1,217 @@
+// consr/cuda/reward.cuh — the contrastive reward of ConSR on the GPU (spec §5,
+// paper eqs. 1–6). Host twin: consr/reward.hpp.
+//
+// One cub::DeviceSegmentedReduce pass over the candidates: each token
+// contributes (logp, logp_corrupt, logp_semantic, 1) — or nothing when its
+// label is ignore_index — summed in double per candidate; the pass's output
+// iterator turns each candidate's sums into P, P_corrupt, P_semantic,
+// S_semantic, S_corrupt and r (eqs. 1–6, in double, rounded once to the output
+// type) and counts empty candidates and non-finite rewards. Conventions as
+// consr/cuda/reductions.cuh (two-phase temporary storage, host checks before
+// any launch, stream-ordered, optional offsets validation into error_info).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "../reward.hpp"
+#include "common.cuh"
+#include "reductions.cuh"
+
+namespace consr {
+namespace cuda {
+
+/// Per-candidate device outputs of contrastive_reward, each of length C.
+/// `reward` is required; any other view may be empty (size 0: not written).
+/// In reward_space::log the p* views hold mean token log-probs (log P).
+template <class T>
+struct reward_outputs {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "consr::cuda::reward_outputs: the element type must be float or double");
+  device_view<T, 1> p;           ///< P(y | x, I)          eq. 1 (or its log)
+  device_view<T, 1> p_corrupt;   ///< P(y | x, Ĩ)          eq. 2 (or its log)
+  device_view<T, 1> p_semantic;  ///< P(y | x', I)         eq. 3 (or its log)
+  device_view<T, 1> s_semantic;  ///< P_semantic − P       eq. 4
+  device_view<T, 1> s_corrupt;   ///< P − P_corrupt        eq. 5
+  device_view<T, 1> reward;      ///< λ·S_semantic + (1 − λ)·S_corrupt   eq. 6 (required)
+};
+
+/// Device-side counts of contrastive_reward (the host twin's reward_report
+/// without the index list: empty candidates are the ones whose outputs are NaN
+/// with T = 0). The launcher zeroes them (cudaMemsetAsync) before counting.
+struct reward_counts {
+  unsigned long long empty_candidates;   ///< candidates with no scored token (every output NaN)
+  unsigned long long nonfinite_rewards;  ///< candidates with T > 0 whose stored reward is NaN or ±inf
+};
+
+namespace detail {
+
+struct reward_accum {
+  double sum;
+  double sum_corrupt;
+  double sum_semantic;
+  long long count;
+};
+struct reward_accum_plus {
+  __device__ reward_accum operator()(const reward_accum& a, const reward_accum& b) const {
+    return {a.sum + b.sum, a.sum_corrupt + b.sum_corrupt, a.sum_semantic + b.sum_semantic, a.count + b.count};
+  }
+};
+
+/// Token i's contribution; an ignored token's values are never read.
+template <class V1, class V2, class V3, class Label>
+struct read_reward_token {
+  const V1* logp;
+  index_t logp_stride;
+  const V2* logp_corrupt;
+  index_t corrupt_stride;
+  const V3* logp_semantic;
+  index_t semantic_stride;
+  const Label* labels;  // null: every token scored
+  index_t labels_stride;
+  std::int64_t ignore_index;
+  __device__ reward_accum operator()(index_t i) const {
+    if (labels != nullptr && static_cast<std::int64_t>(labels[i * labels_stride]) == ignore_index)
+      return {0.0, 0.0, 0.0, 0};
+    return {to_accum<double>(logp[i * logp_stride]), to_accum<double>(logp_corrupt[i * corrupt_stride]),
+            to_accum<double>(logp_semantic[i * semantic_stride]), 1};
+  }
+};
+
+/// Eqs. 1–6 for candidate c from its sums, as the host twin computes them.
+template <class R>
+struct write_reward {
+  reward_outputs<R> out;
+  double lambda;
+  bool log_space;
+  reward_counts* counts;
+  __device__ void operator()(index_t c, const reward_accum& a) const {
+    double p = quiet_nan<double>(), p_corrupt = p, p_semantic = p;
+    if (a.count > 0) {
+      const double inv = 1.0 / static_cast<double>(a.count);
+      p = __dmul_rn(a.sum, inv);
+      p_corrupt = __dmul_rn(a.sum_corrupt, inv);
+      p_semantic = __dmul_rn(a.sum_semantic, inv);
+      if (!log_space) {
+        p = exp(p);
+        p_corrupt = exp(p_corrupt);
+        p_semantic = exp(p_semantic);
+      }
+    }
+    const double s_semantic = __dsub_rn(p_semantic, p);  // eq. 4
+    const double s_corrupt = __dsub_rn(p, p_corrupt);    // eq. 5
+    const double r = __dadd_rn(__dmul_rn(lambda, s_semantic), __dmul_rn(__dsub_rn(1.0, lambda), s_corrupt));  // eq. 6
+    const R stored = static_cast<R>(r);
+    out.reward[c] = stored;
+    if (out.p.size() != 0) out.p[c] = static_cast<R>(p);
+    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(p_corrupt);
+    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(p_semantic);
+    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(s_semantic);
+    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(s_corrupt);
+    if (counts != nullptr) {
+      if (a.count == 0) {
+        atomicAdd(&counts->empty_candidates, 1ull);
+      } else if (!isfinite(static_cast<double>(stored))) {
+        atomicAdd(&counts->nonfinite_rewards, 1ull);
+      }
+    }
+  }
+};
+
+template <class V1, class V2, class V3, class Offset, class Label, class R>
+status contrastive_reward_impl(void* d_temp_storage, std::size_t& temp_storage_bytes, const device_view<V1, 1>& logp,
+                               const device_view<V2, 1>& logp_corrupt, const device_view<V3, 1>& logp_semantic,
+                               const device_view<Offset, 1>& offsets, const device_view<Label, 1>& labels,
+                               bool has_labels, const reward_outputs<R>& out, reward_counts* counts,
+                               const reward_options& options, cudaStream_t stream, error_info* error) {
+  constexpr const char* fn = "consr::cuda::contrastive_reward";
+  assert_device_value_type<V1>();
+  assert_device_value_type<V2>();
+  assert_device_value_type<V3>();
+  CONSR_CHECK_ARG(std::isfinite(options.lambda) && options.lambda >= 0.0 && options.lambda <= 1.0, fn,
+                  "options.lambda", "is ", options.lambda, " but must be a finite value in [0, 1] (eq. 6)");
+  CONSR_CHECK_ARG(options.space == reward_space::probability || options.space == reward_space::log, fn,
+                  "options.space", "is not a reward_space value (", static_cast<int>(options.space), ")");
+  ::consr::detail::check_view(logp, fn, "logp");
+  const index_t n = logp.size();
+  ::consr::detail::check_view(logp_corrupt, fn, "logp_corrupt");
+  ::consr::detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp'");
+  ::consr::detail::check_view(logp_semantic, fn, "logp_semantic");
+  ::consr::detail::check_extent(logp_semantic, 0, n, fn, "logp_semantic", "the same tokens as 'logp'");
+  if (has_labels) {
+    ::consr::detail::check_view(labels, fn, "labels");
+    ::consr::detail::check_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
+  }
+  const auto seg = make_packed_segments(offsets, n, fn, "offsets");
+  const index_t num_candidates = seg.num_segments;
+  ::consr::detail::check_view(out.reward, fn, "out.reward");
+  ::consr::detail::check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
+  check_optional_size(out.p, num_candidates, fn, "out.p", "one per candidate");
+  check_optional_size(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
+  check_optional_size(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
+  check_optional_size(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
+  check_optional_size(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
+
+  using L = std::remove_cv_t<Label>;
+  const read_reward_token<std::remove_cv_t<V1>, std::remove_cv_t<V2>, std::remove_cv_t<V3>, L> read{
+      logp.data(),          logp.stride(0),
+      logp_corrupt.data(),  logp_corrupt.stride(0),
+      logp_semantic.data(), logp_semantic.stride(0),
+      has_labels ? labels.data() : nullptr, has_labels ? labels.stride(0) : 0,
+      options.ignore_index};
+  const write_reward<R> write{out, options.lambda, options.space == reward_space::log, counts};
+  if (d_temp_storage != nullptr && counts != nullptr)
+    CONSR_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, sizeof(reward_counts), stream));
+  return run_reduction<reward_accum>(d_temp_storage, temp_storage_bytes, read, write, seg, reward_accum_plus{},
+                                     reward_accum{0.0, 0.0, 0.0, 0}, stream, error);
+}
+
+}  // namespace detail
+
+/// The contrastive reward of every candidate on the device (spec §5, eqs. 1–6),
+/// in double:
+///   m, m_c, m_s = mean token log-prob of the candidate's scored tokens under
+///                 (x, I), (x, Ĩ), (x', I)   [logp, logp_corrupt, logp_semantic]
+///   probability space: P = exp(m), ...; log space: P = m, ...
+///   S_semantic = P_semantic − P, S_corrupt = P − P_corrupt,
+///   r = λ·S_semantic + (1 − λ)·S_corrupt.
+/// The three arrays share `offsets` (C + 1 entries). Tokens whose label equals
+/// options.ignore_index are neither read nor counted. A candidate with T = 0
+/// gets NaN in every output and is counted in counts->empty_candidates;
+/// candidates with T > 0 and a non-finite stored reward in
+/// counts->nonfinite_rewards (`counts` may be null: not counted). Host twin:
+/// consr::contrastive_reward (whose report also lists the empty indices).
+/// Sums are in double on both sides; the device's tree order differs from the
+/// host's sequential one only by reassociation. Returns
+/// status::invalid_argument naming 'logp', 'logp_corrupt', 'logp_semantic',
+/// 'labels', 'offsets', 'out.*' or 'options.*', with nothing launched.
+template <class V1, class V2, class V3, class Offset, class Label, class R>
+status contrastive_reward(void* d_temp_storage, std::size_t& temp_storage_bytes, device_view<V1, 1> logp,
+                          device_view<V2, 1> logp_corrupt, device_view<V3, 1> logp_semantic,
+                          device_view<Offset, 1> offsets, device_view<Label, 1> labels, reward_outputs<R> out,
+                          reward_counts* counts = nullptr, const reward_options& options = {},
+                          cudaStream_t stream = nullptr, error_info* error = nullptr) noexcept {
+  static_assert(is_index_type_v<std::remove_cv_t<Label>>, "consr::cuda::contrastive_reward: labels must be int32 or int64");
+  return detail::guarded([&] {
+    return detail::contrastive_reward_impl(d_temp_storage, temp_storage_bytes, logp, logp_corrupt, logp_semantic,
+                                           offsets, labels, true, out, counts, options, stream, error);
+  });
+}
+
+/// contrastive_reward without labels: every token of every segment is scored.
+template <class V1, class V2, class V3, class Offset, class R>
+status contrastive_reward(void* d_temp_storage, std::size_t& temp_storage_bytes, device_view<V1, 1> logp,
+                          device_view<V2, 1> logp_corrupt, device_view<V3, 1> logp_semantic,
+                          device_view<Offset, 1> offsets, reward_outputs<R> out, reward_counts* counts = nullptr,
+                          const reward_options& options = {}, cudaStream_t stream = nullptr,
+                          error_info* error = nullptr) noexcept {
+  return detail::guarded([&] {
+    const device_view<const std::int64_t, 1> no_labels{};
+    return detail::contrastive_reward_impl(d_temp_storage, temp_storage_bytes, logp, logp_corrupt, logp_semantic,
+                                           offsets, no_labels, false, out, counts, options, stream, error);
+  });
+}
+
+}  // namespace cuda
+}  // namespace consr
