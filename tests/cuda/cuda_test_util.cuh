@@ -48,6 +48,16 @@ class device_buffer {
     o.p_ = nullptr;
     o.n_ = 0;
   }
+  device_buffer& operator=(device_buffer&& o) noexcept {
+    if (this != &o) {
+      if (p_ != nullptr) cudaFree(p_);
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
+    }
+    return *this;
+  }
   ~device_buffer() {
     if (p_ != nullptr) cudaFree(p_);
   }

@@ -1,0 +1,554 @@
+// consr/cuda/dpo.cuh — the DPO objectives of ConSR on the GPU (spec §7, paper
+// eqs. 7–14): standard DPO, the length-normalized margin, token visual weights
+// and the ConSR surrogate, forward and backward for packed batches.
+// Host twin: consr/dpo.hpp (every dpo_options combination is supported).
+//
+// Kernels: one thread block per pair reduces both sides of the pair (scored
+// log-ratio Σ(a − a_ref), Σ ω a and |y|, in double, with cub::BlockReduce in a
+// fixed order) and evaluates the pair's terms exactly as the host does
+// (explicitly rounded double arithmetic, stable σ and softplus). The forward
+// writes the per-pair objective to temporary storage and a single block sums
+// it in a fixed order (deterministic, no atomics); the backward recomputes the
+// pair's terms and writes every token's gradient. Results are deterministic
+// and differ from the host's only by the reassociation of the double sums
+// (and by CUDA's exp/log1p, ≤ 1 ulp from glibc's).
+//
+// Errors: shapes are checked on the host (status::invalid_argument, nothing
+// launched, message in last_error_message()). What only the data can reveal
+// goes to the optional error_info: bad offsets (status::invalid_argument,
+// index = segment, from a validation kernel per side) and, with length
+// normalization, a pair with no scored token on a side
+// (status::empty_sequence, index = the smallest such pair; the host twin
+// throws there). Such a pair's outputs are NaN.
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "../dpo.hpp"
+#include "common.cuh"
+#include "reductions.cuh"
+
+namespace consr {
+namespace cuda {
+
+/// One side (chosen or rejected) of P pairs on the device; the fields and
+/// rules are the host twin's consr::dpo_sequences (exactly one reference:
+/// per token or per sequence; optional labels; weights iff the consr loss
+/// uses visual weights).
+template <class T, class Offset, class Label = std::int64_t>
+struct dpo_sequences {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "consr::cuda::dpo_sequences: log-probs must be float or double");
+  static_assert(is_index_type_v<Offset>, "consr::cuda::dpo_sequences: offsets must be int32 or int64");
+  static_assert(is_index_type_v<Label>, "consr::cuda::dpo_sequences: labels must be int32 or int64");
+  device_view<const T, 1> policy_logp;
+  device_view<const Offset, 1> offsets;
+  device_view<const T, 1> reference_logp;
+  device_view<const T, 1> reference_logp_sum;
+  device_view<const Label, 1> labels;
+  device_view<const T, 1> weights;
+};
+
+/// Per-pair device metrics of dpo_forward (each optional: size 0 = not
+/// written; otherwise P elements), as consr::dpo_pair_metrics.
+template <class T>
+struct dpo_pair_metrics {
+  device_view<T, 1> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
+  device_view<T, 1> sigma_neg;        ///< σ(−Δ')
+  device_view<T, 1> chosen_reward;    ///< β·Σ(a − a_ref)
+  device_view<T, 1> rejected_reward;  ///< β·Σ(b − b_ref)
+  device_view<T, 1> reward_margin;    ///< chosen_reward − rejected_reward
+  device_view<T, 1> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
+  device_view<T, 1> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
+  device_view<T, 1> loss;             ///< the per-pair objective being reduced (L or L')
+};
+
+namespace detail {
+
+/// One side as the kernels read it (null pointers for absent views).
+template <class T, class Offset, class Label>
+struct dpo_side_args {
+  const T* policy;
+  index_t policy_stride;
+  packed_segments<Offset> seg;
+  const T* reference;  // per token, or null
+  index_t reference_stride;
+  const T* reference_sum;  // per sequence, or null
+  index_t reference_sum_stride;
+  const Label* labels;  // null: every token scored
+  index_t labels_stride;
+  const T* weights;  // null: ω = 1
+  index_t weights_stride;
+};
+
+struct dpo_sums {
+  double log_ratio;
+  double weighted_policy;
+  long long length;
+};
+struct dpo_sums_plus {
+  __device__ dpo_sums operator()(const dpo_sums& a, const dpo_sums& b) const {
+    return {a.log_ratio + b.log_ratio, a.weighted_policy + b.weighted_policy, a.length + b.length};
+  }
+};
+
+inline constexpr int dpo_block = 256;
+using dpo_block_reduce = cub::BlockReduce<dpo_sums, dpo_block>;
+
+/// Side sums of pair i over its scored tokens (valid in thread 0), as the host's dpo_side.
+template <class T, class Offset, class Label>
+__device__ dpo_sums block_side_sums(const dpo_side_args<T, Offset, Label>& s, index_t i, std::int64_t ignore_index,
+                                    typename dpo_block_reduce::TempStorage& temp) {
+  const index_t b = s.seg.begin(i), e = s.seg.end(i);
+  dpo_sums acc{0.0, 0.0, 0};
+  for (index_t t = b + threadIdx.x; t < e; t += blockDim.x) {
+    if (s.labels != nullptr && static_cast<std::int64_t>(s.labels[t * s.labels_stride]) == ignore_index) continue;
+    const double a = static_cast<double>(s.policy[t * s.policy_stride]);
+    acc.log_ratio += s.reference != nullptr ? __dsub_rn(a, static_cast<double>(s.reference[t * s.reference_stride])) : a;
+    acc.weighted_policy += s.weights != nullptr ? __dmul_rn(static_cast<double>(s.weights[t * s.weights_stride]), a) : a;
+    ++acc.length;
+  }
+  __syncthreads();  // temp may still be in use by a previous reduction
+  dpo_sums r = dpo_block_reduce(temp).Reduce(acc, dpo_sums_plus{});
+  if (s.reference_sum != nullptr) r.log_ratio = __dsub_rn(r.log_ratio, static_cast<double>(s.reference_sum[i * s.reference_sum_stride]));
+  return r;
+}
+
+/// σ(x) without overflow (host twin: detail::stable_sigmoid).
+__device__ inline double stable_sigmoid(double x) {
+  if (x >= 0.0) return __ddiv_rn(1.0, __dadd_rn(1.0, exp(-x)));
+  const double e = exp(x);
+  return __ddiv_rn(e, __dadd_rn(1.0, e));
+}
+/// softplus(x) = max(x, 0) + log1p(e^−|x|) (host twin: detail::stable_softplus).
+__device__ inline double stable_softplus(double x) {
+  if (isnan(x)) return x;
+  return __dadd_rn(x > 0.0 ? x : 0.0, log1p(exp(-fabs(x))));
+}
+
+struct dpo_terms {
+  double delta, sigma_neg, chosen_reward, rejected_reward, dpo_loss, objective, grad_scale;
+};
+
+/// The host's detail::dpo_pair, operation for operation.
+__device__ inline dpo_terms pair_terms(const dpo_sums& w, const dpo_sums& l, const dpo_options& o, bool& empty) {
+  const double beta = o.beta;
+  const bool consr_loss = o.loss == dpo_loss_type::consr;
+  dpo_terms p;
+  empty = false;
+  if (consr_loss && o.length_normalize) {
+    empty = w.length == 0 || l.length == 0;
+    const double nw = static_cast<double>(w.length), nl = static_cast<double>(l.length);
+    p.delta = empty ? quiet_nan<double>()
+                    : __dmul_rn(__dmul_rn(0.5, __dadd_rn(nw, nl)),
+                                __dsub_rn(__dmul_rn(__ddiv_rn(beta, nw), w.log_ratio),
+                                          __dmul_rn(__ddiv_rn(beta, nl), l.log_ratio)));
+  } else {
+    p.delta = __dmul_rn(beta, __dsub_rn(w.log_ratio, l.log_ratio));
+  }
+  p.sigma_neg = stable_sigmoid(-p.delta);
+  p.chosen_reward = __dmul_rn(beta, w.log_ratio);
+  p.rejected_reward = __dmul_rn(beta, l.log_ratio);
+  p.dpo_loss = stable_softplus(-p.delta);
+  if (!consr_loss) {
+    p.objective = p.dpo_loss;
+    p.grad_scale = __dmul_rn(p.sigma_neg, beta);
+  } else {
+    const double factor = o.scale_by_beta ? beta : 1.0;
+    p.grad_scale = __dmul_rn(p.sigma_neg, factor);
+    p.objective = __dmul_rn(-p.grad_scale, __dsub_rn(w.weighted_policy, l.weighted_policy));
+  }
+  return p;
+}
+
+template <class T, class Offset, class Label>
+__global__ void __launch_bounds__(dpo_block)
+    dpo_forward_kernel(dpo_side_args<T, Offset, Label> chosen, dpo_side_args<T, Offset, Label> rejected,
+                       dpo_options o, dpo_pair_metrics<T> m, double* objective, error_info* error) {
+  __shared__ typename dpo_block_reduce::TempStorage temp;
+  const index_t P = chosen.seg.num_segments;
+  for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
+    const dpo_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
+    const dpo_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    if (threadIdx.x == 0) {
+      bool empty = false;
+      const dpo_terms p = pair_terms(w, l, o, empty);
+      if (empty) report_error(error, status::empty_sequence, i);
+      objective[i] = p.objective;
+      if (m.margin_logit.size() != 0) m.margin_logit[i] = static_cast<T>(p.delta);
+      if (m.sigma_neg.size() != 0) m.sigma_neg[i] = static_cast<T>(p.sigma_neg);
+      if (m.chosen_reward.size() != 0) m.chosen_reward[i] = static_cast<T>(p.chosen_reward);
+      if (m.rejected_reward.size() != 0) m.rejected_reward[i] = static_cast<T>(p.rejected_reward);
+      if (m.reward_margin.size() != 0)
+        m.reward_margin[i] = static_cast<T>(__dsub_rn(p.chosen_reward, p.rejected_reward));
+      if (m.accuracy.size() != 0) m.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
+      if (m.dpo_loss.size() != 0) m.dpo_loss[i] = static_cast<T>(p.dpo_loss);
+      if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
+    }
+  }
+}
+
+/// Σ objective[i] in a fixed order (thread t sums i ≡ t mod block, then a
+/// fixed tree), / P for mean; one block, so the result is deterministic.
+template <class T>
+__global__ void __launch_bounds__(dpo_block)
+    dpo_reduce_kernel(const double* objective, index_t P, bool mean, T* loss) {
+  using reduce = cub::BlockReduce<double, dpo_block>;
+  __shared__ typename reduce::TempStorage temp;
+  double acc = 0.0;
+  for (index_t i = threadIdx.x; i < P; i += blockDim.x) acc += objective[i];
+  const double total = reduce(temp).Sum(acc);
+  if (threadIdx.x == 0) *loss = static_cast<T>(mean ? (P > 0 ? total / static_cast<double>(P) : 0.0) : total);
+}
+
+/// Where the upstream gradient of pair i comes from.
+template <class T>
+struct dpo_upstream {
+  double host_value;    // used when device == null
+  const T* device;      // a device scalar (mean/sum) or one value per pair (none)
+  index_t stride;
+  bool per_pair;
+  bool mean;            // divide by P
+};
+
+template <class T, class Offset, class Label>
+__global__ void __launch_bounds__(dpo_block)
+    dpo_backward_kernel(dpo_side_args<T, Offset, Label> chosen, dpo_side_args<T, Offset, Label> rejected,
+                        dpo_options o, dpo_upstream<T> up, T* grad_chosen, index_t grad_chosen_stride,
+                        T* grad_rejected, index_t grad_rejected_stride, error_info* error) {
+  __shared__ typename dpo_block_reduce::TempStorage temp;
+  __shared__ double g_shared;
+  const index_t P = chosen.seg.num_segments;
+  const bool weighted = o.loss == dpo_loss_type::consr && o.visual_weights;
+  for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
+    const dpo_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
+    const dpo_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    if (threadIdx.x == 0) {
+      bool empty = false;
+      const dpo_terms p = pair_terms(w, l, o, empty);
+      if (empty) report_error(error, status::empty_sequence, i);
+      double upstream;
+      if (up.device == nullptr) {
+        upstream = up.host_value;
+      } else {
+        upstream = static_cast<double>(up.device[up.per_pair ? i * up.stride : 0]);
+      }
+      if (up.mean) upstream = upstream / static_cast<double>(P);
+      g_shared = __dmul_rn(p.grad_scale, upstream);  // ∂L/∂b_t = +g·ω_t, ∂L/∂a_t = −g·ω_t (eqs. 8, 14)
+    }
+    __syncthreads();
+    const double g = g_shared;
+    for (int side = 0; side < 2; ++side) {
+      const dpo_side_args<T, Offset, Label>& s = side == 0 ? chosen : rejected;
+      T* grad = side == 0 ? grad_chosen : grad_rejected;
+      const index_t gs = side == 0 ? grad_chosen_stride : grad_rejected_stride;
+      const double sign = side == 0 ? -1.0 : 1.0;
+      const index_t b = s.seg.begin(i), e = s.seg.end(i);
+      for (index_t t = b + threadIdx.x; t < e; t += blockDim.x) {
+        if (s.labels != nullptr && static_cast<std::int64_t>(s.labels[t * s.labels_stride]) == o.ignore_index) {
+          grad[t * gs] = T(0);
+          continue;
+        }
+        const double omega = weighted ? static_cast<double>(s.weights[t * s.weights_stride]) : 1.0;
+        grad[t * gs] = static_cast<T>(__dmul_rn(__dmul_rn(sign, g), omega));
+      }
+    }
+    __syncthreads();  // g_shared is rewritten for the next pair
+  }
+}
+
+inline constexpr ::consr::detail::dpo_side_names dpo_chosen_names = ::consr::detail::dpo_chosen_names;
+inline constexpr ::consr::detail::dpo_side_names dpo_rejected_names = ::consr::detail::dpo_rejected_names;
+
+/// Host checks of one side (the host twin's dpo_check_side without the
+/// offsets' values); returns the kernel arguments.
+template <class T, class Offset, class Label>
+dpo_side_args<T, Offset, Label> dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o,
+                                               const ::consr::detail::dpo_side_names& names, const char* fn) {
+  ::consr::detail::check_view(s.policy_logp, fn, names.policy_logp);
+  const index_t n = s.policy_logp.size();
+  const auto seg = make_packed_segments(s.offsets, n, fn, names.offsets);
+  const index_t num_pairs = seg.num_segments;
+  ::consr::detail::check_view(s.reference_logp, fn, names.reference_logp);
+  ::consr::detail::check_view(s.reference_logp_sum, fn, names.reference_logp_sum);
+  const bool per_sequence = s.reference_logp_sum.size() != 0;
+  if (per_sequence) {
+    CONSR_CHECK_ARG(s.reference_logp.size() == 0, fn, names.reference_logp, "has ", s.reference_logp.size(),
+                    " elements but '", names.reference_logp_sum,
+                    "' is given too; pass exactly one reference (per token or per sequence)");
+    ::consr::detail::check_extent(s.reference_logp_sum, 0, num_pairs, fn, names.reference_logp_sum,
+                                  "one sum per pair");
+  } else {
+    CONSR_CHECK_ARG(s.reference_logp.size() == n, fn, names.reference_logp, "has ", s.reference_logp.size(),
+                    " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
+                    names.reference_logp_sum, "' with one sum per pair");
+  }
+  check_optional_size(s.labels, n, fn, names.labels, "one label per token");
+  ::consr::detail::check_view(s.weights, fn, names.weights);
+  const bool weighted = ::consr::detail::dpo_uses_weights(o);
+  if (weighted) {
+    CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
+                    " elements but the consr loss with visual_weights needs one per token (", n,
+                    "); compute them with consr::cuda::visual_weights or set visual_weights = false");
+  } else {
+    CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
+                    " elements but must have 0 or one per token (", n, ")");
+  }
+  dpo_side_args<T, Offset, Label> a;
+  a.policy = s.policy_logp.data();
+  a.policy_stride = s.policy_logp.stride(0);
+  a.seg = seg;
+  a.reference = per_sequence ? nullptr : s.reference_logp.data();
+  a.reference_stride = per_sequence ? 0 : s.reference_logp.stride(0);
+  a.reference_sum = per_sequence ? s.reference_logp_sum.data() : nullptr;
+  a.reference_sum_stride = per_sequence ? s.reference_logp_sum.stride(0) : 0;
+  a.labels = s.labels.size() != 0 ? s.labels.data() : nullptr;
+  a.labels_stride = s.labels.size() != 0 ? s.labels.stride(0) : 0;
+  a.weights = weighted ? s.weights.data() : nullptr;
+  a.weights_stride = weighted ? s.weights.stride(0) : 0;
+  return a;
+}
+
+/// Options and both sides; returns P through `num_pairs`.
+template <class T, class Offset, class Label>
+void dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+               const dpo_options& o, const char* fn, dpo_side_args<T, Offset, Label>& chosen_args,
+               dpo_side_args<T, Offset, Label>& rejected_args) {
+  CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
+                  "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
+  CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
+                      o.reduction == loss_reduction::none,
+                  fn, "options.reduction", "is not a loss_reduction value (", static_cast<int>(o.reduction), ")");
+  CONSR_CHECK_ARG(std::isfinite(o.beta) && o.beta > 0.0, fn, "options.beta", "is ", o.beta,
+                  " but must be finite and > 0");
+  chosen_args = dpo_check_side(chosen, o, dpo_chosen_names, fn);
+  rejected_args = dpo_check_side(rejected, o, dpo_rejected_names, fn);
+  CONSR_CHECK_ARG(rejected_args.seg.num_segments == chosen_args.seg.num_segments, fn, "rejected.offsets",
+                  "describes ", rejected_args.seg.num_segments, " pairs but 'chosen.offsets' describes ",
+                  chosen_args.seg.num_segments, " (both sides must hold the same pairs)");
+}
+
+template <class T, class Offset, class Label>
+status dpo_validate_offsets(const dpo_side_args<T, Offset, Label>& chosen,
+                            const dpo_side_args<T, Offset, Label>& rejected, error_info* error, cudaStream_t stream) {
+  const status a = validate_offsets(chosen.seg, error, stream);
+  if (a != status::success) return a;
+  return validate_offsets(rejected.seg, error, stream);
+}
+
+inline unsigned dpo_grid(index_t pairs) noexcept {
+  return static_cast<unsigned>(pairs < 1 ? 1 : (pairs > 65535 * 16 ? 65535 * 16 : pairs));
+}
+
+template <class T, class Offset, class Label>
+status dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                         const dpo_options& o, dpo_upstream<T> up, const device_view<const T, 1>* upstream_view,
+                         const device_view<T, 1>& grad_chosen, const device_view<T, 1>& grad_rejected,
+                         cudaStream_t stream, error_info* error) {
+  constexpr const char* fn = "consr::cuda::dpo_backward";
+  dpo_side_args<T, Offset, Label> ca, ra;
+  dpo_check(chosen, rejected, o, fn, ca, ra);
+  const index_t P = ca.seg.num_segments;
+  if (upstream_view == nullptr) {
+    CONSR_CHECK_ARG(o.reduction != loss_reduction::none, fn, "options.reduction",
+                    "is none, which needs a per-pair upstream gradient (grad_loss with one value per pair), not a "
+                    "scalar");
+  } else {
+    ::consr::detail::check_view(*upstream_view, fn, "grad_loss");
+    if (o.reduction == loss_reduction::none) {
+      ::consr::detail::check_extent(*upstream_view, 0, P, fn, "grad_loss",
+                                    "one upstream gradient per pair, for reduction none");
+    } else {
+      ::consr::detail::check_extent(*upstream_view, 0, 1, fn, "grad_loss",
+                                    "one device scalar, for reduction mean or sum");
+    }
+    up.device = upstream_view->data();
+    up.stride = upstream_view->stride(0);
+    up.per_pair = o.reduction == loss_reduction::none;
+  }
+  up.mean = o.reduction == loss_reduction::mean;
+  ::consr::detail::check_view(grad_chosen, fn, "grad_chosen_logp");
+  ::consr::detail::check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp",
+                                "one per token of chosen");
+  ::consr::detail::check_view(grad_rejected, fn, "grad_rejected_logp");
+  ::consr::detail::check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp",
+                                "one per token of rejected");
+  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
+  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
+  check_disjoint(chosen.policy_logp, grad_chosen, fn, "chosen.policy_logp", "grad_chosen_logp");
+  check_disjoint(rejected.policy_logp, grad_rejected, fn, "rejected.policy_logp", "grad_rejected_logp");
+  check_disjoint(grad_chosen, grad_rejected, fn, "grad_chosen_logp", "grad_rejected_logp");
+  const status v = dpo_validate_offsets(ca, ra, error, stream);
+  if (v != status::success) return v;
+  if (P == 0) return status::success;
+  dpo_backward_kernel<T, std::remove_cv_t<Offset>, std::remove_cv_t<Label>>
+      <<<dpo_grid(P), dpo_block, 0, stream>>>(ca, ra, o, up, grad_chosen.data(), grad_chosen.stride(0),
+                                              grad_rejected.data(), grad_rejected.stride(0), error);
+  return to_status(cudaGetLastError());
+}
+
+template <class V1, class V2, class W>
+__global__ void visual_weights_kernel(const V1* clean, index_t clean_stride, const V2* corrupt,
+                                      index_t corrupt_stride, W* weights, index_t weights_stride, index_t n,
+                                      double sign, double alpha, double lo, double hi) {
+  for (index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < n;
+       t += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const double delta_p = __dsub_rn(exp(to_accum<double>(clean[t * clean_stride])),
+                                     exp(to_accum<double>(corrupt[t * corrupt_stride])));
+    const double scaled = __dmul_rn(alpha, delta_p);
+    const double clipped = isnan(scaled) ? scaled : fmin(fmax(scaled, lo), hi);
+    weights[t * weights_stride] = static_cast<W>(__dadd_rn(1.0, __dmul_rn(sign, clipped)));
+  }
+}
+
+}  // namespace detail
+
+/// Temporary storage of dpo_forward for P pairs (one double per pair); the
+/// two-phase call of dpo_forward reports the same.
+inline std::size_t dpo_forward_temp_storage_bytes(index_t num_pairs) noexcept {
+  return detail::align_up(static_cast<std::size_t>(num_pairs > 0 ? num_pairs : 1) * sizeof(double),
+                          detail::temp_alignment);
+}
+
+/// Forward of the DPO objective over P pairs on the device (spec §7; the
+/// formulas of consr::dpo_forward): per pair Δ (eq. 7) or Δ' (eq. 11),
+/// σ(−Δ'), rewards, softplus(−Δ') and the objective L (standard) or L'
+/// (consr, eq. 14, ×β with scale_by_beta); `loss` (one element, or empty: not
+/// written) receives Σ_i L_i / P (mean; 0 for P = 0) or Σ_i L_i (sum, none),
+/// summed in double in a fixed order. Metrics are optional. Temporary storage
+/// follows CUB's two-phase convention (one double per pair). With
+/// length_normalize, a pair whose side has no scored token is reported in
+/// *error (status::empty_sequence, index = pair) and its values are NaN.
+/// Returns status::invalid_argument naming 'options.*', 'chosen.*',
+/// 'rejected.*', 'loss', 'metrics.*' or 'temp_storage_bytes' with nothing
+/// launched.
+template <class T, class Offset, class Label>
+status dpo_forward(void* d_temp_storage, std::size_t& temp_storage_bytes, const dpo_sequences<T, Offset, Label>& chosen,
+                   const dpo_sequences<T, Offset, Label>& rejected, const dpo_options& options, device_view<T, 1> loss,
+                   dpo_pair_metrics<T> metrics = {}, cudaStream_t stream = nullptr,
+                   error_info* error = nullptr) noexcept {
+  return detail::guarded([&] {
+    constexpr const char* fn = "consr::cuda::dpo_forward";
+    detail::dpo_side_args<T, Offset, Label> ca, ra;
+    detail::dpo_check(chosen, rejected, options, fn, ca, ra);
+    const index_t P = ca.seg.num_segments;
+    detail::check_optional_size(loss, 1, fn, "loss", "one value: the reduced objective");
+    detail::check_optional_size(metrics.margin_logit, P, fn, "metrics.margin_logit", "one per pair");
+    detail::check_optional_size(metrics.sigma_neg, P, fn, "metrics.sigma_neg", "one per pair");
+    detail::check_optional_size(metrics.chosen_reward, P, fn, "metrics.chosen_reward", "one per pair");
+    detail::check_optional_size(metrics.rejected_reward, P, fn, "metrics.rejected_reward", "one per pair");
+    detail::check_optional_size(metrics.reward_margin, P, fn, "metrics.reward_margin", "one per pair");
+    detail::check_optional_size(metrics.accuracy, P, fn, "metrics.accuracy", "one per pair");
+    detail::check_optional_size(metrics.dpo_loss, P, fn, "metrics.dpo_loss", "one per pair");
+    detail::check_optional_size(metrics.loss, P, fn, "metrics.loss", "one per pair");
+    const std::size_t sizes[1] = {static_cast<std::size_t>(P) * sizeof(double)};
+    void* parts[1];
+    detail::partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes, parts, fn);
+    if (d_temp_storage == nullptr) return status::success;
+    double* objective = static_cast<double*>(parts[0]);
+    const status v = detail::dpo_validate_offsets(ca, ra, error, stream);
+    if (v != status::success) return v;
+    if (P > 0) {
+      detail::dpo_forward_kernel<T, std::remove_cv_t<Offset>, std::remove_cv_t<Label>>
+          <<<detail::dpo_grid(P), detail::dpo_block, 0, stream>>>(ca, ra, options, metrics, objective, error);
+      CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    if (loss.size() != 0) {
+      detail::dpo_reduce_kernel<T><<<1, detail::dpo_block, 0, stream>>>(
+          objective, P, options.reduction == loss_reduction::mean, loss.data());
+      CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    return status::success;
+  });
+}
+
+/// Backward of dpo_forward on the device for reduction mean or sum with a
+/// host scalar upstream gradient `grad_loss`: writes every token's gradient
+/// (overwritten; ignored tokens get 0) — standard: ∂L/∂a_t = −β σ(−Δ),
+/// ∂L/∂b_t = +β σ(−Δ) (eq. 8); consr: ∓σ(−Δ') ω_t [×β] (eq. 14, σ(−Δ') a
+/// constant) — times grad_loss, / P for mean. Host twin: consr::dpo_backward.
+/// With scale_by_beta, length_normalize off and ω = 1 the consr gradient is
+/// computed by the same operations as the standard one (bitwise equal).
+/// Preconditions as dpo_forward; grad views have the policy views' sizes and
+/// overlap neither the inputs nor each other. Returns status::invalid_argument
+/// naming 'options.reduction' (none), 'grad_chosen_logp', 'grad_rejected_logp'
+/// or as dpo_forward, with nothing launched; bad offsets and empty sequences
+/// go to *error as in dpo_forward.
+template <class T, class Offset, class Label>
+status dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                    const dpo_options& options, double grad_loss, device_view<T, 1> grad_chosen_logp,
+                    device_view<T, 1> grad_rejected_logp, cudaStream_t stream = nullptr,
+                    error_info* error = nullptr) noexcept {
+  return detail::guarded([&] {
+    const detail::dpo_upstream<T> up{grad_loss, nullptr, 0, false, false};
+    return detail::dpo_backward_impl(chosen, rejected, options, up, static_cast<const device_view<const T, 1>*>(nullptr),
+                                     grad_chosen_logp, grad_rejected_logp,
+                                     stream, error);
+  });
+}
+
+/// Backward with the upstream gradient on the device: `grad_loss` holds one
+/// value per pair for reduction none (pair i scaled by grad_loss[i]), or one
+/// device scalar for mean / sum (as the scalar overload; an autograd backward
+/// gets it this way without a synchronization). Otherwise as above; errors
+/// also name 'grad_loss'.
+template <class T, class Offset, class Label>
+status dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                    const dpo_options& options, device_view<const ::consr::detail::type_identity_t<T>, 1> grad_loss,
+                    device_view<T, 1> grad_chosen_logp, device_view<T, 1> grad_rejected_logp,
+                    cudaStream_t stream = nullptr, error_info* error = nullptr) noexcept {
+  return detail::guarded([&] {
+    const detail::dpo_upstream<T> up{0.0, nullptr, 0, false, false};
+    return detail::dpo_backward_impl(chosen, rejected, options, up, &grad_loss, grad_chosen_logp, grad_rejected_logp,
+                                     stream, error);
+  });
+}
+
+/// Token visual weights on the device, eqs. 12–13 (no gradient):
+///   Δp_t = exp(logp_clean[t]) − exp(logp_corrupt[t]),
+///   ω_t = 1 ± clip(α·Δp_t, clip_lo, clip_hi) (+ chosen side, − rejected side),
+/// in double, rounded once to W; a NaN Δp_t gives NaN. Host twin:
+/// consr::visual_weights. Returns status::invalid_argument naming
+/// 'logp_corrupt', 'weights', 'options.*' or 'side'.
+template <class V1, class V2, class W>
+status visual_weights(device_view<V1, 1> logp_clean, device_view<V2, 1> logp_corrupt, weight_side side,
+                      device_view<W, 1> weights, const visual_weight_options& options = {},
+                      cudaStream_t stream = nullptr) noexcept {
+  detail::assert_device_value_type<V1>();
+  detail::assert_device_value_type<V2>();
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
+                "consr::cuda::visual_weights: weights must be a non-const float or double view");
+  return detail::guarded([&] {
+    constexpr const char* fn = "consr::cuda::visual_weights";
+    CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
+    CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
+                    " but must be finite");
+    CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
+                    " but must be finite");
+    CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
+                    " but must be <= options.clip_hi (", options.clip_hi, ")");
+    CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
+                    "is not a weight_side value (", static_cast<int>(side), ")");
+    ::consr::detail::check_view(logp_clean, fn, "logp_clean");
+    const index_t n = logp_clean.size();
+    ::consr::detail::check_view(logp_corrupt, fn, "logp_corrupt");
+    ::consr::detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
+    ::consr::detail::check_view(weights, fn, "weights");
+    ::consr::detail::check_extent(weights, 0, n, fn, "weights", "one weight per token");
+    detail::check_no_broadcast(weights, fn, "weights");
+    if (n == 0) return status::success;
+    detail::visual_weights_kernel<std::remove_cv_t<V1>, std::remove_cv_t<V2>, W>
+        <<<detail::elementwise_grid(n), detail::elementwise_block, 0, stream>>>(
+            logp_clean.data(), logp_clean.stride(0), logp_corrupt.data(), logp_corrupt.stride(0), weights.data(),
+            weights.stride(0), n, side == weight_side::chosen ? 1.0 : -1.0, options.alpha, options.clip_lo,
+            options.clip_hi);
+    return to_status(cudaGetLastError());
+  });
+}
+
+}  // namespace cuda
+}  // namespace consr
