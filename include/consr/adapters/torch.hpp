@@ -284,6 +284,20 @@ device_view<T, Rank> device_view_of(const at::Tensor& t, const char* argument = 
 /// entry makes a CUDA tensor fail with a clear "not built with CUDA" error instead. Entries receive
 /// tensors already validated by this header (dtypes, shapes, one CUDA device) with the views the
 /// host path uses: logits [N, V] with unit inner stride, per-row tensors [N].
+namespace detail {
+/// A dpo_side after validation: 1-D tensors on one device, policy/reference/weights of one float
+/// dtype (float32 or float64), offsets and labels int64; the constants are detached. Undefined
+/// tensors are absent (one of the two references is).
+struct dpo_prepared_side {
+  at::Tensor policy_logp;
+  at::Tensor offsets;
+  at::Tensor reference_logp;
+  at::Tensor reference_logp_sum;
+  at::Tensor labels;
+  at::Tensor weights;
+};
+}  // namespace detail
+
 struct cuda_backend {
   /// token_logp[i], lse[i] = spec §4 forward of rows logits [N, V], labels [N].
   void (*token_logprobs)(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& token_logp,
@@ -303,6 +317,16 @@ struct cuda_backend {
   /// out = random_resized_crop(image) for [B, C, H, W] tensors.
   void (*random_resized_crop)(const at::Tensor& image, const at::Tensor& out, rng_key key,
                               const resized_crop_options& options) = nullptr;
+  /// spec §7 forward: loss [1] (the reduced objective) and metrics [P, 8] (dpo_metric columns).
+  void (*dpo_forward)(const detail::dpo_prepared_side& chosen, const detail::dpo_prepared_side& rejected,
+                      const dpo_options& options, const at::Tensor& loss, const at::Tensor& metrics) = nullptr;
+  /// spec §7 backward; grad_loss on the device: [1] for mean / sum, [P] for none.
+  void (*dpo_backward)(const detail::dpo_prepared_side& chosen, const detail::dpo_prepared_side& rejected,
+                       const dpo_options& options, const at::Tensor& grad_loss, const at::Tensor& grad_chosen,
+                       const at::Tensor& grad_rejected) = nullptr;
+  /// eqs. 12–13: weights [n] from logp_clean, logp_corrupt [n], all of the weights' dtype.
+  void (*visual_weights)(const at::Tensor& logp_clean, const at::Tensor& logp_corrupt, weight_side side,
+                         const visual_weight_options& options, const at::Tensor& weights) = nullptr;
 };
 
 /// The process-wide CUDA registry (one per program: an inline function's static).
@@ -392,7 +416,7 @@ inline void check_labels_range(const at::Tensor& labels, int64_t vocab, int64_t 
 
 /// Shared checks of token_logprobs / token_logprobs_backward. Returns true for [B, L, V] logits.
 inline bool check_logprob_inputs(const at::Tensor& logits, const at::Tensor& labels, const logprob_options& options,
-                                 const char* fn) {
+                                 const char* fn, bool validate_labels = true) {
   check_defined(logits, fn, "logits");
   check_defined(labels, fn, "labels");
   check_floating(logits, fn, "logits");
@@ -412,7 +436,8 @@ inline bool check_logprob_inputs(const at::Tensor& logits, const at::Tensor& lab
                     " but must be contiguous (stride 1); pass logits.contiguous()");
   CONSR_TORCH_CHECK(std::isfinite(options.temperature) && options.temperature > 0.0, fn, "temperature",
                     "must be finite and > 0, got ", options.temperature);
-  check_labels_range(labels, vocab, options.ignore_index, fn);
+  // On CUDA this costs one synchronization; the autograd backward skips it (the forward checked).
+  if (validate_labels) check_labels_range(labels, vocab, options.ignore_index, fn);
   return logits.dim() == 3;
 }
 
@@ -472,9 +497,15 @@ inline std::tuple<at::Tensor, at::Tensor> token_logprobs_forward(const at::Tenso
 /// in one fused pass per row (no other N × V temporary). `lse` is the forward's; grad_token_logp
 /// has labels' shape (any floating dtype, any strides). Throws c10::Error naming the argument.
 inline at::Tensor token_logprobs_backward(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& lse,
-                                          const at::Tensor& grad_token_logp, const logprob_options& options = {}) {
+                                          const at::Tensor& grad_token_logp, const logprob_options& options = {});
+
+namespace detail {
+
+inline at::Tensor token_logprobs_backward_impl(const at::Tensor& logits, const at::Tensor& labels,
+                                               const at::Tensor& lse, const at::Tensor& grad_token_logp,
+                                               const logprob_options& options, bool validate_labels) {
   constexpr const char* fn = "consr::libtorch::token_logprobs_backward";
-  const bool batched = detail::check_logprob_inputs(logits, labels, options, fn);
+  const bool batched = detail::check_logprob_inputs(logits, labels, options, fn, validate_labels);
   const at::ScalarType acc = accum_dtype(logits.scalar_type());
   detail::check_defined(lse, fn, "lse");
   detail::check_dtype_in(lse, {acc}, fn, "lse");
@@ -512,6 +543,13 @@ inline at::Tensor token_logprobs_backward(const at::Tensor& logits, const at::Te
   return grad_logits;
 }
 
+}  // namespace detail
+
+inline at::Tensor token_logprobs_backward(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& lse,
+                                          const at::Tensor& grad_token_logp, const logprob_options& options) {
+  return detail::token_logprobs_backward_impl(logits, labels, lse, grad_token_logp, options, true);
+}
+
 /// The autograd function of token_logprobs: saves logits, labels and lse (one float per row) and
 /// computes ∂L/∂logits in one fused pass; an undefined or all-zero upstream gradient gives zeros
 /// without running the kernel. Labels get no gradient.
@@ -538,7 +576,8 @@ struct token_logprobs_function : public torch::autograd::Function<token_logprobs
     logprob_options options;
     options.temperature = ctx->saved_data["temperature"].toDouble();
     options.ignore_index = ctx->saved_data["ignore_index"].toInt();
-    return {token_logprobs_backward(logits, saved[1], saved[2], grad, options), at::Tensor(), at::Tensor()};
+    return {detail::token_logprobs_backward_impl(logits, saved[1], saved[2], grad, options, false), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -632,17 +671,6 @@ inline loss_reduction parse_loss_reduction(const std::string& name) {
 }
 
 namespace detail {
-
-/// dpo_side after validation: 1-D tensors on one device, policy/reference/weights of one float
-/// dtype, offsets and labels int64; the constants are detached.
-struct dpo_prepared_side {
-  at::Tensor policy_logp;
-  at::Tensor offsets;
-  at::Tensor reference_logp;
-  at::Tensor reference_logp_sum;
-  at::Tensor labels;
-  at::Tensor weights;
-};
 
 struct dpo_arg_names {
   std::string policy_logp, offsets, reference_logp, reference_logp_sum, labels, weights;
@@ -788,13 +816,6 @@ inline dpo_options load_dpo_options(torch::autograd::AutogradContext* ctx) {
   return o;
 }
 
-inline void require_cpu_dpo(const at::Tensor& policy_logp, const char* fn) {
-  // consr's DPO objectives run on the host; a CUDA version plugs in here when consr/cuda/dpo.cuh exists.
-  CONSR_TORCH_CHECK(policy_logp.device().is_cpu(), fn, "chosen.policy_logp", "is on ", policy_logp.device().str(),
-                    " but this build of consr::libtorch computes the DPO objective on CPU tensors only; move the "
-                    "(small, per-token) log-prob tensors to the CPU with .cpu() (autograd follows the copy)");
-}
-
 }  // namespace detail
 
 /// The constant (non-differentiable) tensors of both sides, as dpo_loss_function receives them.
@@ -812,9 +833,34 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
                                                 const at::Tensor& rejected_logp, const dpo_constants& constants,
                                                 const dpo_options& options) {
     constexpr const char* fn = "consr::libtorch::dpo_loss";
-    detail::require_cpu_dpo(chosen_logp, fn);
     const int64_t num_pairs = std::max<int64_t>(constants.chosen.offsets.size(0) - 1, 0);
     at::Tensor metrics = at::empty({num_pairs, dpo_metric_count}, chosen_logp.options());
+    at::Tensor loss;
+    if (chosen_logp.device().is_cuda()) {
+      detail::dpo_prepared_side chosen = constants.chosen, rejected = constants.rejected;
+      chosen.policy_logp = chosen_logp;
+      rejected.policy_logp = rejected_logp;
+      at::Tensor reduced = at::empty({1}, chosen_logp.options());
+      detail::cuda_entry(cuda_backend_registry().dpo_forward, fn, "chosen.policy_logp", "dpo_loss")(
+          chosen, rejected, options, reduced, metrics);
+      loss = options.reduction == loss_reduction::none
+                 ? metrics.select(1, static_cast<int64_t>(dpo_metric::loss)).clone()
+                 : reduced.view({});
+    } else {
+      loss = cpu_forward(chosen_logp, rejected_logp, constants, options, metrics);
+    }
+    ctx->save_for_backward({chosen_logp, rejected_logp});
+    detail::save_dpo_side(ctx, "chosen", constants.chosen);
+    detail::save_dpo_side(ctx, "rejected", constants.rejected);
+    detail::save_dpo_options(ctx, options);
+    ctx->mark_non_differentiable({metrics});
+    return {loss, metrics};
+  }
+
+  /// The host forward: fills metrics, returns the loss tensor.
+  static at::Tensor cpu_forward(const at::Tensor& chosen_logp, const at::Tensor& rejected_logp,
+                                const dpo_constants& constants, const dpo_options& options, const at::Tensor& metrics) {
+    constexpr const char* fn = "consr::libtorch::dpo_loss";
     const double total = detail::dispatch_float_or_double(chosen_logp, fn, "chosen.policy_logp", [&](auto tag) {
       using T = typename decltype(tag)::type;
       const auto chosen = detail::dpo_sequences_of<T>(chosen_logp, constants.chosen, detail::dpo_arg_names("chosen"), fn);
@@ -831,15 +877,9 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
       m.loss = detail::metric_column<T>(metrics, dpo_metric::loss);
       return detail::translate_errors([&] { return consr::dpo_forward(chosen, rejected, options, m); });
     });
-    at::Tensor loss = options.reduction == loss_reduction::none
-                          ? metrics.select(1, static_cast<int64_t>(dpo_metric::loss)).clone()
-                          : at::scalar_tensor(total, chosen_logp.options());
-    ctx->save_for_backward({chosen_logp, rejected_logp});
-    detail::save_dpo_side(ctx, "chosen", constants.chosen);
-    detail::save_dpo_side(ctx, "rejected", constants.rejected);
-    detail::save_dpo_options(ctx, options);
-    ctx->mark_non_differentiable({metrics});
-    return {loss, metrics};
+    return options.reduction == loss_reduction::none
+               ? metrics.select(1, static_cast<int64_t>(dpo_metric::loss)).clone()
+               : at::scalar_tensor(total, chosen_logp.options());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -854,6 +894,17 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
     at::Tensor grad_chosen = at::empty({chosen_logp.size(0)}, chosen_logp.options());
     at::Tensor grad_rejected = at::empty({rejected_logp.size(0)}, rejected_logp.options());
     const at::Tensor& grad_loss = grad_outputs[0];
+    if (chosen_logp.device().is_cuda()) {
+      // The upstream gradient stays on the device: no synchronization in the backward.
+      const int64_t count =
+          options.reduction == loss_reduction::none ? std::max<int64_t>(chosen_side.offsets.size(0) - 1, 0) : 1;
+      const at::Tensor upstream = grad_loss.defined()
+                                      ? grad_loss.to(chosen_logp.scalar_type()).reshape({count}).contiguous()
+                                      : at::zeros({count}, chosen_logp.options());
+      detail::cuda_entry(cuda_backend_registry().dpo_backward, fn, "chosen.policy_logp", "dpo_loss (backward)")(
+          chosen_side, rejected_side, options, upstream, grad_chosen, grad_rejected);
+      return {grad_chosen, grad_rejected, at::Tensor(), at::Tensor()};
+    }
     detail::dispatch_float_or_double(chosen_logp, fn, "chosen.policy_logp", [&](auto tag) {
       using T = typename decltype(tag)::type;
       const auto chosen = detail::dpo_sequences_of<T>(chosen_logp, chosen_side, detail::dpo_arg_names("chosen"), fn);
@@ -883,10 +934,11 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
 ///                      length_normalize, ω = weights with visual_weights;
 /// reduced over pairs by options.reduction. Returns loss and the [P, 8] per-pair metrics (dpo_metric).
 /// Sides as dpo_side (packed with offsets, or padded [P, L]); references, labels and weights are
-/// constants. Runs consr::dpo_forward / dpo_backward on CPU tensors.
+/// constants. CPU tensors run consr::dpo_forward / dpo_backward; CUDA tensors consr::cuda's (the
+/// forward synchronizes once, to report bad offsets or empty sequences; the backward does not).
 /// Throws c10::Error naming the argument ('chosen.offsets', 'rejected.weights', 'options.beta', ...):
 /// dtype, shape, device mismatch, offsets not matching the packed length, a missing reference, an
-/// empty sequence under length normalization (the message names the pair), CUDA tensors.
+/// empty sequence under length normalization (the message names the pair).
 inline dpo_result dpo_loss(const dpo_side& chosen, const dpo_side& rejected, const dpo_options& options = {}) {
   constexpr const char* fn = "consr::libtorch::dpo_loss";
   detail::check_defined(chosen.policy_logp, fn, "chosen.policy_logp");
@@ -908,7 +960,7 @@ inline dpo_result dpo_loss(const dpo_side& chosen, const dpo_side& rejected, con
 /// Token visual weights, eqs. 12–13 (no gradient): ω = 1 ± clip(α·(exp(logp_clean) −
 /// exp(logp_corrupt)), lo, hi), + on the chosen side, − on the rejected side. logp_clean and
 /// logp_corrupt: one shape, any floating dtype (the policy's log-probs under (x, I) and (x, Ĩ));
-/// returns that shape in float64 for float64 logp_clean, else float32. CPU tensors.
+/// returns that shape in float64 for float64 logp_clean, else float32. CPU or CUDA tensors.
 /// Throws c10::Error naming 'logp_clean', 'logp_corrupt' or an option.
 inline at::Tensor visual_weights(const at::Tensor& logp_clean, const at::Tensor& logp_corrupt, weight_side side,
                                  const visual_weight_options& options = {}) {
@@ -919,12 +971,16 @@ inline at::Tensor visual_weights(const at::Tensor& logp_clean, const at::Tensor&
   detail::check_floating(logp_corrupt, fn, "logp_corrupt");
   detail::check_shape(logp_corrupt, logp_clean.sizes(), fn, "logp_corrupt", "the same tokens as 'logp_clean'");
   detail::check_same_device(logp_corrupt, logp_clean, fn, "logp_corrupt", "logp_clean");
-  CONSR_TORCH_CHECK(logp_clean.device().is_cpu(), fn, "logp_clean", "is on ", logp_clean.device().str(),
-                    " but visual_weights runs on CPU tensors; pass logp_clean.cpu() (the weights are constants)");
+  const bool on_cuda = detail::is_cuda_tensor(logp_clean, fn, "logp_clean");
   const at::ScalarType dtype = logp_clean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor clean = logp_clean.detach().reshape({-1}).to(dtype);
   const at::Tensor corrupt = logp_corrupt.detach().reshape({-1}).to(dtype);
   at::Tensor weights = at::empty({clean.size(0)}, clean.options());
+  if (on_cuda) {
+    detail::cuda_entry(cuda_backend_registry().visual_weights, fn, "logp_clean", "visual_weights")(clean, corrupt, side,
+                                                                                                   options, weights);
+    return weights.view(logp_clean.sizes());
+  }
   detail::dispatch_float_or_double(clean, fn, "logp_clean", [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::translate_errors([&] {
