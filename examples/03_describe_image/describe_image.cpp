@@ -119,8 +119,7 @@ int run(const arguments& args) {
   prompt.input_ids = tok.encode(expand_image_placeholders(format, text, tokens_per_image));
 
   sampling_options sampling = args.sampling;
-  for (const char* stop : {"<|im_end|>", "<|endoftext|>"})
-    if (auto id = tok.find_token(stop)) sampling.stop_token_ids.push_back(*id);
+  sampling.stop_token_ids = chat_stop_token_ids(tok);
   auto t1 = clock::now();
   generation_result result = generate(*model, {prompt}, sampling).at(0);
   auto t2 = clock::now();

@@ -21,6 +21,7 @@
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
+#include "consr_runtime/tokenizer.hpp"
 
 using namespace consr_runtime;
 
@@ -67,7 +68,11 @@ struct fixture {
     p.input_ids = ids("text_input_ids");
     return p;
   }
-  std::vector<std::int64_t> stops() const { return {token("im_end"), token("endoftext")}; }
+  std::vector<std::int64_t> stops() const {
+    auto ids = chat_stop_token_ids(tokenizer::from_directory(dir));
+    REQUIRE(ids == std::vector<std::int64_t>{token("im_end"), token("endoftext")});
+    return ids;
+  }
 };
 
 fixture& qwen() {

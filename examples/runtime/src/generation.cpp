@@ -104,6 +104,13 @@ model_inputs collate(const std::vector<prompt_input>& prompts, std::int64_t pad_
   return out;
 }
 
+std::vector<std::int64_t> chat_stop_token_ids(const tokenizer& tok) {
+  std::vector<std::int64_t> ids;
+  for (const char* stop : {"<|im_end|>", "<|endoftext|>"})
+    if (auto id = tok.find_token(stop)) ids.push_back(*id);
+  return ids;
+}
+
 std::int64_t sample_token(const torch::Tensor& logits, double temperature, double top_p, double u) {
   const char* fn = "sample_token";
   if (!logits.defined() || logits.numel() < 1) fail(fn, "logits", "empty");

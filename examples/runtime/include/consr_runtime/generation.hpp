@@ -17,6 +17,7 @@
 #include <torch/types.h>
 
 #include "consr_runtime/models.hpp"
+#include "consr_runtime/tokenizer.hpp"
 
 namespace consr_runtime {
 
@@ -48,6 +49,10 @@ struct sampling_options {
   std::uint64_t seed = 0;
   std::int64_t pad_token_id = 0;      ///< fills left padding (masked out; any id in the vocabulary)
 };
+
+/// The end-of-turn tokens both chat models stop on: the ids of "<|im_end|>" and "<|endoftext|>"
+/// that `tok` has (facts §4), in that order.
+std::vector<std::int64_t> chat_stop_token_ids(const tokenizer& tok);
 
 /// Picks the next token from one row of logits [V] (any float dtype, any device): argmax (first
 /// maximum) when temperature == 0, else a draw with uniform `u` ∈ [0, 1) from softmax(logits / T)
