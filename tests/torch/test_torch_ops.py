@@ -384,6 +384,22 @@ class Corruptions(unittest.TestCase):
             ops().random_patch_mask(x.view(1, 3, 4), 1, probability=-0.5)
 
 
+class DocumentationSnippet(unittest.TestCase):
+    def test_python_block_of_docs_torch_md_runs(self):
+        # docs/torch.md's Python block, run as written except for the library path.
+        docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "torch.md")
+        with open(docs, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("```python\n", 1)[1].split("```", 1)[0]
+        default_path = "build/default/bindings/torch/libconsr_torch_ops.so"
+        self.assertIn(default_path, block)
+        namespace = {}
+        exec(compile(block.replace(default_path, LIBRARY), docs, "exec"), namespace)
+        self.assertTrue(torch.isfinite(namespace["loss"]).item())
+        self.assertIsNotNone(namespace["logits"].grad)
+        self.assertEqual(tuple(namespace["metrics"].shape), (1, 8))
+
+
 if __name__ == "__main__":
     result = unittest.main(exit=False, verbosity=2).result
     sys.exit(0 if result.wasSuccessful() else 1)
