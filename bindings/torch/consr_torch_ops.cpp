@@ -3,6 +3,7 @@
 //
 //   torch.ops.load_library("libconsr_torch_ops.so")
 //   logp = torch.ops.consr.token_logprobs(logits, labels)
+//   logp = torch.ops.consr.linear_token_logprobs(hidden, lm_head.weight, None, labels)
 //   loss, metrics = torch.ops.consr.dpo_loss(chosen_logp, rejected_logp, ...)
 //   noisy = torch.ops.consr.add_diffusion_noise(image, seed)
 //
@@ -60,6 +61,16 @@ at::Tensor token_logprobs_op(const at::Tensor& logits, const at::Tensor& labels,
   options.temperature = temperature;
   options.ignore_index = ignore_index;
   return lt::token_logprobs(logits, labels, options);
+}
+
+at::Tensor linear_token_logprobs_op(const at::Tensor& hidden, const at::Tensor& weight,
+                                    const c10::optional<at::Tensor>& bias, const at::Tensor& labels,
+                                    double temperature, int64_t ignore_index, int64_t vocab_chunk) {
+  consr::linear_logprob_options options;
+  options.temperature = temperature;
+  options.ignore_index = ignore_index;
+  options.vocab_chunk = vocab_chunk;
+  return lt::linear_token_logprobs(hidden, weight, undefined_if_none(bias), labels, options);
 }
 
 std::tuple<at::Tensor, at::Tensor> dpo_loss_op(
@@ -178,6 +189,13 @@ TORCH_LIBRARY(consr, m) {
   // (float64 for float64 logits) of labels' shape; ignore_index rows give 0. Differentiable w.r.t. logits.
   m.def("token_logprobs(Tensor logits, Tensor labels, float temperature=1.0, int ignore_index=-100) -> Tensor",
         &token_logprobs_op);
+  // Memory-bounded token log-probs (spec §4): hidden [N, H] or [B, L, H], weight [V, H], bias [V] or None;
+  // the same values as token_logprobs(hidden @ weight.T + bias, labels) without the N x V logits.
+  // Differentiable w.r.t. hidden, weight and bias (CPU tensors).
+  m.def(
+      "linear_token_logprobs(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, float temperature=1.0, "
+      "int ignore_index=-100, int vocab_chunk=4096) -> Tensor",
+      &linear_token_logprobs_op);
   // DPO objectives (spec §7). Each side: policy log-probs, packed [n] with offsets [P+1] or padded [P, L]
   // without offsets; a reference per token (same shape) or per sequence (_sum, [P]); optional labels
   // (ignore_index tokens are not scored) and visual weights (consr loss with visual_weights).

@@ -242,6 +242,96 @@ TEST_CASE("token_logprobs: bad input raises c10::Error naming the argument", "[t
 }
 
 // ================================================================================================
+// Memory-bounded token log-probs from hidden states
+// ================================================================================================
+
+TEST_CASE("linear_token_logprobs equals log_softmax of hidden·Wᵀ + b, with gradients for hidden, weight, bias",
+          "[torch][linear]") {
+  at::manual_seed(15);
+  for (const at::ScalarType dtype : {at::kDouble, at::kFloat}) {
+    const double tol = dtype == at::kDouble ? 1e-6 : 1e-4;
+    for (const bool with_bias : {true, false}) {
+      for (const int64_t chunk : {int64_t{8}, int64_t{4096}}) {
+        CAPTURE(lt::dtype_name(dtype), with_bias, chunk);
+        const int64_t batch = 2, length = 5, hidden_size = 12, vocab = 37;
+        const at::Tensor hidden = at::randn({batch, length, hidden_size}, at::kDouble).to(dtype).requires_grad_(true);
+        const at::Tensor weight = (at::randn({vocab, hidden_size}, at::kDouble) * 0.5).to(dtype).requires_grad_(true);
+        const at::Tensor bias = with_bias ? at::randn({vocab}, at::kDouble).to(dtype).requires_grad_(true) : at::Tensor();
+        const at::Tensor labels = random_labels({batch, length}, vocab, 0.2, -100);
+        // A causal shift: hidden[:, :-1] (a view whose rows do not merge) against labels[:, 1:].
+        const at::Tensor h = hidden.narrow(1, 0, length - 1);
+        const at::Tensor y = labels.narrow(1, 1, length - 1);
+        consr::linear_logprob_options options;
+        options.vocab_chunk = chunk;
+        options.temperature = 0.9;
+        const at::Tensor logp = lt::linear_token_logprobs(h, weight, bias, y, options);
+        REQUIRE(logp.sizes() == y.sizes());
+        REQUIRE(logp.scalar_type() == (dtype == at::kDouble ? at::kDouble : at::kFloat));
+        // Reference: the materialized logits in fp64, log_softmax + gather.
+        at::Tensor logits = at::matmul(h.to(at::kDouble), weight.to(at::kDouble).t());
+        if (with_bias) logits = logits + bias.to(at::kDouble);
+        const at::Tensor ref = reference_logprobs(logits, y, 0.9, -100);
+        CHECK(max_abs_diff(logp, ref) < tol);
+        const at::Tensor upstream = at::randn(y.sizes(), at::kDouble);
+        std::vector<at::Tensor> inputs{hidden, weight};
+        if (with_bias) inputs.push_back(bias);
+        const auto grads = torch::autograd::grad({logp}, inputs, {upstream.to(logp.scalar_type())});
+        const auto ref_grads = torch::autograd::grad({ref}, inputs, {upstream});
+        for (std::size_t i = 0; i < inputs.size(); ++i) {
+          CAPTURE(i);
+          REQUIRE(grads[i].scalar_type() == dtype);
+          CHECK(max_abs_diff(grads[i], ref_grads[i]) < tol);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("linear_token_logprobs: a frozen projection, bf16, and the values of token_logprobs", "[torch][linear]") {
+  at::manual_seed(16);
+  const at::Tensor hidden = at::randn({6, 10}, at::kFloat).requires_grad_(true);
+  const at::Tensor weight = at::randn({23, 10}, at::kFloat);  // frozen: no gradient wanted
+  const at::Tensor labels = at::randint(0, 23, {6}, at::kLong);
+  const at::Tensor logp = lt::linear_token_logprobs(hidden, weight, at::Tensor(), labels);
+  const at::Tensor via_logits = lt::token_logprobs(at::matmul(hidden, weight.t()), labels);
+  CHECK(max_abs_diff(logp, via_logits) < 1e-5);
+  const at::Tensor upstream = at::randn({6});
+  CHECK(max_abs_diff(gradient(logp, hidden, upstream), gradient(via_logits, hidden, upstream)) < 1e-5);
+  // bfloat16 hidden states and projection: the same values as the materialized bf16 logits' fp32 log-probs.
+  const at::Tensor hb = hidden.detach().to(at::kBFloat16).requires_grad_(true);
+  const at::Tensor wb = weight.to(at::kBFloat16);
+  const at::Tensor logp_bf16 = lt::linear_token_logprobs(hb, wb, at::Tensor(), labels);
+  REQUIRE(logp_bf16.scalar_type() == at::kFloat);
+  const at::Tensor exact = reference_logprobs(at::matmul(hb.to(at::kDouble), wb.to(at::kDouble).t()), labels, 1.0, -100);
+  CHECK(max_abs_diff(logp_bf16, exact) < 1e-4);
+  CHECK(gradient(logp_bf16, hb, upstream).scalar_type() == at::kBFloat16);
+}
+
+TEST_CASE("linear_token_logprobs: bad input raises c10::Error naming the argument", "[torch][linear][errors]") {
+  const at::Tensor hidden = at::randn({4, 6});
+  const at::Tensor weight = at::randn({9, 6});
+  const at::Tensor labels = at::randint(0, 9, {4}, at::kLong);
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, at::randn({9, 5}), at::Tensor(), labels); }),
+             Contains("consr::libtorch::linear_token_logprobs: argument 'weight': has shape [9, 5] but must be [V, 6]"));
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, weight.to(at::kDouble), at::Tensor(), labels); }),
+             Contains("argument 'weight': has dtype float64 but 'hidden' has dtype float32"));
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, weight, at::randn({8}), labels); }),
+             Contains("argument 'bias': has shape [8] but must have [9]"));
+  at::Tensor bad = labels.clone();
+  bad[3] = 9;
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, weight, at::Tensor(), bad); }),
+             Contains("argument 'labels': labels[3] = 9 is outside [0, 9)"));
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, at::randn({6, 9}).t(), at::Tensor(), labels); }),
+             Contains("argument 'weight': rows have stride 9 but must be contiguous"));
+  consr::linear_logprob_options zero_chunk;
+  zero_chunk.vocab_chunk = 0;
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, weight, at::Tensor(), labels, zero_chunk); }),
+             Contains("argument 'vocab_chunk': must be > 0"));
+  CHECK_THAT(error_of([&] { lt::linear_token_logprobs(hidden, weight, at::Tensor(), labels.narrow(0, 0, 3)); }),
+             Contains("argument 'labels': has shape [3] but hidden [4, 6] needs labels [4]"));
+}
+
+// ================================================================================================
 // DPO objectives
 // ================================================================================================
 

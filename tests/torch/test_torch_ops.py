@@ -130,6 +130,42 @@ class TokenLogprobs(unittest.TestCase):
             ops().token_logprobs(torch.randn(7, 4).t(), labels)
 
 
+class LinearTokenLogprobs(unittest.TestCase):
+    def test_values_and_gradients_against_materialized_logits(self):
+        g = torch.Generator().manual_seed(9)
+        for dtype in (torch.float64, torch.float32):
+            with self.subTest(dtype=str(dtype)):
+                tol = 1e-6 if dtype == torch.float64 else 1e-4
+                hidden = torch.randn(2, 5, 8, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+                weight = (torch.randn(30, 8, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_(True)
+                bias = torch.randn(30, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+                labels = random_labels((2, 5), 30, generator=g)
+                logp = ops().linear_token_logprobs(hidden[:, :-1], weight, bias, labels[:, 1:], vocab_chunk=7)
+                logits = torch.nn.functional.linear(hidden[:, :-1].double(), weight.double(), bias.double())
+                ref = reference_logprobs(logits, labels[:, 1:])
+                self.assertLess(max_abs_diff(logp, ref), tol)
+                upstream = torch.randn(2, 4, generator=g, dtype=torch.float64)
+                grads = torch.autograd.grad(logp, (hidden, weight, bias), upstream.to(logp.dtype))
+                ref_grads = torch.autograd.grad(ref, (hidden, weight, bias), upstream)
+                for got, want in zip(grads, ref_grads):
+                    self.assertEqual(got.dtype, dtype)
+                    self.assertLess(max_abs_diff(got, want), tol)
+
+    def test_gradcheck_without_bias_and_errors(self):
+        g = torch.Generator().manual_seed(10)
+        hidden = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        labels = torch.tensor([0, 5, -100])
+        self.assertTrue(torch.autograd.gradcheck(
+            lambda h, w: ops().linear_token_logprobs(h, w, None, labels, vocab_chunk=4), (hidden, weight)))
+        with self.assertRaisesRegex(RuntimeError, r"argument 'weight': has shape \[6, 3\] but must be \[V, 4\]"):
+            ops().linear_token_logprobs(hidden, weight[:, :3], None, labels)
+        with self.assertRaisesRegex(RuntimeError, r"argument 'labels': labels\[1\] = 6 is outside \[0, 6\)"):
+            ops().linear_token_logprobs(hidden, weight, None, torch.tensor([0, 6, 1]))
+        with self.assertRaisesRegex(RuntimeError, r"argument 'vocab_chunk': must be > 0"):
+            ops().linear_token_logprobs(hidden, weight, None, labels, vocab_chunk=0)
+
+
 def segment_sums(x, offsets):
     return torch.stack([x[offsets[s]:offsets[s + 1]].sum() for s in range(len(offsets) - 1)])
 
