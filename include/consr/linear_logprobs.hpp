@@ -606,7 +606,7 @@ std::size_t linear_token_logprobs_backward_workspace_bytes(index_t tokens, index
 /// - `workspace`: an empty view to allocate linear_token_logprobs_workspace_bytes<T>(N, H, V, options) bytes
 ///   once per call, or a contiguous byte view at least that large (any alignment; its contents are scratch).
 ///   Peak memory beyond the arguments is exactly that, plus what the GEMM policy allocates internally
-///   (Eigen and BLAS pack panels into buffers of a few MB that do not grow with N or V).
+///   (Eigen and BLAS pack panels into buffers of a few MB that do not grow with V).
 /// - `Gemm`: the GEMM policy (consr/detail/gemm.hpp): loop_gemm by default, eigen_gemm or cblas_gemm for speed.
 /// Accumulation in fp32 (fp64 for fp64); the logits of a chunk are rounded once to fp32 by the GEMM, then
 /// + bias, exactly as `logits = h Wᵀ + b` would store them. A NaN/inf logit makes its own row NaN only.
