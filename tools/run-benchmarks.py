@@ -1,0 +1,628 @@
+#!/usr/bin/python3
+"""Runs consr's benchmark suite and rewrites the results table in docs/performance.md.
+
+One command, from the repository root:
+
+    tools/run-benchmarks.py
+
+builds the `bench` preset (Release, -march=native, benchmarks on, tests off) into build/bench, runs
+every bench/consr_bench_* executable with Google Benchmark's JSON output (min of repetitions), and
+rewrites docs/performance.md from that run: the machine, the date, the command, then one row per
+kernel, size and thread count with consr's time, the baseline's time, the speed-up and the share of
+the machine's bandwidth limit that consr reaches; then the memory measurement, the targets of the
+issue (met or missed, computed from the numbers), and the GPU section. The raw JSON files are kept
+in build/bench/results/.
+
+Standard library only (Debian's /usr/bin/python3). See --help for the options; the whole suite takes
+about 5-10 minutes on a 2-core machine with the defaults.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Targets of the benchmark issue, checked against the numbers of the run.
+# (kernel, size, minimum speed-up over the baseline) at every thread count.
+SPEEDUP_TARGETS = [
+    ("logprobs_fwd", "N=256,V=152064", 5.0),
+    ("logprobs_fwd_bwd", "N=256,V=152064", 4.0),
+    ("noise", "10x3x384x384", 3.0),
+]
+# (kernel, size, minimum share of the bandwidth limit) at every thread count.
+SHARE_TARGETS = [
+    ("logprobs_fwd", "N=256,V=152064", 0.40),
+]
+
+KERNEL_DESCRIPTIONS = {
+    "logprobs_fwd": "token log-probs, fp32 logits",
+    "logprobs_fwd_bf16": "token log-probs, bf16 logits",
+    "logprobs_fwd_bwd": "token log-probs forward + backward",
+    "noise": "diffusion noise (t = 800)",
+    "patch_mask": "random patch mask (14 px, p = 0.5)",
+    "mixup": "mixup (λ = 0.7)",
+    "resized_crop": "random resized crop (bilinear)",
+    "segment_sum": "segmented sum",
+    "segment_masked_mean": "segmented mean over scored tokens",
+    "reward": "contrastive reward, eqs. 1-6",
+    "pairs": "pair selection (best vs worst)",
+    "reward_pairs": "reward + pair selection",
+    "dpo_standard": "DPO eq. 7, forward + backward",
+    "dpo_consr": "ConSR DPO eq. 14, forward + backward",
+}
+
+BEGIN_MARK = "<!-- BEGIN GENERATED RESULTS: tools/run-benchmarks.py rewrites everything up to the END mark -->"
+END_MARK = "<!-- END GENERATED RESULTS -->"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    log("+ " + " ".join(shlex.quote(c) for c in cmd))
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---- building and running -------------------------------------------------------------------------
+
+def build(build_dir, jobs):
+    if os.path.abspath(build_dir) == os.path.join(ROOT, "build", "bench"):
+        run(["cmake", "--preset", "bench"], cwd=ROOT)
+    else:
+        run(["cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+             "-DCONSR_NATIVE_ARCH=ON", "-DCONSR_BUILD_BENCHMARKS=ON", "-DCONSR_BUILD_TESTS=OFF",
+             "-DCONSR_BUILD_EXAMPLES=OFF"], cwd=ROOT)
+    run(["cmake", "--build", build_dir, "-j", str(jobs)], cwd=ROOT)
+
+
+def executables(build_dir):
+    found = sorted(glob.glob(os.path.join(build_dir, "bench", "consr_bench_*")))
+    return [f for f in found if os.access(f, os.X_OK) and not f.endswith((".json", ".txt"))]
+
+
+def run_executable(exe, out_json, args, env):
+    cmd = [exe, "--benchmark_out=" + out_json, "--benchmark_out_format=json",
+           "--benchmark_repetitions=%d" % args.repetitions, "--benchmark_report_aggregates_only=true",
+           "--benchmark_min_time=%g" % args.min_time]
+    if args.filter:
+        cmd.append("--benchmark_filter=" + args.filter)
+    run(cmd, env=env)
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+
+class Result:
+    """One benchmark at one thread count: min and median wall time (ms) and its counters."""
+
+    def __init__(self, kernel, impl, size, threads):
+        self.kernel, self.impl, self.size, self.threads = kernel, impl, size, threads
+        self.min_ms = None
+        self.median_ms = None
+        self.counters = {}
+        self.error = None
+
+    def bytes(self):
+        return self.counters.get("bytes_read", 0.0) + self.counters.get("bytes_written", 0.0)
+
+
+UNIT_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+NAME_RE = re.compile(r"^(?P<kernel>[^/]+)/(?P<impl>[^/]+)/(?P<size>[^/]+)/threads:(?P<threads>\d+)")
+
+
+def parse_results(paths):
+    """Results keyed by (kernel, impl, size, threads), and the context of the first file."""
+    results, context = {}, None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        context = context or data.get("context", {})
+        for b in data.get("benchmarks", []):
+            m = NAME_RE.match(b.get("run_name", b["name"]))
+            if not m:
+                continue
+            key = (m["kernel"], m["impl"], m["size"], int(m["threads"]))
+            r = results.setdefault(key, Result(*key))
+            if b.get("error_occurred"):
+                r.error = b.get("error_message", "error")
+                continue
+            ms = b["real_time"] * UNIT_TO_MS[b.get("time_unit", "ns")]
+            kind = b.get("aggregate_name") if b.get("run_type") == "aggregate" else "iteration"
+            if kind == "min":
+                r.min_ms = ms
+            elif kind == "median":
+                r.median_ms = ms
+            elif kind == "iteration":
+                # A single run (no repetitions): it is its own min and median.
+                r.min_ms = ms if r.min_ms is None else min(r.min_ms, ms)
+                r.median_ms = r.median_ms or ms
+            if kind in ("min", "iteration", "median", "mean"):
+                for k, v in b.items():
+                    if k in ("bytes_read", "bytes_written", "peak_extra_bytes", "logits_bytes"):
+                        r.counters[k] = v
+    return results, context
+
+
+def bandwidth_limits(results):
+    """Bytes/s of the STREAM-like probe per (pattern, threads): the best store kind of each pattern."""
+    limits = {}
+    for (kernel, impl, size, threads), r in results.items():
+        if not kernel.startswith("stream_") or r.min_ms is None:
+            continue
+        pattern = kernel[len("stream_"):]
+        bw = r.bytes() / (r.min_ms * 1e-3)
+        if bw > limits.get((pattern, threads), (0, None))[0]:
+            limits[(pattern, threads)] = (bw, impl)
+    return limits
+
+
+def access_pattern(r):
+    read, written = r.counters.get("bytes_read", 0.0), r.counters.get("bytes_written", 0.0)
+    if written <= 0.01 * read:
+        return "read"
+    if read <= 0.01 * written:
+        return "write"
+    return "copy"
+
+
+# ---- formatting ------------------------------------------------------------------------------------
+
+def fmt_ms(ms):
+    if ms is None:
+        return "—"
+    if ms >= 100:
+        return "%.0f ms" % ms
+    if ms >= 1:
+        return "%.2f ms" % ms
+    return "%.1f µs" % (ms * 1e3)
+
+
+def fmt_bytes(b):
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(b) >= scale:
+            return "%.1f %s" % (b / scale, unit)
+    return "%.0f B" % b
+
+
+def fmt_gbs(bps):
+    return "%.1f GB/s" % (bps / 1e9)
+
+
+def comparison_rows(results, limits):
+    """(kernel, size, threads, consr Result, baseline Result or None, share or None, pattern)."""
+    rows = []
+    for (kernel, impl, size, threads), r in sorted(results.items()):
+        if impl != "consr" or kernel.startswith("stream_") or kernel.endswith("_memory"):
+            continue
+        baseline = None
+        for (k2, i2, s2, t2), r2 in sorted(results.items()):
+            if k2 == kernel and s2 == size and t2 == threads and i2 != "consr":
+                baseline = r2
+                break
+        share, pattern = None, access_pattern(r)
+        if r.min_ms and r.bytes() > 0 and (pattern, threads) in limits:
+            share = (r.bytes() / (r.min_ms * 1e-3)) / limits[(pattern, threads)][0]
+        rows.append((kernel, size, threads, r, baseline, share, pattern))
+    order = list(KERNEL_DESCRIPTIONS)
+    rows.sort(key=lambda x: (order.index(x[0]) if x[0] in order else len(order), x[0], x[1], x[2]))
+    return rows
+
+
+def results_table(rows, limits):
+    out = ["| Kernel | Size | Threads | consr (min) | Baseline | Baseline (min) | Speed-up | consr bandwidth | Share of limit |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for kernel, size, threads, r, b, share, pattern in rows:
+        desc = KERNEL_DESCRIPTIONS.get(kernel, kernel)
+        speedup = "—"
+        if b is not None and b.min_ms and r.min_ms:
+            speedup = "**%.1f×**" % (b.min_ms / r.min_ms) if b.min_ms >= r.min_ms else "%.2f×" % (b.min_ms / r.min_ms)
+        bw = fmt_gbs(r.bytes() / (r.min_ms * 1e-3)) if r.min_ms and r.bytes() else "—"
+        share_s = "%.0f %% of %s" % (100 * share, pattern) if share is not None else "—"
+        base_name = b.impl if b is not None else "(none)"
+        base_ms = fmt_ms(b.min_ms) if b is not None else "—"
+        if r.error:
+            share_s, bw = "error: " + r.error, "—"
+        out.append("| `%s` %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            kernel, desc, size, threads, fmt_ms(r.min_ms), base_name, base_ms, speedup, bw, share_s))
+    return "\n".join(out)
+
+
+def limits_table(limits):
+    out = ["| Access pattern | Threads | Bandwidth | Best store kind |", "|---|---:|---:|---|"]
+    for (pattern, threads), (bw, impl) in sorted(limits.items()):
+        out.append("| %s | %d | %s | %s |" % (pattern, threads, fmt_gbs(bw), impl))
+    return "\n".join(out)
+
+
+def memory_table(results):
+    by_size = {}
+    for (kernel, impl, size, threads), r in results.items():
+        if kernel == "logprobs_memory":
+            by_size.setdefault(size, {})[impl] = r
+    if not by_size:
+        return "Not measured in this run."
+    out = ["| Size | Logits (input) | consr peak extra memory | LibTorch peak extra memory | LibTorch / logits |",
+           "|---|---:|---:|---:|---:|"]
+
+    def n_of(size):
+        m = re.match(r"N=(\d+)", size)
+        return int(m.group(1)) if m else 0
+
+    for size in sorted(by_size, key=n_of):
+        c, t = by_size[size].get("consr"), by_size[size].get("torch")
+        logits = (c or t).counters.get("logits_bytes", 0)
+        cs = fmt_bytes(c.counters["peak_extra_bytes"]) if c and "peak_extra_bytes" in c.counters else "—"
+        ts = fmt_bytes(t.counters["peak_extra_bytes"]) if t and "peak_extra_bytes" in t.counters else "—"
+        ratio = "%.2f" % (t.counters["peak_extra_bytes"] / logits) if t and logits and "peak_extra_bytes" in t.counters else "—"
+        out.append("| %s | %s | %s | %s | %s |" % (size, fmt_bytes(logits), cs, ts, ratio))
+    return "\n".join(out)
+
+
+def targets_section(rows):
+    lines = ["| Target | Threads | Measured | Status |", "|---|---:|---:|---|"]
+    index = {(k, s, t): (r, b, share) for k, s, t, r, b, share, _ in rows}
+    thread_set = sorted({t for (_, _, t) in index})
+    for kernel, size, minimum in SPEEDUP_TARGETS:
+        for t in thread_set:
+            if (kernel, size, t) not in index:
+                continue
+            r, b, _ = index[(kernel, size, t)]
+            if b is None or not b.min_ms or not r.min_ms:
+                lines.append("| `%s` %s ≥ %.0f× baseline | %d | — | not measured |" % (kernel, size, minimum, t))
+                continue
+            s = b.min_ms / r.min_ms
+            status = "met" if s >= minimum else "**missed** by %.0f %%" % (100 * (1 - s / minimum))
+            lines.append("| `%s` %s ≥ %.0f× %s | %d | %.1f× | %s |" % (kernel, size, minimum, b.impl, t, s, status))
+    for kernel, size, minimum in SHARE_TARGETS:
+        for t in thread_set:
+            if (kernel, size, t) not in index:
+                continue
+            _, _, share = index[(kernel, size, t)]
+            if share is None:
+                lines.append("| `%s` %s ≥ %.0f %% of the limit | %d | — | not measured |" % (kernel, size, 100 * minimum, t))
+                continue
+            status = "met" if share >= minimum else "**missed** by %.0f points" % (100 * (minimum - share))
+            lines.append("| `%s` %s ≥ %.0f %% of the limit | %d | %.0f %% | %s |" % (kernel, size, 100 * minimum, t, 100 * share, status))
+    return "\n".join(lines)
+
+
+# ---- GPU results (tools/gpu-check.sh) -----------------------------------------------------------
+
+# consr's CUDA benchmark name -> the name of its LibTorch-CUDA baseline, where they differ
+# (bench/cuda/*: "<impl>/<kernel>/<variant>[/<arg>]").
+GPU_BASELINE_ALIASES = {
+    "segmented_masked_mean": "masked_mean",
+    "segmented_sum": "segment_reduce_sum",
+}
+SUFFIX_SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_counter(text):
+    m = re.match(r"^([-+0-9.eE]+)([kMGTmun]?)(/s)?$", text)
+    if not m:
+        return None
+    try:
+        return float(m.group(1)) * SUFFIX_SCALE[m.group(2)]
+    except ValueError:
+        return None
+
+
+def parse_gpu_text(path):
+    """Benchmarks of a gpu-check results file: (status note, {name: counters}, device line)."""
+    with open(path, errors="replace") as f:
+        lines = f.read().splitlines()
+    # The benchmarks' context line (bench/cuda/cuda_bench.hpp) names the device.
+    device = next((l.split(":", 1)[1].strip() for l in lines if l.strip().startswith("cuda_device:")), "")
+    in_bench, header, rows, note = False, None, {}, ""
+    for line in lines:
+        if line.startswith("===="):
+            in_bench = "CUDA benchmarks" in line
+            header = None
+            continue
+        if not in_bench:
+            continue
+        if line.strip().startswith("not run"):
+            note = line.strip()
+        if line.startswith("Benchmark"):
+            header = line.split()
+            continue
+        if header is None or not line.strip() or line.startswith("-"):
+            continue
+        tok = line.split()
+        if len(tok) < 6 or "/" not in tok[0]:
+            continue
+        name = re.sub(r"/(manual_time|real_time)$", "", tok[0])
+        counters = {"time": parse_counter(tok[1]), "time_unit": tok[2]}
+        for col, val in zip(header[4:], tok[6:]):
+            counters[col] = parse_counter(val)
+        rows[name] = counters
+    if not rows and not note:
+        note = "it holds no benchmark table (the check did not reach or did not run the benchmarks)"
+    return note, rows, device
+
+
+def gpu_call_us(c):
+    if c.get("us_per_call") is not None:
+        return c["us_per_call"]
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}.get(c.get("time_unit"), None)
+    return c["time"] * scale if scale and c.get("time") is not None else None
+
+
+def gpu_table(rows):
+    def split(name):
+        parts = name.split("/")
+        return parts[0], parts[1:]
+
+    torch_rows = {}
+    for name, c in rows.items():
+        impl, rest = split(name)
+        if impl != "consr":
+            torch_rows["/".join(rest)] = (impl, c)
+    out = ["| Kernel | consr (µs per call) | Baseline | Baseline (µs per call) | Speed-up | consr share of copy bandwidth |",
+           "|---|---:|---|---:|---:|---:|"]
+    for name in sorted(rows):
+        impl, rest = split(name)
+        if impl != "consr":
+            continue
+        c = rows[name]
+        key = "/".join(rest)
+        alias = "/".join([GPU_BASELINE_ALIASES.get(rest[0], rest[0])] + rest[1:]) if rest else key
+        base = torch_rows.get(key) or torch_rows.get(alias)
+        t = gpu_call_us(c)
+        bt = gpu_call_us(base[1]) if base else None
+        speed = "—"
+        if t and bt:
+            speed = ("**%.1f×**" % (bt / t)) if bt >= t else ("%.2f×" % (bt / t))
+        share = c.get("bw_share")
+        out.append("| `%s` | %s | %s | %s | %s | %s |" % (
+            key, "%.1f" % t if t else "—", base[0] if base else "(none)", "%.1f" % bt if bt else "—", speed,
+            "%.0f %%" % (100 * share) if share is not None else "—"))
+    return "\n".join(out)
+
+
+def latest_gpu_results():
+    found = sorted(glob.glob(os.path.join(ROOT, "gpu-results", "*.txt")), key=os.path.getmtime)
+    return found[-1:] if found else []
+
+
+def gpu_section(paths):
+    if not paths:
+        return ("Not run: no GPU in this session, and no `gpu-results/*.txt` from `tools/gpu-check.sh`. On a\n"
+                "machine with an NVIDIA GPU, `bash tools/gpu-check.sh` runs the `bench/cuda` benchmarks (CUDA\n"
+                "events, LibTorch-CUDA baselines) and writes that file; this script then shows it here\n"
+                "(`--gpu-results FILE`, default: the newest file in `gpu-results/`).")
+    parts = []
+    for path in paths:
+        rel = os.path.relpath(path, ROOT)
+        if path.endswith(".json"):
+            results, context = parse_results([path])
+            limits = bandwidth_limits(results)
+            rows = comparison_rows(results, limits)
+            parts.append("From `%s`:\n\n%s" % (rel, results_table(rows, limits) if rows else "no consr benchmark in it"))
+            continue
+        note, rows, device = parse_gpu_text(path)
+        when = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        if not rows:
+            parts.append("Not run: no GPU in this session. The newest GPU check, `%s` (%s): %s." % (
+                rel, when, note or "no benchmarks"))
+            continue
+        parts.append("From `%s` (%s%s). Times are GPU time per call from CUDA events; the share is of the\n"
+                     "device-to-device copy bandwidth measured in the same binary.\n\n%s" % (
+                         rel, when, (", " + device) if device else "", gpu_table(rows)))
+    return "\n\n".join(parts)
+
+
+def machine_description(context):
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = context.get("num_cpus", os.cpu_count())
+    mhz = context.get("mhz_per_cpu")
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = ", %.0f GiB RAM" % (kb / 2 ** 20)
+    except (OSError, ValueError, IndexError):
+        pass
+    caches = ", ".join("L%d %s %s" % (c["level"], c["type"].lower(), fmt_bytes(c["size"]))
+                       for c in context.get("caches", []))
+    load = context.get("load_avg")
+    load_s = (", load average at start %s" % ", ".join("%.2f" % x for x in load)) if load else ""
+    return "%s, %s cores%s%s; %s; %s %s%s" % (
+        cpu, cores, (" at %s MHz" % mhz) if mhz else "", mem, caches, platform.system(), platform.release(), load_s)
+
+
+def compiler_description(build_dir):
+    try:
+        with open(os.path.join(build_dir, "CMakeCache.txt")) as f:
+            cache = f.read()
+        compiler = re.search(r"CMAKE_CXX_COMPILER:\w+=(.*)", cache).group(1)
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        return version
+    except (OSError, AttributeError, IndexError, subprocess.SubprocessError):
+        return "unknown compiler"
+
+
+def build_flags(build_dir):
+    try:
+        with open(os.path.join(build_dir, "CMakeCache.txt")) as f:
+            cache = f.read()
+    except OSError:
+        return "unknown flags"
+    build_type = re.search(r"CMAKE_BUILD_TYPE:\w+=(.*)", cache)
+    native = re.search(r"CONSR_NATIVE_ARCH:\w+=(.*)", cache)
+    flags = build_type.group(1) if build_type else "unknown build type"
+    if native and native.group(1).upper() in ("ON", "TRUE", "1", "YES"):
+        flags += ", `-march=native -mprefer-vector-width=512`"
+    return flags
+
+
+def summary_line(rows):
+    by_threads = {}
+    for kernel, size, threads, r, b, share, pattern in rows:
+        if b is not None and b.min_ms and r.min_ms:
+            by_threads.setdefault(threads, []).append(b.min_ms / r.min_ms)
+    if not by_threads:
+        return "No baseline comparisons in this run."
+    parts = []
+    for threads in sorted(by_threads):
+        v = sorted(by_threads[threads])
+        median = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+        faster = sum(1 for x in v if x > 1.0)
+        parts.append("at %d thread%s consr is faster in %d of %d comparisons (median speed-up %.1f×, range %.2f×–%.1f×)" % (
+            threads, "" if threads == 1 else "s", faster, len(v), median, v[0], v[-1]))
+    return "**At a glance:** " + "; ".join(parts) + "."
+
+
+def generated_block(args, results, context, gpu_paths):
+    limits = bandwidth_limits(results)
+    rows = comparison_rows(results, limits)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "tools/run-benchmarks.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = [
+        BEGIN_MARK,
+        "",
+        "## Results",
+        "",
+        "- **Machine:** %s" % machine_description(context),
+        "- **Date:** %s" % now,
+        "- **Command:** `%s` (%d repetitions of ≥ %g s each; times are the **minimum** over the repetitions, wall clock)" % (
+            command.strip(), args.repetitions, args.min_time),
+        "- **Build:** %s (%s), %s, LibTorch %s" % (
+            os.path.relpath(args.build_dir, ROOT), build_flags(args.build_dir), compiler_description(args.build_dir),
+            torch_version()),
+        "",
+        summary_line(rows),
+        "",
+        "Speed-up = baseline time / consr time (**bold** where consr is faster). Share of limit = consr's",
+        "bytes per second (the bytes the operation must move: inputs read once, outputs written once) over",
+        "the probe bandwidth of the same access pattern at the same thread count (table below).",
+        "",
+        results_table(rows, limits),
+        "",
+        "### Bandwidth limit (STREAM-like probe, same run)",
+        "",
+        limits_table(limits) if limits else "Not measured in this run.",
+        "",
+        "### Memory: one log-probs forward, peak resident memory added (fresh process)",
+        "",
+        memory_table(results),
+        "",
+        "### Targets of the benchmark issue",
+        "",
+        targets_section(rows),
+        "",
+        "### GPU",
+        "",
+        gpu_section(gpu_paths),
+        "",
+        END_MARK,
+    ]
+    return "\n".join(parts)
+
+
+def torch_version():
+    path = "/usr/lib/x86_64-linux-gnu/cmake/Torch/TorchConfigVersion.cmake"
+    try:
+        with open(path) as f:
+            m = re.search(r'PACKAGE_VERSION "([^"]+)"', f.read())
+            return m.group(1) if m else "unknown"
+    except OSError:
+        return "(not found)"
+
+
+def write_doc(path, block):
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if BEGIN_MARK in text and END_MARK in text:
+        head = text[:text.index(BEGIN_MARK)]
+        tail = text[text.index(END_MARK) + len(END_MARK):]
+        text = head + block + tail
+    else:
+        text = (text.rstrip() + "\n\n" if text else "# Performance\n\n") + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--build-dir", default=os.path.join(ROOT, "build", "bench"),
+                   help="build directory (default build/bench, the `bench` preset)")
+    p.add_argument("--no-build", action="store_true", help="use the executables already built")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel build jobs")
+    p.add_argument("--repetitions", type=int, default=5, help="repetitions per benchmark (min is reported)")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition (Google Benchmark)")
+    p.add_argument("--filter", default="", help="only benchmarks matching this regex (the probe is kept)")
+    p.add_argument("--only", default="", help="comma-separated families to run, e.g. logprobs,corruption")
+    p.add_argument("--large", action="store_true", help="also N = 4096 log-probs (needs ~6 GiB free memory)")
+    p.add_argument("--threads", type=int, default=0, help="'all cores' thread count (default: all)")
+    p.add_argument("--gpu-results", action="append", default=[],
+                   help="results file of tools/gpu-check.sh (gpu-results/*.txt) or Google Benchmark JSON of "
+                        "bench/cuda, or a directory of them; repeatable (default: the newest gpu-results/*.txt)")
+    p.add_argument("--from-json", default="", help="skip running: regenerate from the JSON files in this directory")
+    p.add_argument("--output", default=os.path.join(ROOT, "docs", "performance.md"), help="document to rewrite")
+    args = p.parse_args()
+    args.build_dir = os.path.abspath(args.build_dir)
+
+    if args.filter:
+        args.filter = "stream_|" + args.filter
+    gpu_paths = []
+    for g in args.gpu_results:
+        if os.path.isdir(g):
+            gpu_paths += sorted(glob.glob(os.path.join(g, "*.json")) + glob.glob(os.path.join(g, "*.txt")))
+        else:
+            gpu_paths.append(os.path.abspath(g))
+    if not args.gpu_results:
+        gpu_paths = latest_gpu_results()
+
+    if args.from_json:
+        paths = sorted(glob.glob(os.path.join(args.from_json, "*.json")))
+    else:
+        if not args.no_build:
+            build(args.build_dir, args.jobs)
+        exes = executables(args.build_dir)
+        if args.only:
+            wanted = {"consr_bench_" + f.strip() for f in args.only.split(",")}
+            exes = [e for e in exes if os.path.basename(e) in wanted]
+        if not exes:
+            sys.exit("no benchmark executables in %s/bench (build with --preset bench)" % args.build_dir)
+        out_dir = os.path.join(args.build_dir, "results")
+        os.makedirs(out_dir, exist_ok=True)
+        for old in glob.glob(os.path.join(out_dir, "*.json")):
+            os.remove(old)
+        env = dict(os.environ)
+        if args.large:
+            env["CONSR_BENCH_LARGE"] = "1"
+        if args.threads:
+            env["CONSR_BENCH_ALL_THREADS"] = str(args.threads)
+        env.setdefault("OMP_PROC_BIND", "false")
+        paths = []
+        for exe in exes:
+            out_json = os.path.join(out_dir, os.path.basename(exe) + ".json")
+            run_executable(exe, out_json, args, env)
+            paths.append(out_json)
+    results, context = parse_results(paths)
+    block = generated_block(args, results, context or {}, gpu_paths)
+    write_doc(args.output, block)
+    log("wrote %s" % os.path.relpath(args.output, ROOT))
+
+
+if __name__ == "__main__":
+    main()
