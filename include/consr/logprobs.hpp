@@ -18,7 +18,10 @@
 // V = 152064. fp64 inputs run a full fp64 path.
 //
 // Memory: while one block is being exp-summed, the next one is prefetched, so
-// the memory traffic overlaps the arithmetic instead of alternating with it.
+// the memory traffic overlaps the arithmetic instead of alternating with it. The
+// backward writes a gradient larger than detail::streaming_store_min_bytes with
+// streaming stores (detail/streaming_store.hpp): plain stores would first read
+// every destination line, doubling the traffic of the N × V output.
 //
 // Determinism: rows run in parallel under OpenMP, each row by one thread in a
 // fixed order, so results are bitwise identical for any thread count.
@@ -33,6 +36,7 @@
 
 #include "config.hpp"
 #include "detail/exp.hpp"
+#include "detail/streaming_store.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
 #include "view.hpp"
@@ -100,7 +104,13 @@ CONSR_FORCEINLINE Acc logprob_block_max(const Logit* CONSR_RESTRICT block, index
   return m;
 }
 
-// Σ_j exp((z_j − shift) / τ) over one chunk, in Acc.
+// exp of a non-positive argument (or NaN): the forward only exponentiates z − max ≤ 0, so the fp32
+// path skips the overflow handling of vector_exp (bitwise the same values, fewer instructions).
+CONSR_FORCEINLINE float logprob_exp_nonpositive(float x) noexcept { return vector_exp_nonpositive(x); }
+CONSR_FORCEINLINE double logprob_exp_nonpositive(double x) noexcept { return vector_exp(x); }
+
+// Σ_j exp((z_j − shift) / τ) over one chunk, in Acc. shift is the running maximum, so every
+// argument is ≤ 0 (or NaN, which propagates).
 template <bool Scaled, class Acc, class Logit>
 CONSR_FORCEINLINE Acc logprob_sum_exp(const Logit* CONSR_RESTRICT chunk, index_t n, Acc shift,
                                       inverse_temperature<Acc> inv_tau) noexcept {
@@ -112,7 +122,7 @@ CONSR_FORCEINLINE Acc logprob_sum_exp(const Logit* CONSR_RESTRICT chunk, index_t
       if constexpr (std::is_same_v<Acc, float>) d = d * inv_tau.hi + d * inv_tau.lo;
       else d = d * inv_tau.hi;
     }
-    sum += vector_exp(d);
+    sum += logprob_exp_nonpositive(d);
   }
   return sum;
 }
@@ -376,6 +386,9 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
   const bool run_parallel = parallel_worth_it(rows, vocab);
   (void)rows_per_task;
   (void)run_parallel;
+  // An N × V gradient far larger than the caches is written with streaming stores (half the memory
+  // traffic of plain stores, which first read every line).
+  const bool streaming = use_streaming_stores(static_cast<double>(rows) * static_cast<double>(vocab) * sizeof(Grad));
 
   CONSR_OMP(parallel for schedule(dynamic, rows_per_task) if (run_parallel))
   for (index_t i = 0; i < rows; ++i) {
@@ -397,10 +410,19 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
       const index_t next_begin = std::min(b + logprob_block, vocab);
       const index_t next_n = std::min(logprob_block, vocab - next_begin);
       prefetch_range(row + next_begin, static_cast<std::size_t>(next_n) * sizeof(Logit), false);
+      if (streaming) {
+        // The block's gradient goes to an L1 scratch, then to memory with streaming stores.
+        alignas(64) Grad scratch[logprob_block];
+        if (scaled) logprob_grad_row<true>(row + b, scratch, n, inv_tau, row_lse, neg_scale);
+        else logprob_grad_row<false>(row + b, scratch, n, inv_tau, row_lse, neg_scale);
+        copy_streaming(out + b, scratch, static_cast<std::size_t>(n) * sizeof(Grad));
+        continue;
+      }
       if (separate_output) prefetch_range(out + next_begin, static_cast<std::size_t>(next_n) * sizeof(Grad), true);
       if (scaled) logprob_grad_row<true>(row + b, out + b, n, inv_tau, row_lse, neg_scale);
       else logprob_grad_row<false>(row + b, out + b, n, inv_tau, row_lse, neg_scale);
     }
+    if (streaming) streaming_store_fence();  // the label's entry below, and other threads, see the row
     store_grad(out + y, scale * (1.0 - std::exp(z_y / tau - static_cast<double>(row_lse))));
   }
 }
