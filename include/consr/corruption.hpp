@@ -25,10 +25,22 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/streaming_store.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
 #include "random.hpp"
 #include "view.hpp"
+
+// Host x86 builds with AVX2 or AVX-512 generate Philox words with hand-vectorized integer code
+// (detail::philox_words): compilers vectorize the 32 × 32 → 64-bit products of Philox poorly
+// (GCC 12 widens, repacks and even uses 64 × 64-bit multiplies), and the words are exact integers,
+// so any implementation gives the same bits. Never under nvcc: the CUDA code includes this header.
+#if !defined(__CUDACC__) && !defined(__HIPCC__) && (defined(__AVX512F__) || defined(__AVX2__))
+#include <immintrin.h>
+#define CONSR_PHILOX_X86_SIMD 1
+#else
+#define CONSR_PHILOX_X86_SIMD 0
+#endif
 
 namespace consr {
 
@@ -253,12 +265,97 @@ index_t row_offset(const host_view<T, R>& v, index_t r) noexcept {
 /// Elements per tile of the noise loop: 8 KiB of normals, well inside L1.
 inline constexpr index_t noise_tile = 2048;
 
+/// The Philox words of blocks first_block .. first_block + num_blocks − 1 of the stream of `key`,
+/// as structure of arrays: w0[j], w1[j], w2[j], w3[j] = philox_block(key, first_block + j).v[0..3].
+/// Exactly philox_block's integers; with AVX-512 (8 blocks per step) or AVX2 (4 per step) the 10
+/// rounds run on 64-bit lanes whose low halves hold the 32-bit words: the 32 × 32 → 64-bit products
+/// are single vpmuludq instructions, and the high halves (never used) need no masking.
+inline void philox_words(rng_key key, std::uint64_t first_block, index_t num_blocks, std::uint32_t* w0,
+                         std::uint32_t* w1, std::uint32_t* w2, std::uint32_t* w3) noexcept {
+  index_t j = 0;
+#if CONSR_PHILOX_X86_SIMD && defined(__AVX512F__)
+  {
+    __m512i k0[10], k1[10];
+    for (std::uint32_t r = 0; r < 10; ++r) {
+      k0[r] = _mm512_set1_epi64(static_cast<std::uint32_t>(static_cast<std::uint32_t>(key.seed) + r * philox_w0));
+      k1[r] = _mm512_set1_epi64(static_cast<std::uint32_t>(static_cast<std::uint32_t>(key.seed >> 32) + r * philox_w1));
+    }
+    const __m512i m0 = _mm512_set1_epi64(philox_m0), m1 = _mm512_set1_epi64(philox_m1);
+    const __m512i offset_lo = _mm512_set1_epi64(static_cast<std::uint32_t>(key.offset));
+    const __m512i offset_hi = _mm512_set1_epi64(static_cast<std::uint32_t>(key.offset >> 32));
+    const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    // The zero-masked forms with a full mask are the same instructions; the unmasked intrinsics
+    // make GCC 12 warn about their internal "undefined" source operand (GCC bug 105593).
+    constexpr __mmask8 all = 0xff;
+    for (; j + 8 <= num_blocks; j += 8) {
+      const __m512i block =
+          _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_block + static_cast<std::uint64_t>(j))), lane);
+      __m512i c0 = block, c1 = _mm512_maskz_srli_epi64(all, block, 32), c2 = offset_lo, c3 = offset_hi;
+      for (int r = 0; r < 10; ++r) {  // philox_round: the products read only the low 32 bits of c0, c2
+        const __m512i p0 = _mm512_maskz_mul_epu32(all, c0, m0);
+        const __m512i p1 = _mm512_maskz_mul_epu32(all, c2, m1);
+        c0 = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(all, p1, 32), c1, k0[r], 0x96);  // three-way xor
+        c1 = p1;
+        c2 = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(all, p0, 32), c3, k1[r], 0x96);
+        c3 = p0;
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + j), _mm512_maskz_cvtepi64_epi32(all, c0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + j), _mm512_maskz_cvtepi64_epi32(all, c1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w2 + j), _mm512_maskz_cvtepi64_epi32(all, c2));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w3 + j), _mm512_maskz_cvtepi64_epi32(all, c3));
+    }
+  }
+#elif CONSR_PHILOX_X86_SIMD
+  {
+    const __m256i m0 = _mm256_set1_epi64x(philox_m0), m1 = _mm256_set1_epi64x(philox_m1);
+    const __m256i offset_lo = _mm256_set1_epi64x(static_cast<std::uint32_t>(key.offset));
+    const __m256i offset_hi = _mm256_set1_epi64x(static_cast<std::uint32_t>(key.offset >> 32));
+    const __m256i lane = _mm256_set_epi64x(3, 2, 1, 0);
+    const __m256i low_halves = _mm256_set_epi32(7, 7, 7, 7, 6, 4, 2, 0);
+    const std::uint32_t seed_lo = static_cast<std::uint32_t>(key.seed);
+    const std::uint32_t seed_hi = static_cast<std::uint32_t>(key.seed >> 32);
+    for (; j + 4 <= num_blocks; j += 4) {
+      const __m256i block = _mm256_add_epi64(
+          _mm256_set1_epi64x(static_cast<long long>(first_block + static_cast<std::uint64_t>(j))), lane);
+      __m256i c0 = block, c1 = _mm256_srli_epi64(block, 32), c2 = offset_lo, c3 = offset_hi;
+      for (std::uint32_t r = 0; r < 10; ++r) {
+        const __m256i k0 = _mm256_set1_epi64x(static_cast<std::uint32_t>(seed_lo + r * philox_w0));
+        const __m256i k1 = _mm256_set1_epi64x(static_cast<std::uint32_t>(seed_hi + r * philox_w1));
+        const __m256i p0 = _mm256_mul_epu32(c0, m0);
+        const __m256i p1 = _mm256_mul_epu32(c2, m1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1), k0);
+        c1 = p1;
+        c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3), k1);
+        c3 = p0;
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w0 + j),
+                       _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(c0, low_halves)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w1 + j),
+                       _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(c1, low_halves)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w2 + j),
+                       _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(c2, low_halves)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w3 + j),
+                       _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(c3, low_halves)));
+    }
+  }
+#endif
+  const index_t done = j;
+  CONSR_SIMD
+  for (index_t k = done; k < num_blocks; ++k) {
+    const uint4x32 r = philox_block(key, first_block + static_cast<std::uint64_t>(k));
+    w0[k] = r.v[0];
+    w1[k] = r.v[1];
+    w2[k] = r.v[2];
+    w3[k] = r.v[3];
+  }
+}
+
 /// z[0 .. 4·num_blocks) = the normals of blocks first_block, first_block + 1, …
 /// (num_blocks ≤ noise_tile/4 + 2): exactly normal_block()'s values, computed in
-/// three vectorizable passes — Philox words into structure-of-arrays buffers,
-/// Box–Muller over the pairs, interleave — which is ~15% faster than calling
+/// three passes — Philox words into structure-of-arrays buffers (philox_words),
+/// Box–Muller over the pairs, interleave — which vectorize far better than calling
 /// normal_block per block (the 4-wide interleaved layout costs shuffles inside
-/// the long Box–Muller body). GCC vectorizes all three with AVX2 or AVX-512
+/// the long Box–Muller body). GCC vectorizes the last two with AVX2 or AVX-512
 /// (-O3 -march=...); on the x86-64 SSE2 baseline GCC keeps them scalar, Clang
 /// vectorizes them.
 inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t num_blocks,
@@ -269,14 +366,8 @@ inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t n
   alignas(64) float z_cos[2 * max_blocks];
   alignas(64) float z_sin[2 * max_blocks];
   const index_t nb = num_blocks;
-  CONSR_SIMD
-  for (index_t j = 0; j < nb; ++j) {
-    const uint4x32 r = philox_block(key, first_block + static_cast<std::uint64_t>(j));
-    w_radius[j] = r.v[0];  // pair (0, 1) of block j
-    w_angle[j] = r.v[1];
-    w_radius[nb + j] = r.v[2];  // pair (2, 3) of block j
-    w_angle[nb + j] = r.v[3];
-  }
+  // Pair (0, 1) of block j is pair j, pair (2, 3) is pair nb + j.
+  philox_words(key, first_block, nb, w_radius, w_angle, w_radius + nb, w_angle + nb);
   CONSR_SIMD
   for (index_t k = 0; k < 2 * nb; ++k) box_muller(w_radius[k], w_angle[k], z_cos[k], z_sin[k]);
   CONSR_SIMD
@@ -360,6 +451,9 @@ void add_diffusion_noise(detail::identity_t<host_view<const T, R>> image, host_v
   const acc a = static_cast<acc>(coef.sqrt_alpha_bar);
   const acc b = static_cast<acc>(coef.sqrt_one_minus_alpha_bar);
   const bool contiguous = image.is_contiguous() && out.is_contiguous();
+  // A large contiguous output goes to memory with streaming stores (no read of every output line
+  // before it is written); see detail/streaming_store.hpp.
+  const bool streaming = contiguous && detail::use_streaming_stores(static_cast<double>(n) * sizeof(T));
   const index_t tile = detail::noise_tile;
   const index_t num_tiles = (n + tile - 1) / tile;
   const std::uint64_t base = options.element_offset;
@@ -376,6 +470,14 @@ void add_diffusion_noise(detail::identity_t<host_view<const T, R>> image, host_v
       const T* x = image.data() + begin;
       T* y = out.data() + begin;
       const float* zz = z + lead;
+      if (streaming) {
+        alignas(64) T scratch[detail::noise_tile];
+        CONSR_SIMD
+        for (index_t i = 0; i < len; ++i) scratch[i] = detail::noised(x[i], zz[i], a, b);
+        detail::copy_streaming(y, scratch, static_cast<std::size_t>(len) * sizeof(T));
+        detail::streaming_store_fence();
+        continue;
+      }
       CONSR_SIMD
       for (index_t i = 0; i < len; ++i) y[i] = detail::noised(x[i], zz[i], a, b);
     } else {
@@ -504,7 +606,22 @@ void random_patch_mask(detail::identity_t<host_view<const T, R>> image, host_vie
     T* yp = &y(b, c, row_y, 0);
     const unsigned char* m = masked.data() + b * patches + (row_y / ps) * grid_cols;
     const index_t xs = x.stride(3), ys = y.stride(3);
-    for (index_t col = 0; col < width; ++col) yp[col * ys] = m[col / ps] ? fill : xp[col * xs];
+    // Runs of patch_size columns, not a per-pixel choice (which costs a division per pixel and
+    // does not vectorize): copy the row, then fill the masked runs. In place (yp == xp), only fill.
+    if (xs == 1 && ys == 1) {
+      if (yp != xp) std::copy(xp, xp + width, yp);
+      for (index_t pc = 0; pc < grid_cols; ++pc)
+        if (m[pc]) std::fill(yp + pc * ps, yp + std::min(pc * ps + ps, width), fill);
+    } else {
+      for (index_t pc = 0; pc < grid_cols; ++pc) {
+        const index_t end = std::min(pc * ps + ps, width);
+        if (m[pc]) {
+          for (index_t col = pc * ps; col < end; ++col) yp[col * ys] = fill;
+        } else if (yp != xp) {
+          for (index_t col = pc * ps; col < end; ++col) yp[col * ys] = xp[col * xs];
+        }
+      }
+    }
   }
 }
 
