@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages consr's build, tests, examples and pipeline need (Debian 12).
+# libopenblas-dev: Debian's LibTorch calls libblas.so.3; without OpenBLAS that is the reference
+# BLAS (~1.5 GFLOP/s), which would make every LibTorch baseline and model test needlessly slow.
 # Skips apt entirely when everything is already installed. Needs root (or sudo).
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   catch2 libbenchmark-dev libeigen3-dev libxtensor-dev libxsimd-dev xtl-dev
-  libtorch-dev python3 python3-torch python3-numpy
+  libtorch-dev libopenblas-dev python3 python3-torch python3-numpy
   nlohmann-json3-dev libstb-dev libpcre2-dev libutf8proc-dev
 )
 missing=()
