@@ -13,6 +13,7 @@
 
 #include "corruption.hpp"  // spec §3: diffusion noise, patch mask, mixup, resized crop
 #include "dpo.hpp"         // spec §7: standard DPO and the ConSR loss, visual weights
+#include "linear_logprobs.hpp"  // spec §4: log-probs from hidden states x projection, no N x V logits
 #include "logprobs.hpp"    // spec §4: token log-probs forward/backward
 #include "pairs.hpp"       // spec §6: preference-pair selection
 #include "random.hpp"      // spec §3: Philox4x32-10 counter-based normals
