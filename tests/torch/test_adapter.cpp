@@ -491,6 +491,58 @@ TEST_CASE("dpo_loss equals eq. 7 (logsigmoid) and eq. 14 (detach) for every opti
   CHECK(combinations == 2 * 2 * 2 * 2 * 2 * 3 * 2 * 2);
 }
 
+TEST_CASE("dpo_loss and visual_weights on CUDA equal the CPU", "[torch][dpo][cuda]") {
+  if (!torch::cuda::is_available() || lt::cuda_backend_registry().dpo_forward == nullptr) {
+    WARN("no CUDA device or no consr CUDA kernels in this binary: CUDA DPO cases not run");
+    return;
+  }
+  at::manual_seed(26);
+  const dpo_side_data c = make_side({3, 1, 5, 2}, at::kDouble, true);
+  const dpo_side_data r = make_side({2, 4, 1, 3}, at::kDouble, false);
+  auto to_cuda = [](lt::dpo_side s) {
+    for (at::Tensor* t : {&s.offsets, &s.reference_logp, &s.reference_logp_sum, &s.labels, &s.weights})
+      if (t->defined()) *t = t->cuda();
+    return s;
+  };
+  for (const auto loss : {consr::dpo_loss_type::standard, consr::dpo_loss_type::consr}) {
+    for (const auto reduction : {consr::loss_reduction::mean, consr::loss_reduction::none}) {
+      for (const bool per_sequence : {false, true}) {
+        consr::dpo_options o;
+        o.loss = loss;
+        o.reduction = reduction;
+        CAPTURE(static_cast<int>(loss), static_cast<int>(reduction), per_sequence);
+        const lt::dpo_side cpu_c = torch_side(c, true, per_sequence, -100), cpu_r = torch_side(r, true, per_sequence, -100);
+        const at::Tensor gpu_policy_c = c.policy.detach().cuda().requires_grad_(true);
+        const at::Tensor gpu_policy_r = r.policy.detach().cuda().requires_grad_(true);
+        lt::dpo_side gpu_c = to_cuda(cpu_c), gpu_r = to_cuda(cpu_r);
+        gpu_c.policy_logp = gpu_policy_c;
+        gpu_r.policy_logp = gpu_policy_r;
+        const lt::dpo_result want = lt::dpo_loss(cpu_c, cpu_r, o);
+        const lt::dpo_result got = lt::dpo_loss(gpu_c, gpu_r, o);
+        REQUIRE(got.loss.device().is_cuda());
+        CHECK(max_abs_diff(got.loss, want.loss) < 1e-12);
+        CHECK(max_abs_diff(got.metrics, want.metrics) < 1e-12);
+        const at::Tensor upstream = reduction == consr::loss_reduction::none ? at::randn({4}, at::kDouble)
+                                                                             : at::scalar_tensor(0.7, at::kDouble);
+        const auto g_want = torch::autograd::grad({want.loss}, {c.policy, r.policy}, {upstream});
+        const auto g_got = torch::autograd::grad({got.loss}, {gpu_policy_c, gpu_policy_r}, {upstream.cuda()});
+        CHECK(max_abs_diff(g_got[0], g_want[0]) < 1e-12);
+        CHECK(max_abs_diff(g_got[1], g_want[1]) < 1e-12);
+      }
+    }
+  }
+  // An empty sequence under length normalization is reported from the device, naming side and pair.
+  lt::dpo_side bad = to_cuda(torch_side(r, true, false, -100));
+  bad.policy_logp = r.policy.detach().cuda();
+  bad.labels = at::full({10}, -100, at::kLong).cuda();
+  lt::dpo_side good = to_cuda(torch_side(c, true, false, -100));
+  good.policy_logp = c.policy.detach().cuda();
+  CHECK_THAT(error_of([&] { lt::dpo_loss(good, bad); }), Contains("argument 'rejected': pair 0 has no scored token"));
+  const at::Tensor clean = at::rand({9}, at::kDouble).log(), corrupt = at::rand({9}, at::kDouble).log();
+  CHECK(max_abs_diff(lt::visual_weights(clean.cuda(), corrupt.cuda(), consr::weight_side::chosen),
+                     lt::visual_weights(clean, corrupt, consr::weight_side::chosen)) < 1e-15);
+}
+
 TEST_CASE("dpo_loss: padded [P, L] sides equal the packed form", "[torch][dpo]") {
   at::manual_seed(22);
   const dpo_side_data c = make_side({3, 1, 4}, at::kDouble, true);

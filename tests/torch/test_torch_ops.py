@@ -275,6 +275,31 @@ class Dpo(unittest.TestCase):
                     self.assertLess(max_abs_diff(grads[0], ref_grads[0]), tol)
                     self.assertLess(max_abs_diff(grads[1], ref_grads[1]), tol)
 
+    def test_cuda_equals_cpu(self):
+        if torch.device("cuda") not in devices():
+            self.skipTest("no CUDA device or no consr CUDA kernels in the library")
+        g = torch.Generator().manual_seed(11)
+        a = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+        args = dict(chosen_offsets=torch.tensor([0, 3, 4, 8]), rejected_offsets=torch.tensor([0, 2, 6, 7]),
+                    chosen_reference_logp=torch.randn(8, generator=g, dtype=torch.float64),
+                    rejected_reference_logp=torch.randn(7, generator=g, dtype=torch.float64),
+                    chosen_weights=1 + 0.1 * torch.rand(8, generator=g, dtype=torch.float64),
+                    rejected_weights=1 - 0.1 * torch.rand(7, generator=g, dtype=torch.float64))
+        for loss_type, reduction in itertools.product(("standard", "consr"), ("mean", "none")):
+            with self.subTest(loss_type=loss_type, reduction=reduction):
+                want_loss, want_metrics = ops().dpo_loss(a, b, loss_type=loss_type, reduction=reduction, **args)
+                ac, bc = a.detach().cuda().requires_grad_(True), b.detach().cuda().requires_grad_(True)
+                got_loss, got_metrics = ops().dpo_loss(ac, bc, loss_type=loss_type, reduction=reduction,
+                                                       **{k: v.cuda() for k, v in args.items()})
+                self.assertLess(max_abs_diff(got_loss, want_loss), 1e-12)
+                self.assertLess(max_abs_diff(got_metrics, want_metrics), 1e-12)
+                up = torch.ones_like(want_loss)
+                want = torch.autograd.grad(want_loss, (a, b), up)
+                got = torch.autograd.grad(got_loss, (ac, bc), up.cuda())
+                self.assertLess(max_abs_diff(got[0], want[0]), 1e-12)
+                self.assertLess(max_abs_diff(got[1], want[1]), 1e-12)
+
     def test_bad_input_names_the_argument(self):
         a = torch.randn(5, dtype=torch.float64, requires_grad=True)
         b = torch.randn(4, dtype=torch.float64, requires_grad=True)
