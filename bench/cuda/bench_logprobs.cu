@@ -161,4 +161,4 @@ BENCHMARK_TEMPLATE(BM_forward_backward, float)
     ->Name("consr/logprobs_forward_backward/fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_forward_splits)
     ->Name("consr/logprobs_forward_splits/bf16")
-    ->ArgsProduct({{256, 1024, 4096}, {1, 2, 4, 9}})->UseManualTime()->MinTime(0.2)->Unit(benchmark::kMicrosecond);
+    ->ArgsProduct({{256, 1024, 4096}, {1, 2, 3, 5, 9, 19}})->UseManualTime()->MinTime(0.2)->Unit(benchmark::kMicrosecond);

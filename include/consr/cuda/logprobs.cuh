@@ -750,7 +750,6 @@ status logprob_forward(void* d_temp_storage, std::size_t* temp_storage_bytes, de
   static_assert(is_supported_float_v<Logit>,
                 "consr::cuda::token_logprobs: logits must be float, double, consr::bfloat16 or consr::float16");
   static_assert(is_index_type_v<Label>, "consr::cuda::token_logprobs: labels must be int32 or int64");
-  using Acc = accum_t<Logit>;
   constexpr const char* fn = "consr::cuda::token_logprobs";
   return guarded([&]() -> status {
     // Everything is checked before anything is launched (status::invalid_argument + message).
@@ -845,7 +844,6 @@ status logprob_backward(device_view<const Logit, 2> logits, device_view<const La
                     (std::is_same_v<Grad, Logit> || std::is_same_v<Grad, float> || std::is_same_v<Grad, double>),
                 "consr::cuda::token_logprobs_backward: grad_logits must be non-const and of the logits' type, "
                 "float or double");
-  using Acc = accum_t<Logit>;
   constexpr const char* fn = "consr::cuda::token_logprobs_backward";
   return guarded([&]() -> status {
     ::consr::detail::check_logprob_options(options, fn);
