@@ -9,14 +9,15 @@
 // the chunking of a tensor or the device.
 //
 // Normals come from Box–Muller evaluated in double precision with the
-// polynomial log and sincos below (not libm: libm differs between host and
-// device and does not vectorize), accurate to 5e-14 relative, then rounded to
-// float. The CUDA twin runs this same code, so host and device normals agree
-// to within one float ulp (the only freedom left is the compilers' FMA
-// contraction of the double arithmetic, which moves the double result by a few
-// 1e-16 at most). log_portable and sincos_2pi_u32 are full-double-precision
-// versions of the same functions (tested to ~2e-16), kept for callers that
-// need that; box_muller uses the shorter series of box_muller_log/_sincos.
+// polynomial log, square root and sincos below (not libm: libm differs between
+// host and device and does not vectorize), accurate to 8e-11 relative, then
+// rounded to float. The CUDA twin runs this same code, so host and device
+// normals agree to within one float ulp (the only freedom left is the
+// compilers' FMA contraction of the double arithmetic, which moves the double
+// result by a few 1e-16 at most). log_portable, sqrt_portable and
+// sincos_2pi_u32 are full-double-precision versions (tested to ~3e-16), kept
+// for callers that need that; box_muller uses the shorter series of
+// box_muller_log / _sqrt / _sincos, sized to the float result.
 //
 // Everything in this header is CONSR_HOST_DEVICE and free of exceptions,
 // std::array and libm calls.
@@ -215,16 +216,20 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double sqrt_portable(double x) noexcept {
   return x * y;
 }
 
-/// log(u) for the Box–Muller uniforms u ∈ [2^-33, 1), to the accuracy a float normal needs rather
-/// than to full double precision: relative error ≤ 3.4e-14 (log_portable's 1.5e-16 costs a third
-/// more instructions, and the normal is rounded to float, 6e-8, anyway).
+// The three functions below are what box_muller evaluates: log, square root and sincos with
+// series sized to the accuracy a *float* normal needs rather than to full double precision (their
+// full-precision versions above cost a third more instructions). Together they keep the double
+// value of a normal within 8e-11 relative of the exact Box–Muller value (bounds below), far inside
+// the 6e-8 of the final rounding to float.
+
+/// log(u) for the Box–Muller uniforms u ∈ [2^-33, 1), relative error ≤ 5.2e-11.
 ///
 /// u = 2^e · m with m in [√½, √2) (as log_portable); s = (m − 1)/(m + 1), z = s², and
-/// log m = 2 atanh s = s · (2 + R), R = Σ_{k=1..7} 2 z^k/(2k+1): the omitted terms are below
-/// z^8/17 / (1 − z) ≤ 3.4e-14 of 2 (z ≤ (3 − 2√2)² = 0.0294), which bounds the relative error of
+/// log m = 2 atanh s = s · (2 + R), R = Σ_{k=1..5} 2 z^k/(2k+1): the omitted terms are below
+/// z^6/13 / (1 − z) ≤ 5.2e-11 of 2 (z ≤ (3 − 2√2)² = 0.0294), which bounds the relative error of
 /// log m; e · ln 2 is added in one multiply-add (≤ 33 · 2^-55 absolute, below 3e-15 relative
 /// since |log u| ≥ ln √2 when e ≠ 0). Measured against long-double log on every 977th 32-bit
-/// uniform and around m = √½, √2 and u = 1: 3.39e-14. Same preconditions as log_portable.
+/// uniform and around m = √½, √2 and u = 1: 5.09e-11. Same preconditions as log_portable.
 CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_log(double x) noexcept {
   constexpr double ln2 = 0.69314718055994530942;
   constexpr double sqrt2 = 1.4142135623730950488;
@@ -237,27 +242,39 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_log(double x) noexcept {
   const double f = m - 1.0;
   const double s = f / (2.0 + f);
   const double z = s * s;
-  const double r = z * (2.0 / 3 + z * (2.0 / 5 + z * (2.0 / 7 + z * (2.0 / 9 + z * (2.0 / 11 + z * (2.0 / 13 +
-                   z * (2.0 / 15)))))));
+  const double r = z * (2.0 / 3 + z * (2.0 / 5 + z * (2.0 / 7 + z * (2.0 / 9 + z * (2.0 / 11)))));
   return e * ln2 + (s + s + s * r);
 }
 
+/// √x for the Box–Muller radius (x = −2 log u ∈ (0, 46]; any positive, finite, normal x),
+/// relative error ≤ 4.1e-11: sqrt_portable with three Newton steps instead of four. From the
+/// bit-level guess (≤ 3.5e-2) each step maps the error e of 1/√x to 1.5e² + 0.5e³:
+/// 3.5e-2 → 1.9e-3 → 5.2e-6 → 4.1e-11. Measured on 2·10^6 random x in [2^-40, 2^40]: 3.3e-11.
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_sqrt(double x) noexcept {
+  const double half_x = 0.5 * x;
+  double y = bits_double(0x5fe6ec0000000000ull - (double_bits(x) >> 1));
+  y = y * (1.5 - half_x * y * y);
+  y = y * (1.5 - half_x * y * y);
+  y = y * (1.5 - half_x * y * y);
+  return x * y;
+}
+
 /// sin and cos of 2π·(x + 0.5)·2^-32, like sincos_2pi_u32 (the same exact integer argument
-/// reduction to θ ∈ [−π/4, π/4] and quadrant swap), to the accuracy a float normal needs:
-/// Taylor series to θ^13 (sin) and θ^14 (cos) leave truncation errors below
-/// (π/4)^14/15! / (2√2/π) = 2.9e-14 (sin, relative) and (π/4)^16/16! / cos(π/4) = 1.5e-15 (cos);
-/// measured against long double on every 1009th word and around every quadrant boundary:
-/// 2.9e-14 relative for both outputs (the swap makes each output a sin somewhere).
+/// reduction to θ ∈ [−π/4, π/4] and quadrant swap), relative error ≤ 1e-11: Taylor series to
+/// θ^11 (sin) and θ^12 (cos) leave truncation errors below (π/4)^12/13! / (2√2/π) = 9.9e-12
+/// (sin) and (π/4)^14/14! / cos(π/4) = 5.6e-13 (cos); measured against long double on every
+/// 1009th word and around every quadrant boundary: 9.8e-12 for both outputs (the swap makes each
+/// output a sin somewhere).
 CONSR_HOST_DEVICE CONSR_FORCEINLINE void box_muller_sincos(std::uint32_t x, double& sin_out, double& cos_out) noexcept {
   constexpr double two_pi_scaled = 6.283185307179586476925286766559 / 4294967296.0;  // 2π · 2^-32
   const std::uint32_t q = (x + 0x20000000u) >> 30;
   const std::int32_t d = static_cast<std::int32_t>(x - (q << 30));
-  const double t = (static_cast<double>(d) + 0.5) * two_pi_scaled;
+  const double t = (static_cast<double>(d) + 0.5) * two_pi_scaled;  // one rounding: d + 0.5 is exact
   const double t2 = t * t;
   const double sin_t = t + (t * t2) * (-1.0 / 6 + t2 * (1.0 / 120 + t2 * (-1.0 / 5040 + t2 * (1.0 / 362880 +
-                       t2 * (-1.0 / 39916800 + t2 * (1.0 / 6227020800.0))))));
+                       t2 * (-1.0 / 39916800)))));
   const double cos_t = 1.0 + t2 * (-0.5 + t2 * (1.0 / 24 + t2 * (-1.0 / 720 + t2 * (1.0 / 40320 +
-                       t2 * (-1.0 / 3628800 + t2 * (1.0 / 479001600.0 + t2 * (-1.0 / 87178291200.0)))))));
+                       t2 * (-1.0 / 3628800 + t2 * (1.0 / 479001600.0))))));
   // Quadrant q adds q·π/2, as in sincos_2pi_u32.
   const std::uint64_t swap = std::uint64_t{0} - static_cast<std::uint64_t>(q & 1u);
   const std::uint64_t sin_bits = double_bits(sin_t), cos_bits = double_bits(cos_t);
@@ -272,18 +289,20 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE void box_muller_sincos(std::uint32_t x, doub
 /// Box–Muller: two standard normals from two 32-bit words, u = (w + 0.5)·2^-32
 /// in (0, 1) (never 0, so the log is finite; |z| ≤ 6.8).
 ///
-/// Accuracy: box_muller_log (3.4e-14), sqrt_portable (3.5e-16) and box_muller_sincos (2.9e-14)
-/// put the double value within 5e-14 relative of the exact Box–Muller value, so the float is that
-/// value rounded to nearest, except within 5e-14 of a rounding midpoint, where it may be the other
-/// neighbour: |error| ≤ (2^-24 + 5e-14)·|z| always. Host and device run this same code, so they
-/// differ at most where FMA contraction moves the double result (by a few 1e-16) across a rounding
-/// midpoint: by one float ulp, rarely.
+/// Accuracy: box_muller_log (5.2e-11, halved by the square root), box_muller_sqrt (4.1e-11) and
+/// box_muller_sincos (1e-11) put the double value within 8e-11 relative of the exact Box–Muller
+/// value, so the float is that value rounded to nearest except within 8e-11 of a rounding
+/// midpoint, where it may be the other neighbour (measured: 1.2e-4 of all normals):
+/// |error| ≤ (2^-24 + 8e-11)·|z| < 5.97e-8·|z| always. Host and device run this same code, so
+/// they differ at most where FMA contraction moves the double result (by a few 1e-16) across a
+/// rounding midpoint: by one float ulp, rarely.
 CONSR_HOST_DEVICE CONSR_FORCEINLINE void box_muller(std::uint32_t w_radius, std::uint32_t w_angle, float& z_cos,
                                                     float& z_sin) noexcept {
-  // (w + 0.5)·2^-32 exactly, through a signed 32-bit conversion (vectorizes on AVX2).
-  const double u = (static_cast<double>(static_cast<std::int32_t>(w_radius ^ 0x80000000u)) + 2147483648.5) *
-                   (1.0 / 4294967296.0);
-  const double radius = sqrt_portable(-2.0 * box_muller_log(u));
+  // (w + 0.5)·2^-32 exactly, through a signed 32-bit conversion (vectorizes on AVX2): the product
+  // is exact and so is the sum (33 significant bits), with or without FMA contraction.
+  const double u = static_cast<double>(static_cast<std::int32_t>(w_radius ^ 0x80000000u)) * (1.0 / 4294967296.0) +
+                   2147483648.5 / 4294967296.0;
+  const double radius = box_muller_sqrt(-2.0 * box_muller_log(u));
   double s, c;
   box_muller_sincos(w_angle, s, c);
   z_cos = static_cast<float>(radius * c);
