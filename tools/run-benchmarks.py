@@ -57,6 +57,8 @@ KERNEL_DESCRIPTIONS = {
     "reward_pairs": "reward + pair selection",
     "dpo_standard": "DPO eq. 7, forward + backward",
     "dpo_consr": "ConSR DPO eq. 14, forward + backward",
+    "linear_fwd": "log-probs from hidden states (vocabulary-chunked GEMM), forward",
+    "linear_fwd_bwd": "log-probs from hidden states, forward + backward",
 }
 
 BEGIN_MARK = "<!-- BEGIN GENERATED RESULTS: tools/run-benchmarks.py rewrites everything up to the END mark -->"
@@ -119,12 +121,27 @@ NAME_RE = re.compile(r"^(?P<kernel>[^/]+)/(?P<impl>[^/]+)/(?P<size>[^/]+)/thread
 
 
 def parse_results(paths):
-    """Results keyed by (kernel, impl, size, threads), and the context of the first file."""
+    """Results keyed by (kernel, impl, size, threads), and the context of the first file. Every
+    executable measures the bandwidth probe too: the machine's limit is the best of them (a probe
+    slowed down by another process would otherwise inflate the shares of that executable)."""
     results, context = {}, None
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        context = context or data.get("context", {})
+        one, ctx = parse_one_result_file(path)
+        context = context or ctx
+        for key, r in one.items():
+            old = results.get(key)
+            if old is None or (key[0].startswith("stream_") and r.min_ms is not None and
+                               (old.min_ms is None or r.min_ms < old.min_ms)):
+                results[key] = r
+    return results, context
+
+
+def parse_one_result_file(path):
+    results = {}
+    with open(path) as f:
+        data = json.load(f)
+    context = data.get("context", {})
+    if True:
         for b in data.get("benchmarks", []):
             m = NAME_RE.match(b.get("run_name", b["name"]))
             if not m:
@@ -202,11 +219,11 @@ def comparison_rows(results, limits):
     for (kernel, impl, size, threads), r in sorted(results.items()):
         if impl != "consr" or kernel.startswith("stream_") or kernel.endswith("_memory"):
             continue
-        baseline = None
-        for (k2, i2, s2, t2), r2 in sorted(results.items()):
-            if k2 == kernel and s2 == size and t2 == threads and i2 != "consr":
-                baseline = r2
-                break
+        # The baseline: LibTorch where it was measured (torch, torch_autograd), else another impl.
+        candidates = sorted(((i2, r2) for (k2, i2, s2, t2), r2 in results.items()
+                             if k2 == kernel and s2 == size and t2 == threads and i2 != "consr"),
+                            key=lambda x: (not x[0].startswith("torch"), x[0]))
+        baseline = candidates[0][1] if candidates else None
         share, pattern = None, access_pattern(r)
         if r.min_ms and r.bytes() > 0 and (pattern, threads) in limits:
             share = (r.bytes() / (r.min_ms * 1e-3)) / limits[(pattern, threads)][0]
@@ -243,27 +260,42 @@ def limits_table(limits):
 
 
 def memory_table(results):
-    by_size = {}
+    """One table per "<family>_memory" kernel: peak extra resident memory of each impl, per size."""
+    kernels = {}
     for (kernel, impl, size, threads), r in results.items():
-        if kernel == "logprobs_memory":
-            by_size.setdefault(size, {})[impl] = r
-    if not by_size:
+        if kernel.endswith("_memory") and "peak_extra_bytes" in r.counters:
+            kernels.setdefault(kernel, {}).setdefault(size, {})[impl] = r
+    if not kernels:
         return "Not measured in this run."
-    out = ["| Size | Logits (input) | consr peak extra memory | LibTorch peak extra memory | LibTorch / logits |",
-           "|---|---:|---:|---:|---:|"]
 
     def n_of(size):
         m = re.match(r"N=(\d+)", size)
         return int(m.group(1)) if m else 0
 
-    for size in sorted(by_size, key=n_of):
-        c, t = by_size[size].get("consr"), by_size[size].get("torch")
-        logits = (c or t).counters.get("logits_bytes", 0)
-        cs = fmt_bytes(c.counters["peak_extra_bytes"]) if c and "peak_extra_bytes" in c.counters else "—"
-        ts = fmt_bytes(t.counters["peak_extra_bytes"]) if t and "peak_extra_bytes" in t.counters else "—"
-        ratio = "%.2f" % (t.counters["peak_extra_bytes"] / logits) if t and logits and "peak_extra_bytes" in t.counters else "—"
-        out.append("| %s | %s | %s | %s | %s |" % (size, fmt_bytes(logits), cs, ts, ratio))
-    return "\n".join(out)
+    def impl_order(impl):
+        return (impl != "consr", impl.startswith("torch"), impl)
+
+    tables = []
+    for kernel in sorted(kernels):
+        sizes = kernels[kernel]
+        impls = sorted({i for per_size in sizes.values() for i in per_size}, key=impl_order)
+        out = ["`%s`:" % kernel, "",
+               "| Size | Logits (N × V × 4 B) | " + " | ".join("%s peak extra" % i for i in impls) + " |",
+               "|---|---:|" + "---:|" * len(impls)]
+        for size in sorted(sizes, key=n_of):
+            per = sizes[size]
+            logits = next((r.counters.get("logits_bytes", 0) for r in per.values()), 0)
+            cells = []
+            for i in impls:
+                r = per.get(i)
+                if r is None:
+                    cells.append("—")
+                    continue
+                extra = r.counters["peak_extra_bytes"]
+                cells.append(fmt_bytes(extra) + (" (%.2f × logits)" % (extra / logits) if logits else ""))
+            out.append("| %s | %s | %s |" % (size, fmt_bytes(logits) if logits else "—", " | ".join(cells)))
+        tables.append("\n".join(out))
+    return "\n\n".join(tables)
 
 
 def targets_section(rows):
@@ -403,13 +435,23 @@ def gpu_section(paths):
     for path in paths:
         rel = os.path.relpath(path, ROOT)
         if path.endswith(".json"):
-            results, context = parse_results([path])
+            try:
+                results, context = parse_results([path])
+            except (OSError, ValueError) as e:
+                parts.append("The GPU results file `%s` could not be read: %s." % (rel, e))
+                continue
             limits = bandwidth_limits(results)
             rows = comparison_rows(results, limits)
             parts.append("From `%s`:\n\n%s" % (rel, results_table(rows, limits) if rows else "no consr benchmark in it"))
             continue
-        note, rows, device = parse_gpu_text(path)
-        when = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        try:
+            note, rows, device = parse_gpu_text(path)
+            when = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC")
+        except OSError as e:
+            parts.append("Not run: no GPU in this session (the GPU results file `%s` could not be read: %s)." % (
+                rel, e.strerror))
+            continue
         if not rows:
             parts.append("Not run: no GPU in this session. The newest GPU check, `%s` (%s): %s." % (
                 rel, when, note or "no benchmarks"))
@@ -519,7 +561,7 @@ def generated_block(args, results, context, gpu_paths):
         "",
         limits_table(limits) if limits else "Not measured in this run.",
         "",
-        "### Memory: one log-probs forward, peak resident memory added (fresh process)",
+        "### Memory: peak resident memory added by one call (fresh process, inputs excluded)",
         "",
         memory_table(results),
         "",
@@ -589,8 +631,6 @@ def main():
             gpu_paths += sorted(glob.glob(os.path.join(g, "*.json")) + glob.glob(os.path.join(g, "*.txt")))
         else:
             gpu_paths.append(os.path.abspath(g))
-    if not args.gpu_results:
-        gpu_paths = latest_gpu_results()
 
     if args.from_json:
         paths = sorted(glob.glob(os.path.join(args.from_json, "*.json")))
@@ -616,8 +656,12 @@ def main():
         paths = []
         for exe in exes:
             out_json = os.path.join(out_dir, os.path.basename(exe) + ".json")
+            start = datetime.datetime.now()
             run_executable(exe, out_json, args, env)
+            log("%s: %.0f s" % (os.path.basename(exe), (datetime.datetime.now() - start).total_seconds()))
             paths.append(out_json)
+    if not args.gpu_results:
+        gpu_paths = latest_gpu_results()
     results, context = parse_results(paths)
     block = generated_block(args, results, context or {}, gpu_paths)
     write_doc(args.output, block)

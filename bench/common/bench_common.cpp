@@ -2,13 +2,10 @@
 #include "common/bench_common.hpp"
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <memory>
-#include <sstream>
+#include <new>
 #include <string>
 #include <thread>
 
