@@ -386,7 +386,7 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
   const bool run_parallel = parallel_worth_it(rows, vocab);
   (void)rows_per_task;
   (void)run_parallel;
-  // An N × V gradient far larger than the caches is written with streaming stores (half the memory
+  // An N × V gradient larger than the caches is written with streaming stores (half the memory
   // traffic of plain stores, which first read every line).
   const bool streaming = use_streaming_stores(static_cast<double>(rows) * static_cast<double>(vocab) * sizeof(Grad));
 

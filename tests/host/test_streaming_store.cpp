@@ -49,7 +49,7 @@ TEST_CASE("use_streaming_stores switches at streaming_store_min_bytes", "[stream
 
 TEST_CASE("a backward large enough to stream equals the same backward row by row", "[streaming][logprobs]") {
   constexpr index_t vocab = 152064;
-  constexpr index_t rows = 60;  // 60 × 152064 × 4 B = 36.5 MB of gradient: above the threshold
+  constexpr index_t rows = 20;  // 20 × 152064 × 4 B = 12.2 MB of gradient: above the threshold
   REQUIRE(static_cast<double>(rows * vocab) * sizeof(float) >=
           static_cast<double>(consr::detail::streaming_store_min_bytes));
   REQUIRE(static_cast<double>(vocab) * sizeof(float) < static_cast<double>(consr::detail::streaming_store_min_bytes));
@@ -89,7 +89,7 @@ TEST_CASE("a backward large enough to stream equals the same backward row by row
 }
 
 TEST_CASE("noise large enough to stream equals the same noise in small pieces", "[streaming][corruption]") {
-  constexpr index_t n = (index_t{9} << 20) + 5;  // 36 MB of fp32, an odd length, above the threshold
+  constexpr index_t n = (index_t{3} << 20) + 5;  // 12.6 MB of fp32, an odd length, above the threshold
   REQUIRE(static_cast<double>(n) * sizeof(float) >= static_cast<double>(consr::detail::streaming_store_min_bytes));
   std::vector<float> image(static_cast<std::size_t>(n));
   for (index_t i = 0; i < n; ++i) image[static_cast<std::size_t>(i)] = static_cast<float>(i % 1000) * 0.002f - 1.0f;
@@ -99,7 +99,8 @@ TEST_CASE("noise large enough to stream equals the same noise in small pieces", 
   std::vector<float> whole(image.size(), 0.0f);
   consr::add_diffusion_noise<float, 1>(consr::make_view(image.data(), n), consr::make_view(whole.data(), n), key, o);
   std::vector<float> pieces(image.size(), 1.0f);
-  const index_t piece = 1000003;  // 4 MB: below the threshold
+  const index_t piece = 500003;  // 2 MB: below the threshold
+  REQUIRE(static_cast<double>(piece) * sizeof(float) < static_cast<double>(consr::detail::streaming_store_min_bytes));
   for (index_t begin = 0; begin < n; begin += piece) {
     const index_t len = std::min(piece, n - begin);
     consr::diffusion_noise_options po = o;
