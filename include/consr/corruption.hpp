@@ -357,9 +357,12 @@ inline void philox_words(rng_key key, std::uint64_t first_block, index_t num_blo
 /// normal_block per block (the 4-wide interleaved layout costs shuffles inside
 /// the long Box–Muller body). GCC vectorizes the last two with AVX2 or AVX-512
 /// (-O3 -march=...); on the x86-64 SSE2 baseline GCC keeps them scalar, Clang
-/// vectorizes them.
-inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t num_blocks,
-                               float* CONSR_RESTRICT z) noexcept {
+/// vectorizes them. [prefetch, prefetch + prefetch_bytes) (the caller's next input)
+/// is prefetched in slices between slices of the Box–Muller pass, so that its memory
+/// traffic overlaps this compute-bound pass instead of following it (6 % faster noise
+/// on 10 LLaVA tiles, one thread).
+inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t num_blocks, float* CONSR_RESTRICT z,
+                               const void* prefetch = nullptr, std::size_t prefetch_bytes = 0) noexcept {
   constexpr index_t max_blocks = noise_tile / 4 + 2;
   alignas(64) std::uint32_t w_radius[2 * max_blocks];
   alignas(64) std::uint32_t w_angle[2 * max_blocks];
@@ -368,8 +371,19 @@ inline void fill_normal_blocks(rng_key key, std::uint64_t first_block, index_t n
   const index_t nb = num_blocks;
   // Pair (0, 1) of block j is pair j, pair (2, 3) is pair nb + j.
   philox_words(key, first_block, nb, w_radius, w_angle, w_radius + nb, w_angle + nb);
-  CONSR_SIMD
-  for (index_t k = 0; k < 2 * nb; ++k) box_muller(w_radius[k], w_angle[k], z_cos[k], z_sin[k]);
+  constexpr index_t slices = 8;
+  const index_t pairs = 2 * nb;
+  const index_t pairs_per_slice = (pairs + slices - 1) / slices;
+  const std::size_t bytes_per_slice = ((prefetch_bytes + slices - 1) / slices + 63) / 64 * 64;
+  for (index_t q = 0; q < slices; ++q) {
+    const index_t k_end = std::min(pairs, (q + 1) * pairs_per_slice);
+    CONSR_SIMD
+    for (index_t k = q * pairs_per_slice; k < k_end; ++k) box_muller(w_radius[k], w_angle[k], z_cos[k], z_sin[k]);
+    const std::size_t pf_begin = static_cast<std::size_t>(q) * bytes_per_slice;
+    if (pf_begin < prefetch_bytes)
+      prefetch_range(static_cast<const char*>(prefetch) + pf_begin, std::min(bytes_per_slice, prefetch_bytes - pf_begin),
+                     false);
+  }
   CONSR_SIMD
   for (index_t j = 0; j < nb; ++j) {
     z[4 * j + 0] = z_cos[j];
@@ -465,7 +479,13 @@ void add_diffusion_noise(detail::identity_t<host_view<const T, R>> image, host_v
     const index_t len = std::min(tile, n - begin);
     const std::uint64_t first = base + static_cast<std::uint64_t>(begin);
     const index_t lead = static_cast<index_t>(first % 4);  // position of `first` in its Philox block
-    detail::fill_normal_blocks(key, first / 4, (lead + len + 3) / 4, z);
+    const T* next_input = nullptr;  // the next tile's input, prefetched while this tile's normals are computed
+    std::size_t next_bytes = 0;
+    if (contiguous && t + 1 < num_tiles) {
+      next_input = image.data() + begin + tile;
+      next_bytes = static_cast<std::size_t>(std::min(tile, n - begin - tile)) * sizeof(T);
+    }
+    detail::fill_normal_blocks(key, first / 4, (lead + len + 3) / 4, z, next_input, next_bytes);
     if (contiguous) {
       const T* x = image.data() + begin;
       T* y = out.data() + begin;

@@ -136,23 +136,6 @@ bool logprob_block_has_nan(const Logit* block, index_t n) noexcept {
   return false;
 }
 
-// Software prefetch of [p, p + bytes), one request per 64-byte line, for writing
-// when `for_write`. The forward computes on one block while the next one is on its
-// way (otherwise the max pass waits for memory and the exp pass leaves it idle).
-CONSR_FORCEINLINE void prefetch_range(const void* p, std::size_t bytes, bool for_write) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-  const char* bytes_begin = static_cast<const char*>(p);
-  for (std::size_t off = 0; off < bytes; off += 64) {
-    if (for_write) __builtin_prefetch(bytes_begin + off, 1, 3);
-    else __builtin_prefetch(bytes_begin + off, 0, 3);
-  }
-#else
-  (void)p;
-  (void)bytes;
-  (void)for_write;
-#endif
-}
-
 /// logsumexp of one row, as max_logit / τ + log_sum (both in fp64).
 struct row_logsumexp {
   double max_logit;  ///< max_v logits[v] (unscaled)

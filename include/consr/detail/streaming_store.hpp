@@ -1,4 +1,5 @@
-// consr/detail/streaming_store.hpp — non-temporal ("streaming") stores for large host outputs.
+// consr/detail/streaming_store.hpp — memory traffic of large host buffers: non-temporal
+// ("streaming") stores for large outputs, and software prefetch.
 //
 // Why: a plain store to a line that is not in the cache first reads the line from memory (the
 // read-for-ownership), so a kernel that writes an output of N × V floats moves it twice. Streaming
@@ -75,6 +76,23 @@ inline void copy_streaming(void* dst, const void* src, std::size_t bytes) noexce
   std::memcpy(d + body, s + body, bytes - body);
 #else
   std::memcpy(dst, src, bytes);
+#endif
+}
+
+/// Software prefetch of [p, p + bytes), one request per 64-byte line, for writing when
+/// `for_write`: compute-bound loops request the data of their next piece of work meanwhile, so
+/// that the memory traffic overlaps the arithmetic instead of following it.
+CONSR_FORCEINLINE void prefetch_range(const void* p, std::size_t bytes, bool for_write) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* bytes_begin = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) {
+    if (for_write) __builtin_prefetch(bytes_begin + off, 1, 3);
+    else __builtin_prefetch(bytes_begin + off, 0, 3);
+  }
+#else
+  (void)p;
+  (void)bytes;
+  (void)for_write;
 #endif
 }
 
