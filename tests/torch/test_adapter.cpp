@@ -248,16 +248,20 @@ TEST_CASE("token_logprobs: bad input raises c10::Error naming the argument", "[t
 TEST_CASE("linear_token_logprobs equals log_softmax of hidden·Wᵀ + b, with gradients for hidden, weight, bias",
           "[torch][linear]") {
   at::manual_seed(15);
+  for (const at::Device device : devices_with(lt::cuda_backend_registry().linear_token_logprobs)) {
   for (const at::ScalarType dtype : {at::kDouble, at::kFloat}) {
     const double tol = dtype == at::kDouble ? 1e-6 : 1e-4;
     for (const bool with_bias : {true, false}) {
       for (const int64_t chunk : {int64_t{8}, int64_t{4096}}) {
-        CAPTURE(lt::dtype_name(dtype), with_bias, chunk);
+        CAPTURE(device.str(), lt::dtype_name(dtype), with_bias, chunk);
         const int64_t batch = 2, length = 5, hidden_size = 12, vocab = 37;
-        const at::Tensor hidden = at::randn({batch, length, hidden_size}, at::kDouble).to(dtype).requires_grad_(true);
-        const at::Tensor weight = (at::randn({vocab, hidden_size}, at::kDouble) * 0.5).to(dtype).requires_grad_(true);
-        const at::Tensor bias = with_bias ? at::randn({vocab}, at::kDouble).to(dtype).requires_grad_(true) : at::Tensor();
-        const at::Tensor labels = random_labels({batch, length}, vocab, 0.2, -100);
+        const at::Tensor hidden =
+            at::randn({batch, length, hidden_size}, at::kDouble).to(dtype).to(device).requires_grad_(true);
+        const at::Tensor weight =
+            (at::randn({vocab, hidden_size}, at::kDouble) * 0.5).to(dtype).to(device).requires_grad_(true);
+        const at::Tensor bias =
+            with_bias ? at::randn({vocab}, at::kDouble).to(dtype).to(device).requires_grad_(true) : at::Tensor();
+        const at::Tensor labels = random_labels({batch, length}, vocab, 0.2, -100).to(device);
         // A causal shift: hidden[:, :-1] (a view whose rows do not merge) against labels[:, 1:].
         const at::Tensor h = hidden.narrow(1, 0, length - 1);
         const at::Tensor y = labels.narrow(1, 1, length - 1);
@@ -272,7 +276,7 @@ TEST_CASE("linear_token_logprobs equals log_softmax of hidden·Wᵀ + b, with gr
         if (with_bias) logits = logits + bias.to(at::kDouble);
         const at::Tensor ref = reference_logprobs(logits, y, 0.9, -100);
         CHECK(max_abs_diff(logp, ref) < tol);
-        const at::Tensor upstream = at::randn(y.sizes(), at::kDouble);
+        const at::Tensor upstream = at::randn(y.sizes(), at::kDouble).to(device);
         std::vector<at::Tensor> inputs{hidden, weight};
         if (with_bias) inputs.push_back(bias);
         const auto grads = torch::autograd::grad({logp}, inputs, {upstream.to(logp.scalar_type())});
@@ -280,10 +284,12 @@ TEST_CASE("linear_token_logprobs equals log_softmax of hidden·Wᵀ + b, with gr
         for (std::size_t i = 0; i < inputs.size(); ++i) {
           CAPTURE(i);
           REQUIRE(grads[i].scalar_type() == dtype);
+          REQUIRE(grads[i].device() == device);
           CHECK(max_abs_diff(grads[i], ref_grads[i]) < tol);
         }
       }
     }
+  }
   }
 }
 

@@ -133,18 +133,20 @@ class TokenLogprobs(unittest.TestCase):
 class LinearTokenLogprobs(unittest.TestCase):
     def test_values_and_gradients_against_materialized_logits(self):
         g = torch.Generator().manual_seed(9)
-        for dtype in (torch.float64, torch.float32):
-            with self.subTest(dtype=str(dtype)):
+        for device, dtype in itertools.product(devices(), (torch.float64, torch.float32)):
+            with self.subTest(device=str(device), dtype=str(dtype)):
                 tol = 1e-6 if dtype == torch.float64 else 1e-4
-                hidden = torch.randn(2, 5, 8, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-                weight = (torch.randn(30, 8, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_(True)
-                bias = torch.randn(30, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-                labels = random_labels((2, 5), 30, generator=g)
+                hidden = torch.randn(2, 5, 8, generator=g, dtype=torch.float64).to(dtype).to(device)
+                weight = (torch.randn(30, 8, generator=g, dtype=torch.float64) * 0.5).to(dtype).to(device)
+                bias = torch.randn(30, generator=g, dtype=torch.float64).to(dtype).to(device)
+                for t in (hidden, weight, bias):
+                    t.requires_grad_(True)
+                labels = random_labels((2, 5), 30, generator=g).to(device)
                 logp = ops().linear_token_logprobs(hidden[:, :-1], weight, bias, labels[:, 1:], vocab_chunk=7)
                 logits = torch.nn.functional.linear(hidden[:, :-1].double(), weight.double(), bias.double())
                 ref = reference_logprobs(logits, labels[:, 1:])
                 self.assertLess(max_abs_diff(logp, ref), tol)
-                upstream = torch.randn(2, 4, generator=g, dtype=torch.float64)
+                upstream = torch.randn(2, 4, generator=g, dtype=torch.float64).to(device)
                 grads = torch.autograd.grad(logp, (hidden, weight, bias), upstream.to(logp.dtype))
                 ref_grads = torch.autograd.grad(ref, (hidden, weight, bias), upstream)
                 for got, want in zip(grads, ref_grads):

@@ -329,6 +329,16 @@ struct cuda_backend {
   /// eqs. 12–13: weights [n] from logp_clean, logp_corrupt [n], all of the weights' dtype.
   void (*visual_weights)(const at::Tensor& logp_clean, const at::Tensor& logp_corrupt, weight_side side,
                          const visual_weight_options& options, const at::Tensor& weights) = nullptr;
+  /// spec §4 from hidden [N, H] × weight [V, H] (+ bias [V], undefined for none): token_logp, lse [N].
+  void (*linear_token_logprobs)(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+                                const at::Tensor& labels, const at::Tensor& token_logp, const at::Tensor& lse,
+                                const linear_logprob_options& options) = nullptr;
+  /// Its backward: grad_hidden overwritten, grad_weight / grad_bias accumulated (undefined: skipped).
+  void (*linear_token_logprobs_backward)(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+                                         const at::Tensor& labels, const at::Tensor& lse,
+                                         const at::Tensor& grad_token_logp, const at::Tensor& grad_hidden,
+                                         const at::Tensor& grad_weight, const at::Tensor& grad_bias,
+                                         const linear_logprob_options& options) = nullptr;
 };
 
 /// The process-wide CUDA registry (one per program: an inline function's static).
@@ -666,9 +676,7 @@ inline linear_inputs check_linear_inputs(const at::Tensor& hidden, const at::Ten
                     " but must be [V, ", hidden.size(-1), "] (its columns are the hidden size of 'hidden')");
   CONSR_TORCH_CHECK(weight.size(1) <= 1 || weight.stride(1) == 1, fn, "weight", "rows have stride ",
                     weight.stride(1), " but must be contiguous (stride 1); pass weight.contiguous()");
-  CONSR_TORCH_CHECK(!is_cuda_tensor(hidden, fn, "hidden"), fn, "hidden",
-                    "is a CUDA tensor, but consr's memory-bounded linear log-probs have no CUDA implementation "
-                    "yet; use token_logprobs on the logits, or CPU tensors");
+  is_cuda_tensor(hidden, fn, "hidden");
   check_same_device(weight, hidden, fn, "weight", "hidden");
   check_same_device(labels, hidden, fn, "labels", "hidden");
   if (has_bias) {
@@ -707,7 +715,26 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
     const at::TensorOptions out_options = hidden.options().dtype(accum_dtype(hidden.scalar_type()));
     at::Tensor token_logp = at::empty({in.hidden.size(0)}, out_options);
     at::Tensor lse = at::empty({in.hidden.size(0)}, out_options);
-    detail::dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
+    if (hidden.device().is_cuda()) {
+      detail::cuda_entry(cuda_backend_registry().linear_token_logprobs, fn, "hidden", "linear_token_logprobs")(
+          in.hidden, in.weight, in.bias, in.labels, token_logp, lse, options);
+    } else {
+      forward_on_cpu(in, token_logp, lse, options);
+    }
+    ctx->save_for_backward({in.hidden, in.weight, in.has_bias ? in.bias : at::empty({0}, weight.options()),
+                            in.labels, lse});
+    ctx->saved_data["has_bias"] = in.has_bias;
+    ctx->saved_data["temperature"] = options.temperature;
+    ctx->saved_data["ignore_index"] = static_cast<int64_t>(options.ignore_index);
+    ctx->saved_data["vocab_chunk"] = static_cast<int64_t>(options.vocab_chunk);
+    ctx->saved_data["hidden_sizes"] = hidden.sizes().vec();
+    return token_logp.view(labels.sizes());
+  }
+
+  static void forward_on_cpu(const detail::linear_inputs& in, const at::Tensor& token_logp, const at::Tensor& lse,
+                             const linear_logprob_options& options) {
+    constexpr const char* fn = "consr::libtorch::linear_token_logprobs";
+    detail::dispatch_floating(in.hidden, fn, "hidden", [&](auto tag) {
       using T = typename decltype(tag)::type;
       using Acc = accum_t<T>;
       detail::dispatch_index(in.labels, fn, "labels", [&](auto label_tag) {
@@ -721,14 +748,6 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
         });
       });
     });
-    ctx->save_for_backward({in.hidden, in.weight, in.has_bias ? in.bias : at::empty({0}, weight.options()),
-                            in.labels, lse});
-    ctx->saved_data["has_bias"] = in.has_bias;
-    ctx->saved_data["temperature"] = options.temperature;
-    ctx->saved_data["ignore_index"] = static_cast<int64_t>(options.ignore_index);
-    ctx->saved_data["vocab_chunk"] = static_cast<int64_t>(options.vocab_chunk);
-    ctx->saved_data["hidden_sizes"] = hidden.sizes().vec();
-    return token_logp.view(labels.sizes());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -753,6 +772,12 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
     const at::Tensor& g = grad_outputs[0];
     if (!g.defined()) {
       if (want_hidden) grad_hidden.zero_();
+    } else if ((want_hidden || want_weight || want_bias) && hidden.device().is_cuda()) {
+      const at::Tensor upstream = g.reshape({-1}).to(acc).contiguous();
+      detail::cuda_entry(cuda_backend_registry().linear_token_logprobs_backward, fn, "hidden",
+                         "linear_token_logprobs (backward)")(hidden, weight, has_bias ? bias : at::Tensor(), labels,
+                                                             lse, upstream, grad_hidden, grad_weight, grad_bias,
+                                                             options);
     } else if (want_hidden || want_weight || want_bias) {
       const at::Tensor upstream = g.reshape({-1}).to(acc).contiguous();
       detail::dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
@@ -791,9 +816,10 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
 /// (only those that require grad: a frozen lm_head skips a quarter of the work).
 /// - hidden [N, H] or [B, L, H], weight [V, H] (rows contiguous), bias [V] or an undefined tensor for
 ///   none: one floating dtype; labels [N] or [B, L] (int64/int32) aligned with the rows (the causal
-///   shift is the caller's). Returns labels' shape, float32 (float64 for float64). CPU tensors.
+///   shift is the caller's). Returns labels' shape, float32 (float64 for float64). CPU tensors run
+///   the host algorithm; CUDA tensors consr::cuda's (cuBLAS GEMMs on PyTorch's handle and stream).
 /// Throws c10::Error naming 'hidden', 'weight', 'bias', 'labels' (with the offending index),
-/// 'temperature' or 'vocab_chunk'; CUDA tensors are an error (no CUDA implementation yet).
+/// 'temperature' or 'vocab_chunk'.
 inline at::Tensor linear_token_logprobs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
                                         const at::Tensor& labels, const linear_logprob_options& options = {}) {
   constexpr const char* fn = "consr::libtorch::linear_token_logprobs";

@@ -17,6 +17,7 @@
 #error "consr/adapters/torch_cuda.cuh needs nvcc (CUDA). Host code includes consr/adapters/torch.hpp instead."
 #endif
 
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -25,6 +26,7 @@
 
 #include "../cuda/corruption.cuh"
 #include "../cuda/dpo.cuh"
+#include "../cuda/linear_logprobs.cuh"
 #include "../cuda/logprobs.cuh"
 #include "torch.hpp"
 
@@ -274,6 +276,76 @@ inline void cuda_visual_weights(const at::Tensor& logp_clean, const at::Tensor& 
   });
 }
 
+// ---- memory-bounded log-probs ------------------------------------------------------------------
+
+inline void cuda_linear_token_logprobs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+                                       const at::Tensor& labels, const at::Tensor& token_logp, const at::Tensor& lse,
+                                       const linear_logprob_options& options) {
+  constexpr const char* fn = "consr::libtorch::linear_token_logprobs";
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const cudaStream_t stream = current_stream(hidden);
+  // PyTorch's cuBLAS handle for this device; consr sets its stream for the call and restores it.
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Acc = accum_t<T>;
+    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
+      using Label = typename decltype(label_tag)::type;
+      const auto h = device_view_of<const T, 2>(hidden, "hidden", fn);
+      const auto w = device_view_of<const T, 2>(weight, "weight", fn);
+      const auto b = bias.defined() ? device_view_of<const T, 1>(bias, "bias", fn) : device_view<const T, 1>{};
+      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
+      const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
+      const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
+      std::size_t bytes = 0;
+      check_cuda_status(
+          consr::cuda::linear_token_logprobs(handle, nullptr, bytes, h, w, b, y, out, out_lse, options, nullptr, stream),
+          fn);
+      const at::Tensor temp = cuda_temp_storage(bytes, hidden);
+      check_cuda_status(consr::cuda::linear_token_logprobs(handle, temp.data_ptr(), bytes, h, w, b, y, out, out_lse,
+                                                           options, nullptr, stream),
+                        fn);
+    });
+  });
+}
+
+inline void cuda_linear_token_logprobs_backward(const at::Tensor& hidden, const at::Tensor& weight,
+                                                const at::Tensor& bias, const at::Tensor& labels, const at::Tensor& lse,
+                                                const at::Tensor& grad_token_logp, const at::Tensor& grad_hidden,
+                                                const at::Tensor& grad_weight, const at::Tensor& grad_bias,
+                                                const linear_logprob_options& options) {
+  constexpr const char* fn = "consr::libtorch::linear_token_logprobs (backward)";
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const cudaStream_t stream = current_stream(hidden);
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Acc = accum_t<T>;
+    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
+      using Label = typename decltype(label_tag)::type;
+      const auto h = device_view_of<const T, 2>(hidden, "hidden", fn);
+      const auto w = device_view_of<const T, 2>(weight, "weight", fn);
+      const auto b = bias.defined() ? device_view_of<const T, 1>(bias, "bias", fn) : device_view<const T, 1>{};
+      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
+      const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
+      const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
+      const auto gh = grad_hidden.defined() ? device_view_of<Acc, 2>(grad_hidden, "grad_hidden", fn)
+                                            : device_view<Acc, 2>{};
+      const auto gw = grad_weight.defined() ? device_view_of<Acc, 2>(grad_weight, "grad_weight", fn)
+                                            : device_view<Acc, 2>{};
+      const auto gb = grad_bias.defined() ? device_view_of<Acc, 1>(grad_bias, "grad_bias", fn) : device_view<Acc, 1>{};
+      std::size_t bytes = 0;
+      check_cuda_status(consr::cuda::linear_token_logprobs_backward(handle, nullptr, bytes, h, w, b, y, l, g, gh, gw,
+                                                                    gb, options, nullptr, stream),
+                        fn);
+      const at::Tensor temp = cuda_temp_storage(bytes, hidden);
+      check_cuda_status(consr::cuda::linear_token_logprobs_backward(handle, temp.data_ptr(), bytes, h, w, b, y, l, g,
+                                                                    gh, gw, gb, options, nullptr, stream),
+                        fn);
+    });
+  });
+}
+
 /// Fills the registry; runs once, when the program (or shared library) holding this file loads.
 inline bool register_cuda_backend() {
   cuda_backend& b = cuda_backend_registry();
@@ -286,6 +358,8 @@ inline bool register_cuda_backend() {
   b.dpo_forward = &cuda_dpo_forward;
   b.dpo_backward = &cuda_dpo_backward;
   b.visual_weights = &cuda_visual_weights;
+  b.linear_token_logprobs = &cuda_linear_token_logprobs;
+  b.linear_token_logprobs_backward = &cuda_linear_token_logprobs_backward;
   return true;
 }
 
