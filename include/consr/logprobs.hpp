@@ -59,6 +59,8 @@ inline constexpr index_t logprob_block = 2048;
 /// Terms per fp32 partial sum before it is added into the fp64 row sum; keeps
 /// the fp32 rounding error of the sum near 1e-7 relative whatever V is.
 inline constexpr index_t logprob_chunk = 256;
+/// How far ahead of the block being summed the sparse L2 requests go (prefetch_ahead_to_l2).
+inline constexpr index_t logprob_prefetch_blocks_ahead = 4;
 /// Rows are split across threads only above this many logits (thread start-up
 /// costs more than small problems).
 inline constexpr double logprob_parallel_min_elements = 65536.0;
@@ -172,6 +174,9 @@ row_logsumexp logprob_row(const Logit* row, index_t vocab, double tau,
     // GCC splits a loop at such a condition, and the split copy loses the `omp simd` of the inner loop.
     const index_t next_begin = std::min(b + logprob_block, vocab);
     const index_t next_n = std::min(logprob_block, vocab - next_begin);
+    // And, far ahead, the pages the stream will reach four blocks later (see prefetch_ahead_to_l2).
+    const index_t far_begin = std::min(b + logprob_prefetch_blocks_ahead * logprob_block, vocab);
+    prefetch_ahead_to_l2(row + far_begin, static_cast<std::size_t>(std::min(logprob_block, vocab - far_begin)) * sizeof(Logit));
     for (index_t c = 0; c < n; c += logprob_chunk) {
       const index_t pf_begin = std::min(c, next_n);
       const index_t pf_end = std::min(c + logprob_chunk, next_n);
@@ -393,6 +398,9 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
       const index_t next_begin = std::min(b + logprob_block, vocab);
       const index_t next_n = std::min(logprob_block, vocab - next_begin);
       prefetch_range(row + next_begin, static_cast<std::size_t>(next_n) * sizeof(Logit), false);
+      const index_t far_begin = std::min(b + logprob_prefetch_blocks_ahead * logprob_block, vocab);
+      prefetch_ahead_to_l2(row + far_begin,
+                           static_cast<std::size_t>(std::min(logprob_block, vocab - far_begin)) * sizeof(Logit));
       if (streaming) {
         // The block's gradient goes to an L1 scratch, then to memory with streaming stores.
         alignas(64) Grad scratch[logprob_block];

@@ -96,6 +96,24 @@ CONSR_FORCEINLINE void prefetch_range(const void* p, std::size_t bytes, bool for
 #endif
 }
 
+/// Distance and stride of prefetch_ahead_to_l2.
+inline constexpr std::size_t prefetch_ahead_stride = 2048;
+
+/// One L2 prefetch per 2 KiB of [p, p + bytes): a sparse request far ahead of a stream. Hardware
+/// prefetchers stop at 4 KiB page boundaries and restart only after several misses in the next
+/// page; a few early requests per page start them there in time, and they bring the rest of the
+/// page to L2 (measured on the benchmark machine: the log-probs forward reads 28 % faster at one
+/// thread with these requests 32 KiB ahead of it).
+CONSR_FORCEINLINE void prefetch_ahead_to_l2(const void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* bytes_begin = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += prefetch_ahead_stride) __builtin_prefetch(bytes_begin + off, 0, 1);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 /// Orders this thread's earlier streaming stores before its later stores (x86 SFENCE; a no-op
 /// without streaming stores).
 inline void streaming_store_fence() noexcept {
