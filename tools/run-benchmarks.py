@@ -83,7 +83,7 @@ def build(build_dir, jobs):
         run(["cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
              "-DCONSR_NATIVE_ARCH=ON", "-DCONSR_BUILD_BENCHMARKS=ON", "-DCONSR_BUILD_TESTS=OFF",
              "-DCONSR_BUILD_EXAMPLES=OFF"], cwd=ROOT)
-    run(["cmake", "--build", build_dir, "-j", str(jobs)], cwd=ROOT)
+    run(["cmake", "--build", build_dir, "--target", "consr_host_benchmarks", "-j", str(jobs)], cwd=ROOT)
 
 
 def executables(build_dir):
@@ -137,35 +137,34 @@ def parse_results(paths):
 
 
 def parse_one_result_file(path):
+    """The results of one Google Benchmark JSON file, and its context."""
     results = {}
     with open(path) as f:
         data = json.load(f)
-    context = data.get("context", {})
-    if True:
-        for b in data.get("benchmarks", []):
-            m = NAME_RE.match(b.get("run_name", b["name"]))
-            if not m:
-                continue
-            key = (m["kernel"], m["impl"], m["size"], int(m["threads"]))
-            r = results.setdefault(key, Result(*key))
-            if b.get("error_occurred"):
-                r.error = b.get("error_message", "error")
-                continue
-            ms = b["real_time"] * UNIT_TO_MS[b.get("time_unit", "ns")]
-            kind = b.get("aggregate_name") if b.get("run_type") == "aggregate" else "iteration"
-            if kind == "min":
-                r.min_ms = ms
-            elif kind == "median":
-                r.median_ms = ms
-            elif kind == "iteration":
-                # A single run (no repetitions): it is its own min and median.
-                r.min_ms = ms if r.min_ms is None else min(r.min_ms, ms)
-                r.median_ms = r.median_ms or ms
-            if kind in ("min", "iteration", "median", "mean"):
-                for k, v in b.items():
-                    if k in ("bytes_read", "bytes_written", "peak_extra_bytes", "logits_bytes"):
-                        r.counters[k] = v
-    return results, context
+    for b in data.get("benchmarks", []):
+        m = NAME_RE.match(b.get("run_name", b["name"]))
+        if not m:
+            continue
+        key = (m["kernel"], m["impl"], m["size"], int(m["threads"]))
+        r = results.setdefault(key, Result(*key))
+        if b.get("error_occurred"):
+            r.error = b.get("error_message", "error")
+            continue
+        ms = b["real_time"] * UNIT_TO_MS[b.get("time_unit", "ns")]
+        kind = b.get("aggregate_name") if b.get("run_type") == "aggregate" else "iteration"
+        if kind == "min":
+            r.min_ms = ms
+        elif kind == "median":
+            r.median_ms = ms
+        elif kind == "iteration":
+            # A single run (no repetitions): it is its own min and median.
+            r.min_ms = ms if r.min_ms is None else min(r.min_ms, ms)
+            r.median_ms = r.median_ms or ms
+        if kind in ("min", "iteration", "median", "mean"):
+            for k, v in b.items():
+                if k in ("bytes_read", "bytes_written", "peak_extra_bytes", "logits_bytes"):
+                    r.counters[k] = v
+    return results, data.get("context", {})
 
 
 def bandwidth_limits(results):
@@ -535,6 +534,8 @@ def generated_block(args, results, context, gpu_paths):
     limits = bandwidth_limits(results)
     rows = comparison_rows(results, limits)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.from_json and context.get("date"):
+        now = "%s (the run's; regenerated %s)" % (context["date"], now)
     command = "tools/run-benchmarks.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [
         BEGIN_MARK,
@@ -543,8 +544,10 @@ def generated_block(args, results, context, gpu_paths):
         "",
         "- **Machine:** %s" % machine_description(context),
         "- **Date:** %s" % now,
-        "- **Command:** `%s` (%d repetitions of ≥ %g s each; times are the **minimum** over the repetitions, wall clock)" % (
-            command.strip(), args.repetitions, args.min_time),
+        ("- **Command:** `%s` (%d repetitions of ≥ %g s each; times are the **minimum** over the repetitions, wall clock)" % (
+            command.strip(), args.repetitions, args.min_time)) if not args.from_json else
+        ("- **Command:** `%s` (regenerated from the JSON files of an earlier run; times are the **minimum** over its "
+         "repetitions, wall clock)" % command.strip()),
         "- **Build:** %s (%s), %s, LibTorch %s" % (
             os.path.relpath(args.build_dir, ROOT), build_flags(args.build_dir), compiler_description(args.build_dir),
             torch_version()),
