@@ -819,23 +819,66 @@ void crop_resize_batch(host_view<const T, 4> x, const crop_box* boxes, host_view
     cols_taps.emplace_back(boxes[b].left, boxes[b].width, out_w);
   }
   const index_t rows = batch * channels * out_h;
-  CONSR_OMP(parallel for schedule(static) if (rows * out_w > 65536))
-  for (index_t r = 0; r < rows; ++r) {
-    const index_t oy = r % out_h, c = (r / out_h) % channels, b = r / (channels * out_h);
-    const bilinear_taps& rt = rows_taps[static_cast<std::size_t>(b)];
-    const bilinear_taps& ct = cols_taps[static_cast<std::size_t>(b)];
-    const double wy = rt.w1[static_cast<std::size_t>(oy)];
-    const T* row0 = &x(b, c, rt.i0[static_cast<std::size_t>(oy)], 0);
-    const T* row1 = &x(b, c, rt.i1[static_cast<std::size_t>(oy)], 0);
-    const index_t xs = x.stride(3), ys = y.stride(3);
-    T* yp = &y(b, c, oy, 0);
-    for (index_t ox = 0; ox < out_w; ++ox) {
-      const std::size_t k = static_cast<std::size_t>(ox);
-      const index_t c0 = ct.i0[k] * xs, c1 = ct.i1[k] * xs;
-      const double wx = ct.w1[k];
-      const double top = (1.0 - wx) * to_accum<double>(row0[c0]) + wx * to_accum<double>(row0[c1]);
-      const double bottom = (1.0 - wx) * to_accum<double>(row1[c0]) + wx * to_accum<double>(row1[c1]);
-      yp[ox * ys] = from_accum<T>(static_cast<accum_t<T>>((1.0 - wy) * top + wy * bottom));
+  const index_t in_h = x.extent(2);
+  const index_t xs = x.stride(3), ys = y.stride(3);
+  // Separable: an output row blends two source rows that were first resampled horizontally; each
+  // thread keeps the last two resampled rows, which the next output rows mostly reuse (a crop is
+  // enlarged back to the image size). The arithmetic per output pixel is the same as resampling it
+  // on its own: top = (1 − wx)·a + wx·b per source row, then (1 − wy)·top + wy·bottom.
+  // The per-thread buffers are allocated here, outside the parallel region (which must not throw).
+#if CONSR_HAS_OPENMP
+  const int max_threads = omp_get_max_threads();
+#else
+  const int max_threads = 1;
+#endif
+  std::vector<double> resampled(static_cast<std::size_t>(max_threads) * 2 * static_cast<std::size_t>(out_w));
+  CONSR_OMP(parallel if (rows * out_w > 65536))
+  {
+#if CONSR_HAS_OPENMP
+    const std::size_t thread = static_cast<std::size_t>(omp_get_thread_num());
+#else
+    const std::size_t thread = 0;
+#endif
+    double* held[2] = {resampled.data() + thread * 2 * static_cast<std::size_t>(out_w),
+                       resampled.data() + (thread * 2 + 1) * static_cast<std::size_t>(out_w)};
+    index_t held_row[2] = {-1, -1};  // (b·C + c)·H + source row of each buffer; -1 = nothing yet
+    auto resample_row = [&](double* out_row, index_t b, index_t c, index_t source_row) {
+      const bilinear_taps& ct = cols_taps[static_cast<std::size_t>(b)];
+      const T* src = &x(b, c, source_row, 0);
+      for (index_t ox = 0; ox < out_w; ++ox) {
+        const std::size_t k = static_cast<std::size_t>(ox);
+        const double wx = ct.w1[k];
+        out_row[ox] = (1.0 - wx) * to_accum<double>(src[ct.i0[k] * xs]) + wx * to_accum<double>(src[ct.i1[k] * xs]);
+      }
+    };
+    CONSR_OMP(for schedule(static))
+    for (index_t r = 0; r < rows; ++r) {
+      const index_t oy = r % out_h, c = (r / out_h) % channels, b = r / (channels * out_h);
+      const bilinear_taps& rt = rows_taps[static_cast<std::size_t>(b)];
+      const double wy = rt.w1[static_cast<std::size_t>(oy)];
+      const index_t s0 = rt.i0[static_cast<std::size_t>(oy)], s1 = rt.i1[static_cast<std::size_t>(oy)];
+      const index_t key0 = (b * channels + c) * in_h + s0, key1 = (b * channels + c) * in_h + s1;
+      if (held_row[0] != key0) {
+        if (held_row[1] == key0) {
+          std::swap(held[0], held[1]);
+          std::swap(held_row[0], held_row[1]);
+        } else {
+          resample_row(held[0], b, c, s0);
+          held_row[0] = key0;
+        }
+      }
+      const double* top = held[0];
+      const double* bottom = top;
+      if (key1 != key0) {
+        if (held_row[1] != key1) {
+          resample_row(held[1], b, c, s1);
+          held_row[1] = key1;
+        }
+        bottom = held[1];
+      }
+      T* yp = &y(b, c, oy, 0);
+      for (index_t ox = 0; ox < out_w; ++ox)
+        yp[ox * ys] = from_accum<T>(static_cast<accum_t<T>>((1.0 - wy) * top[ox] + wy * bottom[ox]));
     }
   }
 }
