@@ -1,0 +1,548 @@
+// Tests of the ConSR pipeline driver (examples/04_consr_pipeline) on the tiny fixtures of
+// tests/fixtures/models: the artefacts and their documented fields, byte-identical reruns, the
+// rewards and pairs of the report against an independent double-precision recomputation from the
+// saved token log-probs, resuming (whole stages and single items), bad input through the library
+// and the command line, bfloat16 training, and LLaVA-OneVision end to end.
+// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
+#include <torch/torch.h>
+#undef CHECK
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "consr_runtime/safetensors.hpp"
+#include "pipeline.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace cp = consr_pipeline;
+using json = nlohmann::json;
+
+const fs::path test_root = CONSR_PIPELINE_TEST_OUT;
+const std::string fixtures = CONSR_FIXTURES_DIR;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  REQUIRE(in.good());
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+json load(const fs::path& p) { return json::parse(slurp(p)); }
+
+void write_text(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+}
+
+// The demo profile, shortened: 12-token generations, two epochs.
+cp::options tiny_options(const std::string& name) {
+  cp::options o = cp::default_options(cp::profile::demo);
+  o.output_dir = (test_root / name).string();
+  o.max_new_tokens = 12;
+  o.description_max_new_tokens = 12;
+  o.epochs = 2;
+  return o;
+}
+
+std::vector<cp::stage_result> run_fresh(const cp::options& o, std::string* log_text = nullptr) {
+  fs::remove_all(o.output_dir);
+  std::ostringstream log;
+  auto r = cp::run_pipeline(o, log);
+  if (log_text) *log_text = log.str();
+  return r;
+}
+
+std::vector<cp::stage_result> run_again(const cp::options& o, std::string* log_text = nullptr) {
+  std::ostringstream log;
+  auto r = cp::run_pipeline(o, log);
+  if (log_text) *log_text = log.str();
+  return r;
+}
+
+// The default run (embedded input, tiny Qwen2.5-VL), made once and shared by the test cases.
+const fs::path& default_run() {
+  static const fs::path dir = [] {
+    cp::options o = tiny_options("default");
+    auto results = run_fresh(o);
+    REQUIRE(results.size() == 5);
+    for (const auto& r : results) CHECK(r.ran);
+    return fs::path(o.output_dir);
+  }();
+  return dir;
+}
+
+const std::vector<std::string> artefacts{"descriptions.json",
+                                         "candidates.json",
+                                         "scores.json",
+                                         "report.json",
+                                         "llamafactory/consr_preference.json",
+                                         "llamafactory/dataset_info.json",
+                                         "llava_ov_dpo.json",
+                                         "train_log.json",
+                                         "adapter/adapter_model.safetensors",
+                                         "adapter/adapter_config.json"};
+
+double num(const json& j) { return j.is_number() ? j.get<double>() : std::numeric_limits<double>::quiet_NaN(); }
+
+bool close(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return std::fabs(a - b) <= 1e-12 * std::max(1.0, std::max(std::fabs(a), std::fabs(b))) + 1e-15;
+}
+
+// Recomputes eqs. 1-6 from scores.json's token log-probs with plain double loops, selects best vs
+// worst per item (ties to the lower index, non-finite skipped) and compares everything the report
+// states. Returns the number of pairs.
+std::size_t check_report_against_recomputation(const fs::path& dir, double lambda) {
+  const json scores = load(dir / "scores.json");
+  const json report = load(dir / "report.json");
+  REQUIRE(scores["items"].size() == report["items"].size());
+  std::vector<std::pair<std::size_t, std::size_t>> expected_pairs;  // per item (chosen, rejected)
+  std::vector<double> expected_margins;
+  std::size_t differing_corrupt = 0, differing_semantic = 0, scored = 0;
+  for (std::size_t i = 0; i < scores["items"].size(); ++i) {
+    const json& sc = scores["items"][i]["candidates"];
+    const json& rc = report["items"][i]["candidates"];
+    REQUIRE(sc.size() == rc.size());
+    std::vector<double> rewards;
+    for (std::size_t c = 0; c < sc.size(); ++c) {
+      const json& lp = sc[c]["logp"];
+      const json& lc = sc[c]["logp_corrupt"];
+      const json& ls = sc[c]["logp_semantic"];
+      REQUIRE(lp.size() == sc[c]["token_ids"].size());
+      REQUIRE(lc.size() == lp.size());
+      REQUIRE(ls.size() == lp.size());
+      const std::size_t T = lp.size();
+      CHECK(rc[c]["scored_tokens"].get<std::size_t>() == T);
+      double P = std::nan(""), Pc = P, Ps = P, r = P, Ss = P, Sc = P;
+      if (T > 0) {
+        double s = 0, s_c = 0, s_s = 0;
+        for (std::size_t t = 0; t < T; ++t) {
+          s += lp[t].get<double>();
+          s_c += lc[t].get<double>();
+          s_s += ls[t].get<double>();
+          differing_corrupt += lc[t].get<double>() != lp[t].get<double>();
+          differing_semantic += ls[t].get<double>() != lp[t].get<double>();
+        }
+        ++scored;
+        P = std::exp(s / static_cast<double>(T));
+        Pc = std::exp(s_c / static_cast<double>(T));
+        Ps = std::exp(s_s / static_cast<double>(T));
+        Ss = Ps - P;
+        Sc = P - Pc;
+        r = lambda * Ss + (1 - lambda) * Sc;
+        // The end-of-turn token is scored (spec §5): the response's tokens plus one.
+        CHECK(T == rc[c]["response_tokens"].get<std::size_t>() + 1);
+      } else {
+        CHECK_FALSE(rc[c]["usable"].get<bool>());
+      }
+      INFO("item " << i << " candidate " << c);
+      CHECK(close(num(rc[c]["P"]), P));
+      CHECK(close(num(rc[c]["P_corrupt"]), Pc));
+      CHECK(close(num(rc[c]["P_semantic"]), Ps));
+      CHECK(close(num(rc[c]["S_semantic"]), Ss));
+      CHECK(close(num(rc[c]["S_corrupt"]), Sc));
+      CHECK(close(num(rc[c]["r"]), r));
+      rewards.push_back(r);
+    }
+    std::size_t best = rewards.size(), worst = rewards.size();
+    for (std::size_t c = 0; c < rewards.size(); ++c) {
+      if (!std::isfinite(rewards[c])) continue;
+      if (best == rewards.size() || rewards[c] > rewards[best]) best = c;
+      if (worst == rewards.size() || rewards[c] < rewards[worst]) worst = c;
+    }
+    if (best < rewards.size() && rewards[best] > rewards[worst]) {
+      expected_pairs.emplace_back(best, worst);
+      expected_margins.push_back(rewards[best] - rewards[worst]);
+    } else {
+      expected_pairs.emplace_back(rewards.size(), rewards.size());
+      expected_margins.push_back(0);
+    }
+  }
+  // The corrupted image and the enriched prompt really change the scores.
+  CHECK(differing_corrupt > scored);
+  CHECK(differing_semantic > scored);
+
+  const json& pairs = report["pairs"];
+  std::size_t made = 0;
+  for (const auto& p : expected_pairs) made += p.first != p.second ? 1 : 0;
+  REQUIRE(pairs.size() == made);
+  CHECK(report["selection_report"]["pairs"].get<std::size_t>() == made);
+  for (const auto& pr : pairs) {
+    const std::size_t i = pr["item"].get<std::size_t>();
+    INFO("pair of item " << i);
+    CHECK(pr["chosen"]["index"].get<std::size_t>() == expected_pairs[i].first);
+    CHECK(pr["rejected"]["index"].get<std::size_t>() == expected_pairs[i].second);
+    CHECK(close(pr["margin"].get<double>(), expected_margins[i]));
+    // The token-level log-probs carried for the visual weights are the scored ones.
+    const json& sc = scores["items"][i]["candidates"];
+    for (const char* side : {"chosen", "rejected"}) {
+      const std::size_t c = pr[side]["index"].get<std::size_t>();
+      CHECK(pr[side]["token_ids"] == sc[c]["token_ids"]);
+      CHECK(pr[side]["logp_clean"] == sc[c]["logp"]);
+      CHECK(pr[side]["logp_corrupt"] == sc[c]["logp_corrupt"]);
+      CHECK(pr[side]["text"] == report["items"][i]["candidates"][c]["text"]);
+    }
+  }
+  return pairs.size();
+}
+
+void check_adapter(const fs::path& dir, std::int64_t rank, std::size_t modules) {
+  const fs::path adapter = dir / "adapter";
+  REQUIRE(fs::is_regular_file(adapter / "adapter_model.safetensors"));
+  REQUIRE(fs::is_regular_file(adapter / "adapter_config.json"));
+  const json config = load(adapter / "adapter_config.json");
+  CHECK(config["peft_type"] == "LORA");
+  CHECK(config["task_type"] == "CAUSAL_LM");
+  CHECK(config["r"].get<std::int64_t>() == rank);
+  consr_runtime::safetensors_file file((adapter / "adapter_model.safetensors").string());
+  std::size_t a = 0, b = 0;
+  double b_norm = 0;
+  for (const auto& e : file.entries()) {
+    INFO(e.name);
+    CHECK(e.name.rfind("base_model.model.", 0) == 0);
+    const bool is_a = e.name.size() > 14 && e.name.substr(e.name.size() - 14) == ".lora_A.weight";
+    const bool is_b = e.name.size() > 14 && e.name.substr(e.name.size() - 14) == ".lora_B.weight";
+    CHECK((is_a || is_b));
+    if (is_a) {
+      ++a;
+      CHECK(e.shape.at(0) == rank);
+    }
+    if (is_b) {
+      ++b;
+      CHECK(e.shape.at(1) == rank);
+      b_norm += file.load(e.name).to(torch::kFloat64).abs().sum().item<double>();
+    }
+  }
+  CHECK(a == modules);
+  CHECK(b == modules);
+  CHECK(b_norm > 0);  // B starts at zero: training moved the adapter
+}
+
+struct command_result {
+  int status = -1;
+  std::string out, err;
+};
+
+command_result run_command(const std::string& args, const fs::path& scratch) {
+  fs::create_directories(scratch);
+  const fs::path out = scratch / "stdout.txt", err = scratch / "stderr.txt";
+  const std::string cmd = std::string("'") + CONSR_PIPELINE_EXE + "' " + args + " > '" + out.string() + "' 2> '" +
+                          err.string() + "'";
+  const int raw = std::system(cmd.c_str());
+  command_result r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: the default run writes every artefact with the documented fields", "[pipeline]") {
+  const fs::path& dir = default_run();
+  for (const auto& f : artefacts) {
+    INFO(f);
+    CHECK(fs::is_regular_file(dir / f));
+  }
+  CHECK_FALSE(fs::exists(dir / "partial"));  // checkpoints are removed once a stage completes
+
+  const json report = load(dir / "report.json");
+  REQUIRE(report["items"].size() == 3);
+  for (const auto& it : report["items"]) {
+    CHECK(fs::is_regular_file(it["image"].get<std::string>()));
+    CHECK_FALSE(it["prompt"].get<std::string>().empty());
+    CHECK(it["description"].is_string());
+    REQUIRE(it["candidates"].size() == 15);
+    std::map<std::string, int> kinds;
+    for (const auto& c : it["candidates"]) {
+      kinds[c["kind"].get<std::string>()]++;
+      for (const char* k : {"index", "kind", "text", "response_tokens", "scored_tokens", "finish_reason", "usable", "P",
+                            "P_corrupt", "P_semantic", "S_semantic", "S_corrupt", "r"}) {
+        INFO(k);
+        CHECK(c.contains(k));
+      }
+      if (c["kind"] == "revised") {
+        CHECK(c["source"].get<int>() >= 0);
+        CHECK(c["source"].get<int>() < 5);
+      }
+      CHECK(c["response_tokens"].get<int>() <= 12);
+    }
+    CHECK(kinds == std::map<std::string, int>{{"noisy", 5}, {"revised", 5}, {"sampled", 5}});
+  }
+  const json& pairs = report["pairs"];
+  REQUIRE(pairs.size() > 0);
+  for (const char* k : {"groups", "pairs", "groups_with_pairs", "groups_too_few_candidates", "groups_no_margin",
+                        "nonfinite_candidates", "duplicate_candidates"})
+    CHECK(report["selection_report"].contains(k));
+  for (const auto& pr : pairs) {
+    CHECK(pr["margin"].get<double>() > 0);
+    CHECK(pr["chosen"]["reward"].get<double>() > pr["rejected"]["reward"].get<double>());
+    for (const char* side : {"chosen", "rejected"}) {
+      const json& s = pr[side];
+      CHECK(s["logp_clean"].size() == s["token_ids"].size());
+      CHECK(s["logp_corrupt"].size() == s["token_ids"].size());
+    }
+  }
+
+  // LLaMA-Factory sharegpt ranking format and its dataset_info.json entry.
+  const json lf = load(dir / "llamafactory/consr_preference.json");
+  REQUIRE(lf.is_array());
+  REQUIRE(lf.size() == pairs.size());
+  for (std::size_t k = 0; k < lf.size(); ++k) {
+    const json& e = lf[k];
+    REQUIRE(e["conversations"].size() == 1);
+    CHECK(e["conversations"][0]["from"] == "human");
+    const std::string value = e["conversations"][0]["value"];
+    CHECK(value.rfind("<image>", 0) == 0);
+    CHECK(value.find("<image>", 1) == std::string::npos);  // one placeholder per image
+    REQUIRE(e["images"].size() == 1);
+    CHECK(fs::is_regular_file(e["images"][0].get<std::string>()));
+    CHECK(e["chosen"]["from"] == "gpt");
+    CHECK(e["rejected"]["from"] == "gpt");
+    CHECK(e["chosen"]["value"] == pairs[k]["chosen"]["text"]);
+    CHECK(e["rejected"]["value"] == pairs[k]["rejected"]["text"]);
+  }
+  const json info = load(dir / "llamafactory/dataset_info.json");
+  const json& entry = info["consr_preference"];
+  CHECK(entry["file_name"] == "consr_preference.json");
+  CHECK(entry["formatting"] == "sharegpt");
+  CHECK(entry["ranking"] == true);
+  CHECK(entry["columns"] == json{{"messages", "conversations"}, {"chosen", "chosen"}, {"rejected", "rejected"}, {"images", "images"}});
+
+  // LLaVA-OV DPO records: exactly id, prompt, answer (empty), image, chosen, rejected.
+  const json llava = load(dir / "llava_ov_dpo.json");
+  REQUIRE(llava.size() == pairs.size());
+  std::set<std::string> ids;
+  for (std::size_t k = 0; k < llava.size(); ++k) {
+    const json& e = llava[k];
+    std::set<std::string> keys;
+    for (auto it = e.begin(); it != e.end(); ++it) keys.insert(it.key());
+    CHECK(keys == std::set<std::string>{"id", "prompt", "answer", "image", "chosen", "rejected"});
+    CHECK(e["answer"] == "");
+    CHECK(e["prompt"].get<std::string>().find("<image>") == std::string::npos);
+    CHECK(e["chosen"] == pairs[k]["chosen"]["text"]);
+    CHECK(ids.insert(e["id"].get<std::string>()).second);
+  }
+
+  // Training: finite per-step values, the initial loss is log 2 (policy = reference), and the
+  // demo learning rate lowers the DPO loss on the training pairs.
+  const json train = load(dir / "train_log.json");
+  REQUIRE(train["steps"].size() == 2 * pairs.size());  // 2 epochs, batch 1
+  for (const auto& s : train["steps"])
+    for (const char* k : {"loss", "dpo_loss", "reward_margin", "accuracy", "margin_logit"}) {
+      INFO(k);
+      CHECK(std::isfinite(s[k].get<double>()));
+    }
+  CHECK(train["initial"]["dpo_loss"].get<double>() == Approx(std::log(2.0)).margin(1e-6));
+  CHECK(train["steps"][0]["dpo_loss"].get<double>() == Approx(std::log(2.0)).margin(1e-6));
+  CHECK(train["final"]["dpo_loss"].get<double>() < train["initial"]["dpo_loss"].get<double>());
+  CHECK(train["final"]["reward_margin"].get<double>() > 0);
+  check_adapter(dir, 8, train["lora_modules"].get<std::size_t>());
+}
+
+TEST_CASE("pipeline: the same seed gives byte-identical artefacts, another seed other samples", "[pipeline]") {
+  const fs::path& a = default_run();
+  cp::options o = tiny_options("same_seed");
+  run_fresh(o);
+  for (const auto& f : artefacts) {
+    INFO(f);
+    CHECK(slurp(a / f) == slurp(fs::path(o.output_dir) / f));
+  }
+  cp::options other = tiny_options("other_seed");
+  other.seed = 7;
+  other.target = cp::stage::candidates;
+  run_fresh(other);
+  const json c0 = load(a / "candidates.json"), c1 = load(fs::path(other.output_dir) / "candidates.json");
+  CHECK(c0["items"][0]["candidates"][0]["token_ids"] != c1["items"][0]["candidates"][0]["token_ids"]);
+}
+
+TEST_CASE("pipeline: the report's rewards and pairs equal an independent recomputation", "[pipeline]") {
+  CHECK(check_report_against_recomputation(default_run(), 0.8) > 0);
+
+  // Another λ.
+  cp::options o = tiny_options("lambda");
+  o.lambda = 0.3;
+  o.target = cp::stage::write;
+  run_fresh(o);
+  CHECK(check_report_against_recomputation(o.output_dir, 0.3) > 0);
+}
+
+TEST_CASE("pipeline: reruns resume — stages by fingerprint, items from checkpoints", "[pipeline]") {
+  cp::options o = tiny_options("resume");
+  run_fresh(o);
+  const fs::path dir = o.output_dir;
+  std::map<std::string, std::string> before;
+  for (const auto& f : artefacts) before[f] = slurp(dir / f);
+
+  // Nothing changed: every stage is skipped and nothing is rewritten.
+  std::string log;
+  auto r = run_again(o, &log);
+  for (const auto& s : r) CHECK_FALSE(s.ran);
+  for (const auto& f : artefacts) CHECK(slurp(dir / f) == before[f]);
+
+  // A training option changes only the training.
+  o.learning_rate = 2e-3;
+  r = run_again(o);
+  for (const auto& s : r) CHECK(s.ran == (s.which == cp::stage::train));
+  CHECK(slurp(dir / "report.json") == before["report.json"]);
+  CHECK(slurp(dir / "train_log.json") != before["train_log.json"]);
+  o.learning_rate = 1e-3;
+
+  // A recomputed stage that gives the same bytes does not invalidate the stages after it.
+  fs::remove(dir / "candidates.json");
+  r = run_again(o);
+  for (const auto& s : r) CHECK(s.ran == (s.which == cp::stage::candidates || s.which == cp::stage::train));
+  for (const auto& f : artefacts) CHECK(slurp(dir / f) == before[f]);
+
+  // An interrupted stage resumes from its per-item checkpoints: plant item 1's checkpoint (marked),
+  // drop the artefact, and the rerun takes the item from the checkpoint instead of generating it.
+  json cand = load(dir / "candidates.json");
+  json result = cand["items"][1];
+  result["candidates"][0]["text"] = "RESUMED FROM CHECKPOINT";
+  write_text(dir / "partial" / "candidates" / "1.json",
+             json{{"settings_fnv1a", cand["settings_fnv1a"]}, {"result", result}}.dump());
+  fs::remove(dir / "candidates.json");
+  o.target = cp::stage::candidates;
+  r = run_again(o, &log);
+  CHECK(log.find("1 item(s) resumed") != std::string::npos);
+  cand = load(dir / "candidates.json");
+  CHECK(cand["items"][1]["candidates"][0]["text"] == "RESUMED FROM CHECKPOINT");
+  CHECK(cand["items"][0] == load(default_run() / "candidates.json")["items"][0]);
+  CHECK_FALSE(fs::exists(dir / "partial"));
+
+  // --force recomputes the target even when it is up to date.
+  o.force = true;
+  r = run_again(o);
+  CHECK(r.back().ran);
+  CHECK(slurp(dir / "candidates.json") == before["candidates.json"]);
+}
+
+TEST_CASE("pipeline: bad input is an error naming the file or argument, with nothing written", "[pipeline]") {
+  const fs::path scratch = test_root / "bad";
+  fs::remove_all(scratch);
+  const std::string image = fixtures + "/models/images/qwen_a_101x159.png";
+  write_text(scratch / "missing_image.json", R"([{"id": "a", "image": "does_not_exist.png", "prompt": "q"}])");
+  write_text(scratch / "bad.json", R"([{"id": "a", "image": "x.png", "prompt": )");
+  write_text(scratch / "bad.jsonl", "{\"id\": \"a\", \"image\": \"" + image + "\", \"prompt\": \"q\"}\n{\"id\": \"b\",\n");
+  write_text(scratch / "empty.json", "[]");
+  write_text(scratch / "empty_prompt.json", R"([{"id": "a", "image": ")" + image + R"(", "prompt": "  "}])");
+  write_text(scratch / "duplicate.json", R"([{"id": "a", "image": ")" + image + R"(", "prompt": "q"}, {"id": "a", "image": ")" +
+                                             image + R"(", "prompt": "r"}])");
+  write_text(scratch / "not_an_image.png", "this is not a PNG file");
+  write_text(scratch / "undecodable.json", R"([{"id": "a", "image": "not_an_image.png", "prompt": "q"}])");
+  fs::create_directories(scratch / "empty_model_dir");
+
+  struct bad_case {
+    std::string args;
+    std::vector<std::string> message;  // every part must appear in the error
+  };
+  const std::string in = " --input '" + scratch.string();
+  const std::vector<bad_case> cases{
+      {in + "/missing_image.json'", {"missing_image.json", "item 0", "does_not_exist.png", "does not exist"}},
+      {in + "/bad.json'", {"bad.json", "not valid JSON"}},
+      {in + "/bad.jsonl'", {"bad.jsonl", "line 2", "not valid JSON"}},
+      {in + "/empty.json'", {"empty.json", "the item list is empty"}},
+      {in + "/empty_prompt.json'", {"empty_prompt.json", "'prompt' is empty"}},
+      {in + "/duplicate.json'", {"duplicate.json", "item 1", "duplicate id"}},
+      {in + "/undecodable.json'", {"not_an_image.png", "cannot be used"}},
+      {in + "/no_such_file.json'", {"--input", "no_such_file.json", "does not exist"}},
+      {" --model '" + (scratch / "empty_model_dir").string() + "' --profile demo", {"--model", "empty_model_dir", "config.json"}},
+      {" --lambda 1.5", {"--lambda", "[0, 1]"}},
+      {" --num-revised 6", {"--num-revised"}},
+      {" --max-new-tokens abc", {"--max-new-tokens", "not an integer"}},
+      {" --frobnicate 1", {"--frobnicate", "unknown option"}},
+      {" --profile paper", {"--model", "no model directory"}},
+  };
+  for (std::size_t k = 0; k < cases.size(); ++k) {
+    const fs::path out = scratch / ("out_" + std::to_string(k));
+    INFO("args:" << cases[k].args);
+    const command_result r = run_command(cases[k].args + " --out '" + out.string() + "'", scratch);
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("error: ", 0) == 0);
+    for (const auto& part : cases[k].message) CHECK(r.err.find(part) != std::string::npos);
+    CHECK_FALSE(fs::exists(out));  // validated before anything is created
+  }
+
+  // The library throws the same errors.
+  cp::options o = tiny_options("bad_lib");
+  o.input = (scratch / "missing_image.json").string();
+  CHECK_THROWS_WITH(cp::run_pipeline(o, std::cout), Catch::Contains("does_not_exist.png"));
+  CHECK_FALSE(fs::exists(o.output_dir));
+  o = tiny_options("bad_lib");
+  o.model_dir = (scratch / "empty_model_dir").string();
+  CHECK_THROWS_WITH(cp::run_pipeline(o, std::cout), Catch::Contains("config.json"));
+
+  // A later stage alone needs its inputs: an empty out dir recomputes them rather than failing,
+  // but a training run on a report without pairs is a named error.
+  o = tiny_options("no_pairs");
+  o.min_margin = 1.0;  // rewards are ~1e-5 on the random model: no pair passes
+  o.target = cp::stage::train;
+  fs::remove_all(o.output_dir);
+  CHECK_THROWS_WITH(cp::run_pipeline(o, std::cout), Catch::Contains("no preference pairs"));
+  CHECK(fs::is_regular_file(fs::path(o.output_dir) / "report.json"));
+  CHECK_FALSE(fs::exists(fs::path(o.output_dir) / "train_log.json"));
+  CHECK_FALSE(fs::exists(fs::path(o.output_dir) / "adapter"));
+}
+
+TEST_CASE("pipeline: bfloat16 training (fp32 master weights) moves the adapter", "[pipeline]") {
+  cp::options o = tiny_options("bf16");
+  o.dtype = "bfloat16";
+  o.num_sampled = 3;
+  o.num_revised = 1;
+  o.num_noisy = 2;
+  run_fresh(o);
+  const json train = load(fs::path(o.output_dir) / "train_log.json");
+  for (const auto& s : train["steps"]) CHECK(std::isfinite(s["dpo_loss"].get<double>()));
+  CHECK(train["final"]["dpo_loss"].get<double>() < train["initial"]["dpo_loss"].get<double>());
+  check_adapter(o.output_dir, 8, train["lora_modules"].get<std::size_t>());
+}
+
+TEST_CASE("pipeline: LLaVA-OneVision end to end", "[pipeline][llava]") {
+  cp::options o = cp::default_options(cp::profile::demo);
+  o.model_dir = fixtures + "/models/llava_onevision_tiny";
+  o.output_dir = (test_root / "llava").string();
+  const fs::path input = test_root / "llava_input.jsonl";
+  write_text(input, "{\"id\": 17, \"image\": \"" + fixtures + "/models/images/photo_48x64.jpg\", \"prompt\": \"What is this?\"}\n");
+  o.input = input.string();
+  o.num_sampled = 2;
+  o.num_revised = 2;
+  o.num_noisy = 2;
+  o.max_new_tokens = 8;
+  o.description_max_new_tokens = 8;
+  o.epochs = 2;
+  run_fresh(o);
+  const fs::path dir = o.output_dir;
+  for (const auto& f : artefacts) {
+    INFO(f);
+    CHECK(fs::is_regular_file(dir / f));
+  }
+  const json report = load(dir / "report.json");
+  CHECK(report["model"]["model_type"] == "llava_onevision");
+  CHECK(report["items"][0]["id"] == "17");
+  CHECK(report["items"][0]["candidates"].size() == 6);
+  REQUIRE(check_report_against_recomputation(dir, 0.8) == 1);
+  const json llava = load(dir / "llava_ov_dpo.json");
+  CHECK(llava[0]["id"] == "17");
+  const json train = load(dir / "train_log.json");
+  CHECK(train["steps"].size() == 2);
+  CHECK(train["final"]["dpo_loss"].get<double>() < train["initial"]["dpo_loss"].get<double>());
+  check_adapter(dir, 8, train["lora_modules"].get<std::size_t>());
+}
