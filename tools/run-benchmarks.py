@@ -167,6 +167,34 @@ def parse_one_result_file(path):
     return results, data.get("context", {})
 
 
+def disturbed_runs(paths):
+    """Executables whose all-cores probe did not beat their 1-thread probe: another process was
+    using the other cores while they ran, so their all-cores rows understate consr and LibTorch."""
+    notes = []
+    for path in paths:
+        try:
+            one, _ = parse_one_result_file(path)
+        except (OSError, ValueError):
+            continue
+        probes = {t: r for (k, i, sz, t), r in one.items() if k == "stream_read" and r.min_ms}
+        if len(probes) < 2:
+            continue
+        lo, hi = min(probes), max(probes)
+        bw_lo = probes[lo].bytes() / probes[lo].min_ms
+        bw_hi = probes[hi].bytes() / probes[hi].min_ms
+        # A consr kernel slower with all cores than with one (serial kernels take the same time).
+        slower = sorted({"`%s` %s" % (k, sz) for (k, i, sz, t), r in one.items()
+                         if i == "consr" and t == hi and r.min_ms and (k, i, sz, lo) in one
+                         and one[(k, i, sz, lo)].min_ms and r.min_ms > 1.15 * one[(k, i, sz, lo)].min_ms})
+        name = os.path.basename(path).replace(".json", "")
+        if bw_hi < 1.2 * bw_lo:
+            notes.append("`%s` (its read probe: %.1f GB/s at %d threads, %.1f GB/s at 1)" % (
+                name, bw_hi * 1e-6, hi, bw_lo * 1e-6))
+        elif slower:
+            notes.append("`%s` (slower at %d threads than at 1: %s)" % (name, hi, ", ".join(slower)))
+    return notes
+
+
 def bandwidth_limits(results):
     """Bytes/s of the STREAM-like probe per (pattern, threads): the best store kind of each pattern."""
     limits = {}
@@ -530,7 +558,7 @@ def summary_line(rows):
     return "**At a glance:** " + "; ".join(parts) + "."
 
 
-def generated_block(args, results, context, gpu_paths):
+def generated_block(args, results, context, gpu_paths, disturbed=()):
     limits = bandwidth_limits(results)
     rows = comparison_rows(results, limits)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -554,6 +582,12 @@ def generated_block(args, results, context, gpu_paths):
         "",
         summary_line(rows),
         "",
+    ]
+    if disturbed:
+        parts += ["**Disturbed run:** the all-cores rows of " + "; ".join(disturbed) + " were measured while other "
+                  "processes used the cores (a probe that gains less than 20 % from the extra threads, or a "
+                  "kernel slower with them); rerun on a quiet machine before reading those rows.", ""]
+    parts += [
         "Speed-up = baseline time / consr time (**bold** where consr is faster). Share of limit = consr's",
         "bytes per second (the bytes the operation must move: inputs read once, outputs written once) over",
         "the probe bandwidth of the same access pattern at the same thread count (table below).",
@@ -666,7 +700,7 @@ def main():
     if not args.gpu_results:
         gpu_paths = latest_gpu_results()
     results, context = parse_results(paths)
-    block = generated_block(args, results, context or {}, gpu_paths)
+    block = generated_block(args, results, context or {}, gpu_paths, disturbed_runs(paths))
     write_doc(args.output, block)
     log("wrote %s" % os.path.relpath(args.output, ROOT))
 
