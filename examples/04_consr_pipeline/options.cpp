@@ -92,6 +92,12 @@ void validate_options(const options& o) {
   require(!o.output_dir.empty(), "--out", "empty output directory");
   require(o.dtype == "float32" || o.dtype == "bfloat16", "--dtype", "is '" + o.dtype + "' but must be float32 or bfloat16");
   require(o.device == "cpu" || o.device.rfind("cuda", 0) == 0, "--device", "is '" + o.device + "' but must be cpu or cuda[:n]");
+  require(o.image_max_pixels >= 0, "--image-max-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
+                                                          std::to_string(o.image_max_pixels));
+  require(o.image_min_pixels >= 0, "--image-min-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
+                                                          std::to_string(o.image_min_pixels));
+  require(o.lora_naming == "checkpoint" || o.lora_naming == "transformers5", "--lora-naming",
+          "is '" + o.lora_naming + "' but must be checkpoint or transformers5");
   require(o.description_max_new_tokens >= 1, "--description-max-new-tokens",
           "must be >= 1, got " + std::to_string(o.description_max_new_tokens));
   require(std::isfinite(o.description_temperature) && o.description_temperature >= 0, "--description-temperature",
@@ -244,6 +250,7 @@ options parse_command_line(int argc, const char* const* argv, bool* help) {
     }
     // Flags without a value.
     if (a == "--force") { o.force = true; continue; }
+    if (a == "--fresh") { o.fresh = true; continue; }
     if (a == "--skip-duplicates") { o.skip_duplicates = true; continue; }
     if (a == "--no-length-normalize") { o.length_normalize = false; continue; }
     if (a == "--no-visual-weights") { o.visual_weights = false; continue; }
@@ -256,6 +263,9 @@ options parse_command_line(int argc, const char* const* argv, bool* help) {
     else if (a == "--seed") o.seed = parse_uint(a, v);
     else if (a == "--dtype") o.dtype = v;
     else if (a == "--device") o.device = v;
+    else if (a == "--image-max-pixels") o.image_max_pixels = parse_int(a, v);
+    else if (a == "--image-min-pixels") o.image_min_pixels = parse_int(a, v);
+    else if (a == "--lora-naming") o.lora_naming = v;
     else if (a == "--description-max-new-tokens") o.description_max_new_tokens = parse_int(a, v);
     else if (a == "--description-temperature") o.description_temperature = parse_double(a, v);
     else if (a == "--num-sampled") o.num_sampled = parse_int(a, v);
@@ -304,8 +314,10 @@ std::string usage(const std::string& program) {
      << "  --model DIR         Qwen2.5-VL or LLaVA-OneVision checkpoint directory (default: the tiny Qwen fixture)\n"
      << "  --out DIR           output directory (default consr_pipeline_out)\n"
      << "  --profile P         paper | demo: the defaults (default: demo without --model, paper with it)\n"
-     << "  --seed N            run seed (default 0)   --force  recompute the target stage\n"
+     << "  --seed N            run seed (default 0)\n"
+     << "  --force             recompute the target stage   --fresh  recompute every stage\n"
      << "  --dtype float32|bfloat16   --device cpu|cuda[:n]\n"
+     << "  --image-max-pixels N  --image-min-pixels N   Qwen2.5-VL resize bounds (default: preprocessor_config.json)\n"
      << "describe / candidates:\n"
      << "  --description-max-new-tokens N (512; demo 24)  --description-temperature T (0 = greedy)\n"
      << "  --num-sampled N (5) --num-revised N (5) --num-noisy N (5)  --temperature T (1.2)  --top-p P (1)\n"
@@ -319,7 +331,7 @@ std::string usage(const std::string& program) {
      << "  --lora-rank R (128; demo 8)  --lora-alpha A (256; demo 16)  --lora-targets q_proj,k_proj,...\n"
      << "  --lr LR (2e-7; demo 1e-3)  --weight-decay W (0)  --epochs E (1; demo 3)  --max-steps N (0 = all)\n"
      << "  --batch-size B (1)  --loss consr|standard  --beta B (0.1)  --no-length-normalize  --no-visual-weights\n"
-     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)\n";
+     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --lora-naming checkpoint|transformers5\n";
   return os.str();
 }
 

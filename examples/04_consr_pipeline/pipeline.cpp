@@ -429,14 +429,27 @@ class run_state {
     processors_.qwen = config.qwen2_5_vl.has_value();
     if (!fs::is_regular_file(fs::path(model_dir_) / "preprocessor_config.json", ec))
       fail("argument '--model': '" + o_.model_dir + "' has no preprocessor_config.json");
-    if (processors_.qwen) processors_.qwen_processor = cr::qwen2_vl_image_processor::from_file(model_dir_);
-    else processors_.llava_processor = cr::llava_onevision_image_processor::from_directory(model_dir_);
+    if (processors_.qwen) {
+      cr::qwen2_vl_processor_config pc = cr::qwen2_vl_image_processor::from_file(model_dir_).config();
+      if (o_.image_max_pixels > 0) pc.max_pixels = o_.image_max_pixels;
+      if (o_.image_min_pixels > 0) pc.min_pixels = o_.image_min_pixels;
+      if (pc.min_pixels > pc.max_pixels)
+        fail(std::string("argument '") + (o_.image_max_pixels > 0 ? "--image-max-pixels" : "--image-min-pixels") +
+             "': max_pixels " + std::to_string(pc.max_pixels) + " is below min_pixels " + std::to_string(pc.min_pixels));
+      processors_.qwen_processor.emplace(pc);
+    } else {
+      if (o_.image_max_pixels > 0 || o_.image_min_pixels > 0)
+        fail("argument '--image-max-pixels': applies to Qwen2.5-VL only (LLaVA-OneVision tiles at a fixed size)");
+      processors_.llava_processor = cr::llava_onevision_image_processor::from_directory(model_dir_);
+    }
 
     items_ = load_items(o_);
-    // Every image must decode and be accepted by the processor before anything is written.
+    // Every image must decode and be accepted by the processor before anything is written (decoding
+    // and the size rules only: the resize itself happens when a stage needs the pixels).
     for (std::size_t i = 0; i < items_.size(); ++i) {
       try {
-        (void)processors_.normalize(items_[i].image);
+        const cr::rgb_image image = cr::load_image(items_[i].image);
+        if (processors_.qwen) (void)processors_.qwen_processor->resized_size(image.height(), image.width());
       } catch (const std::exception& e) {
         fail("item " + std::to_string(i) + " (id '" + items_[i].id + "'): image '" + items_[i].image +
              "' cannot be used: " + e.what());
@@ -457,6 +470,10 @@ class run_state {
     std::sort(files.begin(), files.end());
     for (const auto& f : files) weights.push_back(json::array({f.filename().string(), fs::file_size(f)}));
     model_identity_["weights"] = weights;
+    if (processors_.qwen) {
+      model_identity_["image_min_pixels"] = processors_.qwen_processor->config().min_pixels;
+      model_identity_["image_max_pixels"] = processors_.qwen_processor->config().max_pixels;
+    }
     model_identity_["dtype"] = o_.dtype;
     model_identity_["device"] = o_.device;
 
@@ -477,7 +494,7 @@ class run_state {
       const std::string hash = fnv1a_hex(settings.dump());
       stage_result r;
       r.which = which;
-      const bool forced = o_.force && which == o_.target;
+      const bool forced = o_.fresh || (o_.force && which == o_.target);
       if (!forced && up_to_date(which, hash)) {
         r.summary = "up to date (" + std::string(artefact_of(which)) + ")";
         log_ << "[" << to_string(which) << "] " << r.summary << "\n";
@@ -609,7 +626,10 @@ class run_state {
         j["upstream"] = {{"report", artefact_hash(stage_files::report)}};
         j["model"] = model_identity_;
         j["seed"] = o_.seed;
-        j["lora"] = {{"rank", o_.lora_rank}, {"alpha", o_.lora_alpha}, {"targets", o_.lora_targets}};
+        j["lora"] = {{"rank", o_.lora_rank},
+                     {"alpha", o_.lora_alpha},
+                     {"targets", o_.lora_targets},
+                     {"naming", o_.lora_naming}};
         j["learning_rate"] = o_.learning_rate;
         j["weight_decay"] = o_.weight_decay;
         j["epochs"] = o_.epochs;
@@ -1393,7 +1413,8 @@ class run_state {
     const fs::path adapter = out_ / stage_files::adapter;
     const fs::path tmp = out_ / (std::string(stage_files::adapter) + ".tmp");
     fs::remove_all(tmp);
-    cr::save_lora_adapter(*m.model, lora, tmp.string(), model_dir_);
+    cr::save_lora_adapter(*m.model, lora, tmp.string(), model_dir_,
+                          o_.lora_naming == "transformers5" ? cr::lora_naming::transformers5 : cr::lora_naming::checkpoint);
     fs::remove_all(adapter);
     fs::rename(tmp, adapter);
 

@@ -71,11 +71,17 @@ struct options {
   std::string model_dir;        ///< a Hugging Face model directory (Qwen2.5-VL or LLaVA-OneVision)
   std::string output_dir = "consr_pipeline_out";
   bool force = false;           ///< recompute the target stage even when its artefact is up to date
+  bool fresh = false;           ///< recompute every stage (ignore existing artefacts and checkpoints)
   std::uint64_t seed = 0;       ///< every random draw derives from it (sampling, noise, LoRA init, order)
   std::string dtype = "float32";  ///< float32 | bfloat16
   std::string device = "cpu";     ///< cpu | cuda[:n]
   profile defaults = profile::paper;
   prompt_templates prompts = paper_prompts();
+  /// Qwen2.5-VL only: override preprocessor_config.json's pixel bounds (0 = the file's). The hub
+  /// file allows 12.8 M pixels (16 k image tokens); LLaMA-Factory trains at image_max_pixels =
+  /// 768·768 by default, so pass 589824 to score at the resolution it will train at.
+  std::int64_t image_max_pixels = 0;
+  std::int64_t image_min_pixels = 0;
 
   // ---- 1. describe -------------------------------------------------------------------------------
   std::int64_t description_max_new_tokens = 512;
@@ -117,6 +123,10 @@ struct options {
   double visual_alpha = 0.5;  ///< α of eq. 13
   double clip_lo = 0.0;
   double clip_hi = 0.2;
+  /// Module paths in the saved adapter: "checkpoint" (the checkpoint's own naming, e.g.
+  /// model.layers.* for the Qwen2.5-VL hub files) or "transformers5" (model.language_model.layers.*,
+  /// what peft.PeftModel.from_pretrained needs for Qwen2.5-VL with transformers >= 4.52); lora.hpp.
+  std::string lora_naming = "checkpoint";
 };
 
 /// Every option at its default for `p`; model_dir is the tiny Qwen2.5-VL fixture for profile::demo

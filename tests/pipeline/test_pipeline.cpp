@@ -376,12 +376,39 @@ TEST_CASE("pipeline: the same seed gives byte-identical artefacts, another seed 
 TEST_CASE("pipeline: the report's rewards and pairs equal an independent recomputation", "[pipeline]") {
   CHECK(check_report_against_recomputation(default_run(), 0.8) > 0);
 
-  // Another λ.
+  // Another λ, and an unusable candidate (marked so in candidates.json, as the candidates stage
+  // marks a response holding an image placeholder): it is scored as an empty segment, gets no
+  // reward (null), is counted by the reward and selection reports and is never paired.
   cp::options o = tiny_options("lambda");
   o.lambda = 0.3;
-  o.target = cp::stage::write;
+  o.target = cp::stage::candidates;
   run_fresh(o);
-  CHECK(check_report_against_recomputation(o.output_dir, 0.3) > 0);
+  const fs::path dir = o.output_dir;
+  json cand = load(dir / "candidates.json");
+  cand["items"][0]["candidates"][3]["usable"] = false;
+  cand["items"][0]["candidates"][3]["unusable_reason"] = "marked by the test";
+  write_text(dir / "candidates.json", cand.dump(1));
+  o.target = cp::stage::write;
+  std::string log;
+  const auto r = run_again(o, &log);
+  CHECK_FALSE(r[1].ran);  // candidates: up to date (its fingerprint is of the options, not the file)
+  CHECK(r[2].ran);        // score: its upstream changed
+  CHECK(check_report_against_recomputation(dir, 0.3) > 0);
+  const json report = load(dir / "report.json");
+  const json& c3 = report["items"][0]["candidates"][3];
+  CHECK_FALSE(c3["usable"].get<bool>());
+  CHECK(c3["unusable_reason"] == "marked by the test");
+  CHECK(c3["P"].is_null());
+  CHECK(c3["r"].is_null());
+  CHECK(c3["scored_tokens"].get<int>() == 0);
+  CHECK(report["reward_report"]["empty_candidates"].get<int>() == 1);
+  CHECK(report["reward_report"]["empty_indices"] == json::array({3}));
+  CHECK(report["selection_report"]["nonfinite_candidates"].get<int>() == 1);
+  for (const auto& pr : report["pairs"])
+    if (pr["item"].get<int>() == 0) {
+      CHECK(pr["chosen"]["index"].get<int>() != 3);
+      CHECK(pr["rejected"]["index"].get<int>() != 3);
+    }
 }
 
 TEST_CASE("pipeline: reruns resume — stages by fingerprint, items from checkpoints", "[pipeline]") {
@@ -427,11 +454,20 @@ TEST_CASE("pipeline: reruns resume — stages by fingerprint, items from checkpo
   CHECK(cand["items"][0] == load(default_run() / "candidates.json")["items"][0]);
   CHECK_FALSE(fs::exists(dir / "partial"));
 
-  // --force recomputes the target even when it is up to date.
+  // --force recomputes the target even when it is up to date, --fresh every stage.
   o.force = true;
   r = run_again(o);
+  CHECK(r.size() == 2);
+  CHECK_FALSE(r.front().ran);
   CHECK(r.back().ran);
   CHECK(slurp(dir / "candidates.json") == before["candidates.json"]);
+  o.force = false;
+  o.fresh = true;
+  o.target = cp::stage::train;
+  r = run_again(o);
+  CHECK(r.size() == 5);
+  for (const auto& s : r) CHECK(s.ran);
+  for (const auto& f : artefacts) CHECK(slurp(dir / f) == before[f]);
 }
 
 TEST_CASE("pipeline: bad input is an error naming the file or argument, with nothing written", "[pipeline]") {
@@ -469,6 +505,12 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
       {" --max-new-tokens abc", {"--max-new-tokens", "not an integer"}},
       {" --frobnicate 1", {"--frobnicate", "unknown option"}},
       {" --profile paper", {"--model", "no model directory"}},
+      {" --image-max-pixels 100", {"--image-max-pixels", "below min_pixels"}},
+      {" --model '" + fixtures + "/models/llava_onevision_tiny' --profile demo --image-max-pixels 100000",
+       {"--image-max-pixels", "Qwen2.5-VL only"}},
+      {" --lora-naming peft", {"--lora-naming", "checkpoint or transformers5"}},
+      {" describe write", {"stage", "given twice"}},
+      {" finetune", {"stage", "'finetune'"}},
   };
   for (std::size_t k = 0; k < cases.size(); ++k) {
     const fs::path out = scratch / ("out_" + std::to_string(k));
