@@ -31,6 +31,8 @@
 
 namespace {
 
+// Test cases (at global scope) spell consr::bfloat16 / consr::float16 out: OpenBLAS's <cblas.h>,
+// included by cblas_gemm.hpp, declares a global `bfloat16` that would make the bare name ambiguous.
 using consr::bfloat16;
 using consr::float16;
 using consr::host_view;
@@ -364,8 +366,8 @@ TEST_CASE("fp32: within the GEMM rounding bound of the reference, and within 1e-
 }
 
 TEST_CASE("bf16 and fp16 inputs: within the fp32 bound of the reference of the rounded inputs", "[linear_logprobs]") {
-  sweep_against_reference<bfloat16>(0.0, 1e-5);
-  sweep_against_reference<float16>(0.0, 1e-5);
+  sweep_against_reference<consr::bfloat16>(0.0, 1e-5);
+  sweep_against_reference<consr::float16>(0.0, 1e-5);
 }
 
 TEST_CASE("fp32 at a wider vocabulary with several chunks: within bound and 1e-5", "[linear_logprobs]") {
@@ -591,7 +593,7 @@ TEST_CASE("workspace: size formula, caller-provided (unaligned) equals allocated
   // bf16 adds the widened hidden states and one widened chunk of W; chunk clamps to V.
   linear_logprob_options small;
   small.vocab_chunk = 100;
-  CHECK(consr::linear_token_logprobs_workspace_bytes<bfloat16>(10, 30, 70, small) ==
+  CHECK(consr::linear_token_logprobs_workspace_bytes<consr::bfloat16>(10, 30, 70, small) ==
         63 + a64(10 * 70 * 4) + 3 * a64(80) + a64(10 * 30 * 4) + a64(70 * 30 * 4));
   CHECK(consr::linear_token_logprobs_backward_workspace_bytes<double>(10, 30, 70, small) == 63 + a64(10 * 70 * 8));
   small.vocab_chunk = 0;
@@ -599,13 +601,14 @@ TEST_CASE("workspace: size formula, caller-provided (unaligned) equals allocated
         "options.vocab_chunk");
   CHECK(error_argument([] { consr::linear_token_logprobs_workspace_bytes<float>(-1, 1, 1); }) == "tokens");
 
-  const problem<bfloat16> p = make_problem<bfloat16>(7, 10, 45, true, 91);
+  const problem<consr::bfloat16> p = make_problem<consr::bfloat16>(7, 10, 45, true, 91);
   linear_logprob_options options;
   options.vocab_chunk = 16;
   options.temperature = 0.8;
-  const outputs<bfloat16> allocated = run<consr::loop_gemm>(p, options);
-  const std::size_t fwd_bytes = consr::linear_token_logprobs_workspace_bytes<bfloat16>(7, 10, 45, options);
-  const std::size_t bwd_bytes = consr::linear_token_logprobs_backward_workspace_bytes<bfloat16>(7, 10, 45, options);
+  const outputs<consr::bfloat16> allocated = run<consr::loop_gemm>(p, options);
+  const std::size_t fwd_bytes = consr::linear_token_logprobs_workspace_bytes<consr::bfloat16>(7, 10, 45, options);
+  const std::size_t bwd_bytes =
+      consr::linear_token_logprobs_backward_workspace_bytes<consr::bfloat16>(7, 10, 45, options);
   std::vector<std::byte> storage(std::max(fwd_bytes, bwd_bytes) + 3, std::byte{0xAB});
   std::byte* base = storage.data() + 3;  // deliberately misaligned
   std::vector<float> logp(7), lse(7), dh(70, 42.0f), dw(450, 0.0f), db(45, 0.0f);
