@@ -104,7 +104,8 @@ struct visual_weight_options {
 namespace detail {
 
 /// σ(x) = 1 / (1 + e^−x) without overflow: e^x is only taken of x <= 0.
-inline double stable_sigmoid(double x) noexcept {
+/// Host and device (consr/cuda/dpo.cuh) run this same code.
+CONSR_HOST_DEVICE inline double stable_sigmoid(double x) noexcept {
   if (x >= 0.0) return 1.0 / (1.0 + std::exp(-x));
   const double e = std::exp(x);  // x < 0 or NaN
   return e / (1.0 + e);
@@ -112,9 +113,10 @@ inline double stable_sigmoid(double x) noexcept {
 
 /// softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^−|x|): exact for large
 /// |x| (x itself, or e^x), never overflows; NaN propagates.
-inline double stable_softplus(double x) noexcept {
+CONSR_HOST_DEVICE inline double stable_softplus(double x) noexcept {
   if (std::isnan(x)) return x;
-  return std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
+  const double positive_part = x < 0.0 ? 0.0 : x;  // std::max(x, 0.0), which nvcc cannot call on the device
+  return positive_part + std::log1p(std::exp(-std::fabs(x)));
 }
 
 /// Names of one side's arguments, for error messages.
@@ -135,14 +137,15 @@ inline constexpr dpo_side_names dpo_rejected_names{"rejected",         "rejected
                                                    "rejected.reference_logp", "rejected.reference_logp_sum",
                                                    "rejected.labels",  "rejected.weights",     "|y_l|"};
 
-inline bool dpo_uses_weights(const dpo_options& o) noexcept {
+CONSR_HOST_DEVICE inline bool dpo_uses_weights(const dpo_options& o) noexcept {
   return o.loss == dpo_loss_type::consr && o.visual_weights;
 }
-inline bool dpo_uses_length_normalization(const dpo_options& o) noexcept {
+CONSR_HOST_DEVICE inline bool dpo_uses_length_normalization(const dpo_options& o) noexcept {
   return o.loss == dpo_loss_type::consr && o.length_normalize;
 }
 
-/// Sums of one side of one pair over its scored tokens.
+/// Sums of one side of one pair over its scored tokens (the device kernels
+/// reduce into this type too).
 struct dpo_side_sums {
   double log_ratio = 0.0;        ///< Σ (a − a_ref)
   double weighted_policy = 0.0;  ///< Σ ω a (ω = 1 without weights)
@@ -182,38 +185,53 @@ struct dpo_pair_terms {
   double sigma_neg;        ///< σ(−Δ')
   double chosen_reward;    ///< β Σ(a − a_ref)
   double rejected_reward;  ///< β Σ(b − b_ref)
+  double reward_margin;    ///< chosen_reward − rejected_reward
   double dpo_loss;         ///< softplus(−Δ')
   double objective;        ///< L (standard) or L' (consr)
   double grad_scale;       ///< |∂L/∂a_t| / ω_t = σ(−Δ')·β (standard, or consr with scale_by_beta) or σ(−Δ')
 };
 
-template <class T, class Offset, class Label>
-dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
-                        index_t pair, const dpo_options& o) {
-  const dpo_side_sums w = dpo_side(chosen, pair, o);
-  const dpo_side_sums l = dpo_side(rejected, pair, o);
+/// A pair's terms from the sums of its two sides: eqs. 7, 8, 11 and 14. The
+/// host (dpo_pair) and the device kernels (consr/cuda/dpo.cuh) both call this
+/// function, so the two cannot drift apart. Every product is mul_rn, so no
+/// compiler can contract it into an fma with the subtraction that follows:
+/// Δ(chosen, rejected) = −Δ(rejected, chosen) exactly, under any contraction
+/// policy and on either side. With length normalization a side with no
+/// scored token gives Δ' = NaN (and NaN terms); the host rejects such pairs
+/// before, the device reports them.
+CONSR_HOST_DEVICE inline dpo_pair_terms dpo_pair_from_sums(const dpo_side_sums& w, const dpo_side_sums& l,
+                                                         const dpo_options& o) noexcept {
   const double beta = o.beta;
   dpo_pair_terms p{};
   if (dpo_uses_length_normalization(o)) {
-    // eq. 11; the lengths were checked to be > 0 at the boundary.
+    // eq. 11
     const double nw = static_cast<double>(w.length), nl = static_cast<double>(l.length);
-    p.delta = 0.5 * (nw + nl) * (beta / nw * w.log_ratio - beta / nl * l.log_ratio);
+    p.delta = w.length > 0 && l.length > 0
+                  ? mul_rn(0.5 * (nw + nl), mul_rn(beta / nw, w.log_ratio) - mul_rn(beta / nl, l.log_ratio))
+                  : quiet_nan_double();
   } else {
-    p.delta = beta * (w.log_ratio - l.log_ratio);  // eq. 7; the same expression for both losses
+    p.delta = mul_rn(beta, w.log_ratio - l.log_ratio);  // eq. 7; the same expression for both losses
   }
   p.sigma_neg = stable_sigmoid(-p.delta);
-  p.chosen_reward = beta * w.log_ratio;
-  p.rejected_reward = beta * l.log_ratio;
+  p.chosen_reward = mul_rn(beta, w.log_ratio);
+  p.rejected_reward = mul_rn(beta, l.log_ratio);
+  p.reward_margin = p.chosen_reward - p.rejected_reward;
   p.dpo_loss = stable_softplus(-p.delta);
   if (o.loss == dpo_loss_type::standard) {
     p.objective = p.dpo_loss;
-    p.grad_scale = p.sigma_neg * beta;  // eq. 8
+    p.grad_scale = mul_rn(p.sigma_neg, beta);  // eq. 8
   } else {
     const double factor = o.scale_by_beta ? beta : 1.0;
-    p.grad_scale = p.sigma_neg * factor;
-    p.objective = -p.grad_scale * (w.weighted_policy - l.weighted_policy);  // eq. 14
+    p.grad_scale = mul_rn(p.sigma_neg, factor);
+    p.objective = mul_rn(-p.grad_scale, w.weighted_policy - l.weighted_policy);  // eq. 14
   }
   return p;
+}
+
+template <class T, class Offset, class Label>
+dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                        index_t pair, const dpo_options& o) {
+  return dpo_pair_from_sums(dpo_side(chosen, pair, o), dpo_side(rejected, pair, o), o);
 }
 
 template <class T, class Offset, class Label>
@@ -278,6 +296,21 @@ index_t dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_seque
   dpo_check_lengths(chosen, num_chosen, o, dpo_chosen_names, fn);
   dpo_check_lengths(rejected, num_chosen, o, dpo_rejected_names, fn);
   return num_chosen;
+}
+
+/// ω_t of eq. 13 from one token's log-probs under (x, I) and (x, Ĩ), in
+/// double; sign = +1 (chosen) or −1 (rejected). Host and device
+/// (consr/cuda/dpo.cuh) both call this. No product feeds an addition except
+/// sign·c, which is exact, so FMA contraction cannot change the result.
+CONSR_HOST_DEVICE inline double visual_weight(double logp_clean, double logp_corrupt, double sign,
+                                              const visual_weight_options& o) noexcept {
+  const double delta_p = std::exp(logp_clean) - std::exp(logp_corrupt);
+  const double scaled = o.alpha * delta_p;
+  // NaN must survive the clip (a max or min would drop it on one side). The two selections are
+  // std::max(scaled, lo) and std::min(·, hi), written out because nvcc cannot call those on the device.
+  const double at_least_lo = scaled < o.clip_lo ? o.clip_lo : scaled;
+  const double clipped = std::isnan(scaled) ? scaled : (o.clip_hi < at_least_lo ? o.clip_hi : at_least_lo);
+  return 1.0 + sign * clipped;
 }
 
 template <class T, class Offset, class Label>
@@ -368,7 +401,7 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
     if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
     if (metrics.rejected_reward.size() != 0) metrics.rejected_reward[i] = static_cast<T>(p.rejected_reward);
     if (metrics.reward_margin.size() != 0)
-      metrics.reward_margin[i] = static_cast<T>(p.chosen_reward - p.rejected_reward);
+      metrics.reward_margin[i] = static_cast<T>(p.reward_margin);
     if (metrics.accuracy.size() != 0) metrics.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
     if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
     if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
@@ -447,13 +480,9 @@ void visual_weights(host_view<V1, 1> logp_clean, host_view<V2, 1> logp_corrupt, 
   detail::check_extent(weights, 0, n, fn, "weights", "one weight per token");
   const double sign = side == weight_side::chosen ? 1.0 : -1.0;
   CONSR_OMP(parallel for schedule(static) if (n >= detail::segment_parallel_threshold))
-  for (index_t t = 0; t < n; ++t) {
-    const double delta_p = std::exp(to_accum<double>(logp_clean[t])) - std::exp(to_accum<double>(logp_corrupt[t]));
-    const double scaled = options.alpha * delta_p;
-    // NaN must survive the clip (std::max / std::min would drop it on one side).
-    const double clipped = std::isnan(scaled) ? scaled : std::min(std::max(scaled, options.clip_lo), options.clip_hi);
-    weights[t] = static_cast<W>(1.0 + sign * clipped);
-  }
+  for (index_t t = 0; t < n; ++t)
+    weights[t] = static_cast<W>(
+        detail::visual_weight(to_accum<double>(logp_clean[t]), to_accum<double>(logp_corrupt[t]), sign, options));
 }
 
 }  // namespace consr

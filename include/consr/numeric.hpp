@@ -8,6 +8,7 @@
 // vectorize; float -> 16-bit rounds to nearest even.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -27,6 +28,36 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE float bits_float(std::uint32_t u) noexcept {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+}
+
+/// a·b rounded once to double — the IEEE product, sign of zero included — on
+/// host and device, and never fused with a neighbouring addition. FMA
+/// contraction (GCC's default -ffp-contract=fast with -mfma or -march=native,
+/// nvcc's --fmad=true) may turn `a·b − c·d` into fma(a, b, −c·d), which is not
+/// antisymmetric under swapping the two products and differs between a host
+/// and a device build. Formulas whose results host and device must share, or
+/// whose symmetry is asserted (dpo.hpp, reward.hpp), form their products with
+/// this. On the host an fma with a +0 addend is the exactly rounded product
+/// that a compiler cannot fuse further; only an exactly zero product needs its
+/// sign restored (x + 0 is +0 for x = −0).
+CONSR_HOST_DEVICE inline double mul_rn(double a, double b) noexcept {
+#if CONSR_DEVICE_COMPILE
+  return __dmul_rn(a, b);
+#else
+  const double p = std::fma(a, b, 0.0);
+  if (p != 0.0) return p;  // NaN included
+  return std::signbit(a) != std::signbit(b) ? -0.0 : 0.0;
+#endif
+}
+
+/// The quiet NaN of std::numeric_limits<double>, on host and device (under
+/// nvcc, numeric_limits' constexpr members are host functions).
+CONSR_HOST_DEVICE inline double quiet_nan_double() noexcept {
+#if CONSR_DEVICE_COMPILE
+  return __longlong_as_double(0x7ff8000000000000ll);
+#else
+  return std::numeric_limits<double>::quiet_NaN();
+#endif
 }
 }  // namespace detail
 

@@ -5,8 +5,9 @@
 //
 // Kernels: one thread block per pair reduces both sides of the pair (scored
 // log-ratio Σ(a − a_ref), Σ ω a and |y|, in double, with cub::BlockReduce in a
-// fixed order) and evaluates the pair's terms exactly as the host does
-// (explicitly rounded double arithmetic, stable σ and softplus). The forward
+// fixed order) and evaluates the pair's terms with the host's own function
+// (consr::detail::dpo_pair_from_sums: explicitly rounded products, stable σ
+// and softplus), as visual_weights does with detail::visual_weight. The forward
 // writes the per-pair objective to temporary storage and a single block sums
 // it in a fixed order (deterministic, no atomics); the backward recomputes the
 // pair's terms and writes every token's gradient. Results are deterministic
@@ -85,26 +86,24 @@ struct dpo_side_args {
   index_t weights_stride;
 };
 
-struct dpo_sums {
-  double log_ratio;
-  double weighted_policy;
-  long long length;
-};
+/// The sums are the host twin's type (consr::detail::dpo_side_sums), so the
+/// pair's terms come from the same function on both sides.
+using ::consr::detail::dpo_side_sums;
 struct dpo_sums_plus {
-  __device__ dpo_sums operator()(const dpo_sums& a, const dpo_sums& b) const {
+  __device__ dpo_side_sums operator()(const dpo_side_sums& a, const dpo_side_sums& b) const {
     return {a.log_ratio + b.log_ratio, a.weighted_policy + b.weighted_policy, a.length + b.length};
   }
 };
 
 inline constexpr int dpo_block = 256;
-using dpo_block_reduce = cub::BlockReduce<dpo_sums, dpo_block>;
+using dpo_block_reduce = cub::BlockReduce<dpo_side_sums, dpo_block>;
 
 /// Side sums of pair i over its scored tokens (valid in thread 0), as the host's dpo_side.
 template <class T, class Offset, class Label>
-__device__ dpo_sums block_side_sums(const dpo_side_args<T, Offset, Label>& s, index_t i, std::int64_t ignore_index,
-                                    typename dpo_block_reduce::TempStorage& temp) {
+__device__ dpo_side_sums block_side_sums(const dpo_side_args<T, Offset, Label>& s, index_t i,
+                                         std::int64_t ignore_index, typename dpo_block_reduce::TempStorage& temp) {
   const index_t b = s.seg.begin(i), e = s.seg.end(i);
-  dpo_sums acc{0.0, 0.0, 0};
+  dpo_side_sums acc{0.0, 0.0, 0};
   for (index_t t = b + threadIdx.x; t < e; t += blockDim.x) {
     if (s.labels != nullptr && static_cast<std::int64_t>(s.labels[t * s.labels_stride]) == ignore_index) continue;
     const double a = static_cast<double>(s.policy[t * s.policy_stride]);
@@ -113,56 +112,14 @@ __device__ dpo_sums block_side_sums(const dpo_side_args<T, Offset, Label>& s, in
     ++acc.length;
   }
   __syncthreads();  // temp may still be in use by a previous reduction
-  dpo_sums r = dpo_block_reduce(temp).Reduce(acc, dpo_sums_plus{});
+  dpo_side_sums r = dpo_block_reduce(temp).Reduce(acc, dpo_sums_plus{});
   if (s.reference_sum != nullptr) r.log_ratio = __dsub_rn(r.log_ratio, static_cast<double>(s.reference_sum[i * s.reference_sum_stride]));
   return r;
 }
 
-/// σ(x) without overflow (host twin: detail::stable_sigmoid).
-__device__ inline double stable_sigmoid(double x) {
-  if (x >= 0.0) return __ddiv_rn(1.0, __dadd_rn(1.0, exp(-x)));
-  const double e = exp(x);
-  return __ddiv_rn(e, __dadd_rn(1.0, e));
-}
-/// softplus(x) = max(x, 0) + log1p(e^−|x|) (host twin: detail::stable_softplus).
-__device__ inline double stable_softplus(double x) {
-  if (isnan(x)) return x;
-  return __dadd_rn(x > 0.0 ? x : 0.0, log1p(exp(-fabs(x))));
-}
-
-struct dpo_terms {
-  double delta, sigma_neg, chosen_reward, rejected_reward, dpo_loss, objective, grad_scale;
-};
-
-/// The host's detail::dpo_pair, operation for operation.
-__device__ inline dpo_terms pair_terms(const dpo_sums& w, const dpo_sums& l, const dpo_options& o, bool& empty) {
-  const double beta = o.beta;
-  const bool consr_loss = o.loss == dpo_loss_type::consr;
-  dpo_terms p;
-  empty = false;
-  if (consr_loss && o.length_normalize) {
-    empty = w.length == 0 || l.length == 0;
-    const double nw = static_cast<double>(w.length), nl = static_cast<double>(l.length);
-    p.delta = empty ? quiet_nan<double>()
-                    : __dmul_rn(__dmul_rn(0.5, __dadd_rn(nw, nl)),
-                                __dsub_rn(__dmul_rn(__ddiv_rn(beta, nw), w.log_ratio),
-                                          __dmul_rn(__ddiv_rn(beta, nl), l.log_ratio)));
-  } else {
-    p.delta = __dmul_rn(beta, __dsub_rn(w.log_ratio, l.log_ratio));
-  }
-  p.sigma_neg = stable_sigmoid(-p.delta);
-  p.chosen_reward = __dmul_rn(beta, w.log_ratio);
-  p.rejected_reward = __dmul_rn(beta, l.log_ratio);
-  p.dpo_loss = stable_softplus(-p.delta);
-  if (!consr_loss) {
-    p.objective = p.dpo_loss;
-    p.grad_scale = __dmul_rn(p.sigma_neg, beta);
-  } else {
-    const double factor = o.scale_by_beta ? beta : 1.0;
-    p.grad_scale = __dmul_rn(p.sigma_neg, factor);
-    p.objective = __dmul_rn(-p.grad_scale, __dsub_rn(w.weighted_policy, l.weighted_policy));
-  }
-  return p;
+/// With length normalization, a side without a scored token (Δ' would divide by 0; its terms are NaN).
+__device__ inline bool dpo_pair_is_empty(const dpo_side_sums& w, const dpo_side_sums& l, const dpo_options& o) {
+  return ::consr::detail::dpo_uses_length_normalization(o) && (w.length == 0 || l.length == 0);
 }
 
 template <class T, class Offset, class Label>
@@ -172,19 +129,18 @@ __global__ void __launch_bounds__(dpo_block)
   __shared__ typename dpo_block_reduce::TempStorage temp;
   const index_t P = chosen.seg.num_segments;
   for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
-    const dpo_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
-    const dpo_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    const dpo_side_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
+    const dpo_side_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
     if (threadIdx.x == 0) {
-      bool empty = false;
-      const dpo_terms p = pair_terms(w, l, o, empty);
-      if (empty) report_error(error, status::empty_sequence, i);
+      if (dpo_pair_is_empty(w, l, o)) report_error(error, status::empty_sequence, i);
+      const ::consr::detail::dpo_pair_terms p = ::consr::detail::dpo_pair_from_sums(w, l, o);
       objective[i] = p.objective;
       if (m.margin_logit.size() != 0) m.margin_logit[i] = static_cast<T>(p.delta);
       if (m.sigma_neg.size() != 0) m.sigma_neg[i] = static_cast<T>(p.sigma_neg);
       if (m.chosen_reward.size() != 0) m.chosen_reward[i] = static_cast<T>(p.chosen_reward);
       if (m.rejected_reward.size() != 0) m.rejected_reward[i] = static_cast<T>(p.rejected_reward);
       if (m.reward_margin.size() != 0)
-        m.reward_margin[i] = static_cast<T>(__dsub_rn(p.chosen_reward, p.rejected_reward));
+        m.reward_margin[i] = static_cast<T>(p.reward_margin);
       if (m.accuracy.size() != 0) m.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
       if (m.dpo_loss.size() != 0) m.dpo_loss[i] = static_cast<T>(p.dpo_loss);
       if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
@@ -223,14 +179,13 @@ __global__ void __launch_bounds__(dpo_block)
   __shared__ typename dpo_block_reduce::TempStorage temp;
   __shared__ double g_shared;
   const index_t P = chosen.seg.num_segments;
-  const bool weighted = o.loss == dpo_loss_type::consr && o.visual_weights;
+  const bool weighted = ::consr::detail::dpo_uses_weights(o);
   for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
-    const dpo_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
-    const dpo_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    const dpo_side_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
+    const dpo_side_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
     if (threadIdx.x == 0) {
-      bool empty = false;
-      const dpo_terms p = pair_terms(w, l, o, empty);
-      if (empty) report_error(error, status::empty_sequence, i);
+      if (dpo_pair_is_empty(w, l, o)) report_error(error, status::empty_sequence, i);
+      const ::consr::detail::dpo_pair_terms p = ::consr::detail::dpo_pair_from_sums(w, l, o);
       double upstream;
       if (up.device == nullptr) {
         upstream = up.host_value;
@@ -391,17 +346,15 @@ status dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dp
   return to_status(cudaGetLastError());
 }
 
+/// ω_t for every token: the host twin's detail::visual_weight.
 template <class V1, class V2, class W>
 __global__ void visual_weights_kernel(const V1* clean, index_t clean_stride, const V2* corrupt,
                                       index_t corrupt_stride, W* weights, index_t weights_stride, index_t n,
-                                      double sign, double alpha, double lo, double hi) {
+                                      double sign, visual_weight_options o) {
   for (index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < n;
        t += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const double delta_p = __dsub_rn(exp(to_accum<double>(clean[t * clean_stride])),
-                                     exp(to_accum<double>(corrupt[t * corrupt_stride])));
-    const double scaled = __dmul_rn(alpha, delta_p);
-    const double clipped = isnan(scaled) ? scaled : fmin(fmax(scaled, lo), hi);
-    weights[t * weights_stride] = static_cast<W>(__dadd_rn(1.0, __dmul_rn(sign, clipped)));
+    weights[t * weights_stride] = static_cast<W>(::consr::detail::visual_weight(
+        to_accum<double>(clean[t * clean_stride]), to_accum<double>(corrupt[t * corrupt_stride]), sign, o));
   }
 }
 
@@ -544,8 +497,7 @@ status visual_weights(device_view<V1, 1> logp_clean, device_view<V2, 1> logp_cor
     detail::visual_weights_kernel<std::remove_cv_t<V1>, std::remove_cv_t<V2>, W>
         <<<detail::elementwise_grid(n), detail::elementwise_block, 0, stream>>>(
             logp_clean.data(), logp_clean.stride(0), logp_corrupt.data(), logp_corrupt.stride(0), weights.data(),
-            weights.stride(0), n, side == weight_side::chosen ? 1.0 : -1.0, options.alpha, options.clip_lo,
-            options.clip_hi);
+            weights.stride(0), n, side == weight_side::chosen ? 1.0 : -1.0, options);
     return to_status(cudaGetLastError());
   });
 }
