@@ -70,6 +70,39 @@ struct reward_report {
 
 namespace detail {
 
+/// One candidate's values of eqs. 1–6 (or their log-space versions).
+struct reward_terms {
+  double p, p_corrupt, p_semantic;  ///< eqs. 1–3 (or mean token log-probs in log space)
+  double s_semantic, s_corrupt;     ///< eqs. 4, 5
+  double reward;                    ///< eq. 6
+};
+
+/// Eqs. 1–6 for one candidate from the sums of its `count` scored tokens under
+/// (x, I), (x, Ĩ) and (x', I). The host (contrastive_reward) and the device
+/// (consr/cuda/reward.cuh) both call this function, so they cannot drift
+/// apart; its products are mul_rn, so FMA contraction cannot change r (nor
+/// make the host differ from the device). count = 0 gives NaN everywhere.
+CONSR_HOST_DEVICE inline reward_terms contrastive_reward_terms(double sum, double sum_corrupt, double sum_semantic,
+                                                               index_t count, double lambda, bool log_space) noexcept {
+  reward_terms r;
+  r.p = r.p_corrupt = r.p_semantic = quiet_nan_double();
+  if (count > 0) {
+    const double inv = 1.0 / static_cast<double>(count);
+    r.p = mul_rn(sum, inv);
+    r.p_corrupt = mul_rn(sum_corrupt, inv);
+    r.p_semantic = mul_rn(sum_semantic, inv);
+    if (!log_space) {
+      r.p = std::exp(r.p);
+      r.p_corrupt = std::exp(r.p_corrupt);
+      r.p_semantic = std::exp(r.p_semantic);
+    }
+  }
+  r.s_semantic = r.p_semantic - r.p;                                            // eq. 4
+  r.s_corrupt = r.p - r.p_corrupt;                                              // eq. 5
+  r.reward = mul_rn(lambda, r.s_semantic) + mul_rn(1.0 - lambda, r.s_corrupt);  // eq. 6
+  return r;
+}
+
 template <class V1, class V2, class V3, class Offset, class Label, class R>
 reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_view<V2, 1>& logp_corrupt,
                                       const host_view<V3, 1>& logp_semantic, const host_view<Offset, 1>& offsets,
@@ -112,27 +145,13 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
     const double sum = scored_sum(logp, labels, has_labels, ignore, b, e, count);
     const double sum_corrupt = scored_sum(logp_corrupt, labels, has_labels, ignore, b, e, count);
     const double sum_semantic = scored_sum(logp_semantic, labels, has_labels, ignore, b, e, count);
-    double p = std::numeric_limits<double>::quiet_NaN(), p_corrupt = p, p_semantic = p;
-    if (count > 0) {
-      const double inv = 1.0 / static_cast<double>(count);
-      p = sum * inv;
-      p_corrupt = sum_corrupt * inv;
-      p_semantic = sum_semantic * inv;
-      if (!log_space) {
-        p = std::exp(p);
-        p_corrupt = std::exp(p_corrupt);
-        p_semantic = std::exp(p_semantic);
-      }
-    }
-    const double s_semantic = p_semantic - p;  // eq. 4
-    const double s_corrupt = p - p_corrupt;    // eq. 5
-    const double r = lambda * s_semantic + (1.0 - lambda) * s_corrupt;  // eq. 6
-    out.reward[c] = static_cast<R>(r);
-    if (out.p.size() != 0) out.p[c] = static_cast<R>(p);
-    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(p_corrupt);
-    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(p_semantic);
-    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(s_semantic);
-    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(s_corrupt);
+    const reward_terms r = contrastive_reward_terms(sum, sum_corrupt, sum_semantic, count, lambda, log_space);
+    out.reward[c] = static_cast<R>(r.reward);
+    if (out.p.size() != 0) out.p[c] = static_cast<R>(r.p);
+    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(r.p_corrupt);
+    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(r.p_semantic);
+    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(r.s_semantic);
+    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(r.s_corrupt);
   }
 
   // The report is built serially so its index list is ordered.

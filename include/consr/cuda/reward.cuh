@@ -79,7 +79,8 @@ struct read_reward_token {
   }
 };
 
-/// Eqs. 1–6 for candidate c from its sums, as the host twin computes them.
+/// Eqs. 1–6 for candidate c from its sums, by the host twin's own
+/// consr::detail::contrastive_reward_terms.
 template <class R>
 struct write_reward {
   reward_outputs<R> out;
@@ -87,28 +88,15 @@ struct write_reward {
   bool log_space;
   reward_counts* counts;
   __device__ void operator()(index_t c, const reward_accum& a) const {
-    double p = quiet_nan<double>(), p_corrupt = p, p_semantic = p;
-    if (a.count > 0) {
-      const double inv = 1.0 / static_cast<double>(a.count);
-      p = __dmul_rn(a.sum, inv);
-      p_corrupt = __dmul_rn(a.sum_corrupt, inv);
-      p_semantic = __dmul_rn(a.sum_semantic, inv);
-      if (!log_space) {
-        p = exp(p);
-        p_corrupt = exp(p_corrupt);
-        p_semantic = exp(p_semantic);
-      }
-    }
-    const double s_semantic = __dsub_rn(p_semantic, p);  // eq. 4
-    const double s_corrupt = __dsub_rn(p, p_corrupt);    // eq. 5
-    const double r = __dadd_rn(__dmul_rn(lambda, s_semantic), __dmul_rn(__dsub_rn(1.0, lambda), s_corrupt));  // eq. 6
-    const R stored = static_cast<R>(r);
+    const ::consr::detail::reward_terms r = ::consr::detail::contrastive_reward_terms(
+        a.sum, a.sum_corrupt, a.sum_semantic, a.count, lambda, log_space);
+    const R stored = static_cast<R>(r.reward);
     out.reward[c] = stored;
-    if (out.p.size() != 0) out.p[c] = static_cast<R>(p);
-    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(p_corrupt);
-    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(p_semantic);
-    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(s_semantic);
-    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(s_corrupt);
+    if (out.p.size() != 0) out.p[c] = static_cast<R>(r.p);
+    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(r.p_corrupt);
+    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(r.p_semantic);
+    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(r.s_semantic);
+    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(r.s_corrupt);
     if (counts != nullptr) {
       if (a.count == 0) {
         atomicAdd(&counts->empty_candidates, 1ull);
