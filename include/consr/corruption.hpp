@@ -183,14 +183,6 @@ struct diffusion_coefficients {
 
 namespace detail {
 
-template <class T>
-struct identity {
-  using type = T;
-};
-/// Blocks template deduction, so a view of T converts to a view of const T.
-template <class T>
-using identity_t = typename identity<T>::type;
-
 inline diffusion_coefficients diffusion_coefficients_checked(const diffusion_noise_options& o, const char* fn) {
   CONSR_CHECK_ARG(o.num_steps >= 1, fn, "num_steps", "must be at least 1, got ", o.num_steps);
   CONSR_CHECK_ARG(o.step >= 0 && o.step < o.num_steps, fn, "step", "step ", o.step, " outside [0, ", o.num_steps,
@@ -445,7 +437,7 @@ inline diffusion_coefficients diffusion_noise_coefficients(const diffusion_noise
 /// Runs in parallel (OpenMP, static tiles of the logical index) when enabled;
 /// the result does not depend on the thread count.
 template <class T, int R>
-void add_diffusion_noise(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+void add_diffusion_noise(detail::type_identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
                          const diffusion_noise_options& options = {}) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::add_diffusion_noise: element type must be float, double, consr::bfloat16 or consr::float16");
@@ -584,7 +576,7 @@ CONSR_HOST_DEVICE inline bool patch_is_masked(rng_key key, std::uint64_t image_i
 /// Throws consr::error naming 'image', 'out', 'patch_size' (< 1 or more than
 /// 2^31 patches), 'probability' (outside [0, 1]) or 'image_offset'.
 template <class T, int R>
-void random_patch_mask(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+void random_patch_mask(detail::type_identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
                        const patch_mask_options& options = {}) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::random_patch_mask: element type must be float, double, consr::bfloat16 or consr::float16");
@@ -660,7 +652,7 @@ void random_patch_mask(host_view<T, R> image, rng_key key, const patch_mask_opti
 /// image's shape; `out` may be exactly `image` or `other`, else disjoint from both.
 /// Throws consr::error naming 'image', 'other', 'out' or 'lambda' (outside [0, 1]).
 template <class T, int R>
-void mixup(detail::identity_t<host_view<const T, R>> image, detail::identity_t<host_view<const T, R>> other,
+void mixup(detail::type_identity_t<host_view<const T, R>> image, detail::type_identity_t<host_view<const T, R>> other,
            host_view<T, R> out, double lambda) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::mixup: element type must be float, double, consr::bfloat16 or consr::float16");
@@ -904,7 +896,8 @@ void check_crop_views(const host_view<const T, R>& image, const host_view<T, R>&
 /// and channel extents, any H × W, and must not overlap `image`.
 /// Throws consr::error naming 'image', 'out' or 'box' (not inside the image, or empty).
 template <class T, int R>
-void crop_and_resize_bilinear(detail::identity_t<host_view<const T, R>> image, const crop_box& box, host_view<T, R> out) {
+void crop_and_resize_bilinear(detail::type_identity_t<host_view<const T, R>> image, const crop_box& box,
+                              host_view<T, R> out) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::crop_and_resize_bilinear: element type must be float, double, consr::bfloat16 or consr::float16");
   static_assert(R == 3 || R == 4, "consr::crop_and_resize_bilinear: images are [C, H, W] or [B, C, H, W] views");
@@ -927,7 +920,7 @@ void crop_and_resize_bilinear(detail::identity_t<host_view<const T, R>> image, c
 /// Throws consr::error naming 'image', 'out', 'image_offset' or an option
 /// (see draw_resized_crop_box).
 template <class T, int R>
-void random_resized_crop(detail::identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
+void random_resized_crop(detail::type_identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
                          const resized_crop_options& options = {}) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::random_resized_crop: element type must be float, double, consr::bfloat16 or consr::float16");

@@ -36,15 +36,6 @@ namespace detail {
 /// (forking costs more than the work).
 inline constexpr index_t segment_parallel_threshold = index_t(1) << 15;
 
-/// `std::type_identity_t` (C++20): keeps a parameter out of template argument
-/// deduction so that implicit view conversions (T -> const T) apply to it.
-template <class T>
-struct type_identity {
-  using type = T;
-};
-template <class T>
-using type_identity_t = typename type_identity<T>::type;
-
 /// Checks a packed-sequence offsets array against the packed array's length
 /// `packed_size` and returns the number of segments S = offsets.size() - 1.
 /// Throws consr::error naming `fn` / `arg` (and the offending segment) unless

@@ -153,6 +153,15 @@ constexpr strided_view<T, static_cast<int>(R), Space> make_strided_view(T* data,
 
 namespace detail {
 
+/// `std::type_identity_t` (C++20): keeps a parameter out of template argument
+/// deduction, so that implicit view conversions (T -> const T) apply to it.
+template <class T>
+struct type_identity {
+  using type = T;
+};
+template <class T>
+using type_identity_t = typename type_identity<T>::type;
+
 /// Checks that `v` is a well-formed view: extents non-negative, and a null
 /// pointer only when it holds no element. `fn`/`arg` name the caller.
 template <class T, int R, class S>

@@ -434,7 +434,7 @@ __global__ void mixup_strided_kernel(device_view<const T, R> x, device_view<cons
 /// Returns status::invalid_argument naming 'image', 'out' or 'element_offset'
 /// (element_offset + size overflows 64 bits), with nothing launched.
 template <class T, int R>
-status add_diffusion_noise(::consr::detail::identity_t<device_view<const T, R>> image, device_view<T, R> out,
+status add_diffusion_noise(::consr::detail::type_identity_t<device_view<const T, R>> image, device_view<T, R> out,
                            rng_key key, const diffusion_coefficients& coefficients, std::uint64_t element_offset = 0,
                            cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
@@ -451,7 +451,7 @@ status add_diffusion_noise(::consr::detail::identity_t<device_view<const T, R>> 
 /// options.element_offset. Also returns status::invalid_argument naming
 /// 'step' or 'num_steps' when out of range.
 template <class T, int R>
-status add_diffusion_noise(::consr::detail::identity_t<device_view<const T, R>> image, device_view<T, R> out,
+status add_diffusion_noise(::consr::detail::type_identity_t<device_view<const T, R>> image, device_view<T, R> out,
                            rng_key key, const diffusion_noise_options& options = {},
                            cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
@@ -487,7 +487,7 @@ status add_diffusion_noise(device_view<T, R> image, rng_key key, const diffusion
 /// 'probability', 'image_offset' or 'temp_storage_bytes'.
 template <class T, int R>
 status random_patch_mask(void* d_temp_storage, std::size_t& temp_storage_bytes,
-                         ::consr::detail::identity_t<device_view<const T, R>> image, device_view<T, R> out,
+                         ::consr::detail::type_identity_t<device_view<const T, R>> image, device_view<T, R> out,
                          rng_key key, const patch_mask_options& options = {}, cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::cuda::random_patch_mask: element type must be float, double, consr::bfloat16 or "
@@ -546,8 +546,8 @@ status random_patch_mask(void* d_temp_storage, std::size_t& temp_storage_bytes, 
 /// Host twin: consr::mixup. Returns status::invalid_argument naming 'image',
 /// 'other', 'out' or 'lambda' (outside [0, 1]).
 template <class T, int R>
-status mixup(::consr::detail::identity_t<device_view<const T, R>> image,
-             ::consr::detail::identity_t<device_view<const T, R>> other, device_view<T, R> out, double lambda,
+status mixup(::consr::detail::type_identity_t<device_view<const T, R>> image,
+             ::consr::detail::type_identity_t<device_view<const T, R>> other, device_view<T, R> out, double lambda,
              cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::cuda::mixup: element type must be float, double, consr::bfloat16 or consr::float16");
@@ -599,7 +599,7 @@ status mixup(::consr::detail::identity_t<device_view<const T, R>> image,
 /// consr::crop_and_resize_bilinear. Returns status::invalid_argument naming
 /// 'image', 'out' or 'box' (empty or not inside the image).
 template <class T, int R>
-status crop_and_resize_bilinear(::consr::detail::identity_t<device_view<const T, R>> image, const crop_box& box,
+status crop_and_resize_bilinear(::consr::detail::type_identity_t<device_view<const T, R>> image, const crop_box& box,
                                 device_view<T, R> out, cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::cuda::crop_and_resize_bilinear: element type must be float, double, consr::bfloat16 or "
@@ -627,7 +627,7 @@ status crop_and_resize_bilinear(::consr::detail::identity_t<device_view<const T,
 /// not overlap it. Host twin: consr::random_resized_crop. Returns
 /// status::invalid_argument naming 'image', 'out', 'image_offset' or an option.
 template <class T, int R>
-status random_resized_crop(::consr::detail::identity_t<device_view<const T, R>> image, device_view<T, R> out,
+status random_resized_crop(::consr::detail::type_identity_t<device_view<const T, R>> image, device_view<T, R> out,
                            rng_key key, const resized_crop_options& options = {},
                            cudaStream_t stream = nullptr) noexcept {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
