@@ -191,57 +191,6 @@ inline diffusion_coefficients diffusion_coefficients_checked(const diffusion_noi
   return {s.sqrt_alpha_bar(o.step), s.sqrt_one_minus_alpha_bar(o.step)};
 }
 
-/// Address range [lo, hi) of the elements of `v` (empty views: lo == hi).
-template <class T, int R>
-void byte_span(const host_view<T, R>& v, std::uintptr_t& lo, std::uintptr_t& hi) {
-  if (v.size() == 0) {
-    lo = hi = 0;
-    return;
-  }
-  index_t min_off = 0, max_off = 0;
-  for (int d = 0; d < R; ++d) {
-    const index_t reach = (v.extent(d) - 1) * v.stride(d);
-    (reach < 0 ? min_off : max_off) += reach;
-  }
-  lo = reinterpret_cast<std::uintptr_t>(v.data() + min_off);
-  hi = reinterpret_cast<std::uintptr_t>(v.data() + max_off + 1);
-}
-
-/// True when the memory spans of `a` and `b` intersect.
-template <class A, class B, int R>
-bool views_overlap(const host_view<A, R>& a, const host_view<B, R>& b) {
-  std::uintptr_t alo, ahi, blo, bhi;
-  byte_span(a, alo, ahi);
-  byte_span(b, blo, bhi);
-  return alo < bhi && blo < ahi;
-}
-
-/// True when `a` and `b` address exactly the same elements in the same order.
-template <class A, class B, int R>
-bool views_identical(const host_view<A, R>& a, const host_view<B, R>& b) {
-  if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
-  for (int d = 0; d < R; ++d)
-    if (a.extent(d) != b.extent(d) || (a.extent(d) > 1 && a.stride(d) != b.stride(d))) return false;
-  return true;
-}
-
-/// `out` may be `in` exactly (in place) or disjoint from it; anything else is a partial overlap.
-template <class A, class B, int R>
-void check_alias_exact_or_disjoint(const host_view<A, R>& in, const host_view<B, R>& out, const char* fn,
-                                   const char* in_name) {
-  CONSR_CHECK_ARG(views_identical(in, out) || !views_overlap(in, out), fn, "out", "partially overlaps '", in_name,
-                  "'; pass the same view for in-place operation or disjoint memory");
-}
-
-/// An output must hold one element per logical position: no zero (broadcast)
-/// stride on a dimension of extent > 1, which would also race between threads.
-template <class T, int R>
-void check_no_broadcast(const host_view<T, R>& out, const char* fn) {
-  for (int d = 0; d < R; ++d)
-    CONSR_CHECK_ARG(out.extent(d) <= 1 || out.stride(d) != 0, fn, "out", "dimension ", d,
-                    " has stride 0 (a broadcast view); an output needs distinct elements");
-}
-
 /// Offset of row r (a multi-index over dims 0..R−2, row-major) in view `v`.
 template <class T, int R>
 index_t row_offset(const host_view<T, R>& v, index_t r) noexcept {

@@ -146,33 +146,10 @@ void check_unit_stride_vector(const host_view<T, 1>& v, const char* fn, const ch
   CONSR_CHECK_ARG(v.has_unit_inner_stride(), fn, arg, "must be contiguous (stride ", v.stride(0), ", must be 1)");
 }
 
-// Bytes [first, last] spanned by a view of any rank; false when it is empty.
-template <class T, int R>
-bool linear_byte_range(const host_view<T, R>& v, std::uintptr_t& first, std::uintptr_t& last) noexcept {
-  if (v.size() == 0) return false;
-  std::intptr_t lo = 0;
-  std::intptr_t hi = 0;
-  for (int d = 0; d < R; ++d) {
-    const std::intptr_t span = static_cast<std::intptr_t>((v.extent(d) - 1) * v.stride(d));
-    (span < 0 ? lo : hi) += span;
-  }
-  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(v.data());
-  first = base + static_cast<std::uintptr_t>(lo * static_cast<std::intptr_t>(sizeof(T)));
-  last = base + static_cast<std::uintptr_t>(hi * static_cast<std::intptr_t>(sizeof(T))) + sizeof(T) - 1;
-  return true;
-}
-
-template <class A, int RA, class B, int RB>
-bool linear_views_overlap(const host_view<A, RA>& a, const host_view<B, RB>& b) noexcept {
-  std::uintptr_t a_first, a_last, b_first, b_last;
-  if (!linear_byte_range(a, a_first, a_last) || !linear_byte_range(b, b_first, b_last)) return false;
-  return a_first <= b_last && b_first <= a_last;
-}
-
 template <class A, int RA, class B, int RB>
 void check_no_overlap(const host_view<A, RA>& out, const char* out_name, const host_view<B, RB>& other,
                       const char* other_name, const char* fn) {
-  CONSR_CHECK_ARG(!linear_views_overlap(out, other), fn, out_name, "overlaps '", other_name,
+  CONSR_CHECK_ARG(!views_overlap(out, other), fn, out_name, "overlaps '", other_name,
                   "'; outputs and workspace must not share memory with any other argument");
 }
 

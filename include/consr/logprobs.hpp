@@ -237,29 +237,6 @@ void check_labels(const host_view<const Label, 1>& labels, index_t vocab, std::i
   }
 }
 
-// Address range [first, last] in bytes covered by a rank-2 view (empty views cover nothing).
-template <class T>
-void view_byte_range(const host_view<T, 2>& v, std::uintptr_t& first, std::uintptr_t& last) noexcept {
-  std::intptr_t lo = 0;
-  std::intptr_t hi = 0;
-  for (int d = 0; d < 2; ++d) {
-    const std::intptr_t span = static_cast<std::intptr_t>((v.extent(d) - 1) * v.stride(d));
-    (span < 0 ? lo : hi) += span;
-  }
-  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(v.data());
-  first = base + static_cast<std::uintptr_t>(lo * static_cast<std::intptr_t>(sizeof(T)));
-  last = base + static_cast<std::uintptr_t>(hi * static_cast<std::intptr_t>(sizeof(T))) + sizeof(T) - 1;
-}
-
-template <class A, class B>
-bool views_overlap(const host_view<A, 2>& a, const host_view<B, 2>& b) noexcept {
-  if (a.size() == 0 || b.size() == 0) return false;
-  std::uintptr_t a_first, a_last, b_first, b_last;
-  view_byte_range(a, a_first, a_last);
-  view_byte_range(b, b_first, b_last);
-  return a_first <= b_last && b_first <= a_last;
-}
-
 inline bool parallel_worth_it(index_t rows, index_t vocab) noexcept {
   return rows > 1 && static_cast<double>(rows) * static_cast<double>(vocab) >= logprob_parallel_min_elements;
 }

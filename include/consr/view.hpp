@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <type_traits>
 
 #include "config.hpp"
@@ -190,6 +191,68 @@ void check_unit_inner_stride(const strided_view<T, R, S>& v, const char* fn, con
 template <class T, int R, class S>
 void check_contiguous(const strided_view<T, R, S>& v, const char* fn, const char* arg) {
   CONSR_CHECK_ARG(v.is_contiguous(), fn, arg, "must be row-major contiguous");
+}
+
+/// Address range [lo, hi) of the bytes a view's elements occupy (lo == hi == 0
+/// for an empty view), for overlap checks. Nothing is dereferenced, so device
+/// views are checked on the host alike.
+template <class T, int R, class S>
+void view_byte_span(const strided_view<T, R, S>& v, std::uintptr_t& lo, std::uintptr_t& hi) noexcept {
+  if (v.size() == 0) {
+    lo = hi = 0;
+    return;
+  }
+  std::intptr_t min_off = 0, max_off = 0;  // element offsets of the lowest and highest element
+  for (int d = 0; d < R; ++d) {
+    const std::intptr_t reach = static_cast<std::intptr_t>((v.extent(d) - 1) * v.stride(d));
+    (reach < 0 ? min_off : max_off) += reach;
+  }
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(v.data());
+  constexpr std::intptr_t size = static_cast<std::intptr_t>(sizeof(T));
+  lo = base + static_cast<std::uintptr_t>(min_off * size);
+  hi = base + static_cast<std::uintptr_t>((max_off + 1) * size);
+}
+
+/// True when the memory of `a` and `b` intersects (an empty view intersects nothing).
+template <class A, int RA, class B, int RB, class S>
+bool views_overlap(const strided_view<A, RA, S>& a, const strided_view<B, RB, S>& b) noexcept {
+  std::uintptr_t alo, ahi, blo, bhi;
+  view_byte_span(a, alo, ahi);
+  view_byte_span(b, blo, bhi);
+  return alo < bhi && blo < ahi;
+}
+
+/// True when `a` and `b` address exactly the same elements in the same order.
+template <class A, class B, int R, class S>
+bool views_identical(const strided_view<A, R, S>& a, const strided_view<B, R, S>& b) noexcept {
+  if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
+  for (int d = 0; d < R; ++d)
+    if (a.extent(d) != b.extent(d) || (a.extent(d) > 1 && a.stride(d) != b.stride(d))) return false;
+  return true;
+}
+
+/// An output must be `in` exactly (in place) or disjoint from it; anything else is a partial overlap.
+template <class A, class B, int R, class S>
+void check_alias_exact_or_disjoint(const strided_view<A, R, S>& in, const strided_view<B, R, S>& out, const char* fn,
+                                   const char* in_name, const char* out_name = "out") {
+  CONSR_CHECK_ARG(views_identical(in, out) || !views_overlap(in, out), fn, out_name, "partially overlaps '", in_name,
+                  "'; pass the same view for in-place operation or disjoint memory");
+}
+
+/// An output must not overlap an input at all.
+template <class A, int RA, class B, int RB, class S>
+void check_disjoint(const strided_view<A, RA, S>& in, const strided_view<B, RB, S>& out, const char* fn,
+                    const char* in_name, const char* out_name) {
+  CONSR_CHECK_ARG(!views_overlap(in, out), fn, out_name, "overlaps '", in_name, "'; pass disjoint memory");
+}
+
+/// An output must hold one element per logical position: no zero (broadcast)
+/// stride on a dimension of extent > 1, which would also race between threads.
+template <class T, int R, class S>
+void check_no_broadcast(const strided_view<T, R, S>& out, const char* fn, const char* arg = "out") {
+  for (int d = 0; d < R; ++d)
+    CONSR_CHECK_ARG(out.extent(d) <= 1 || out.stride(d) != 0, fn, arg, "dimension ", d,
+                    " has stride 0 (a broadcast view); an output needs distinct elements");
 }
 
 template <class V>

@@ -127,62 +127,12 @@ status guarded(Body&& body) noexcept {
   }
 }
 
-/// Address range [lo, hi) of a view's elements, for overlap checks (no dereference).
-template <class T, int R, class S>
-void view_byte_span(const strided_view<T, R, S>& v, std::uintptr_t& lo, std::uintptr_t& hi) noexcept {
-  if (v.size() == 0) {
-    lo = hi = 0;
-    return;
-  }
-  index_t min_off = 0, max_off = 0;
-  for (int d = 0; d < R; ++d) {
-    const index_t reach = (v.extent(d) - 1) * v.stride(d);
-    (reach < 0 ? min_off : max_off) += reach;
-  }
-  lo = reinterpret_cast<std::uintptr_t>(v.data() + min_off);
-  hi = reinterpret_cast<std::uintptr_t>(v.data() + max_off + 1);
-}
-
-/// True when the address ranges of `a` and `b` intersect.
-template <class A, class B, int RA, int RB, class S>
-bool views_overlap(const strided_view<A, RA, S>& a, const strided_view<B, RB, S>& b) noexcept {
-  std::uintptr_t alo, ahi, blo, bhi;
-  view_byte_span(a, alo, ahi);
-  view_byte_span(b, blo, bhi);
-  return alo < bhi && blo < ahi;
-}
-
-/// True when `a` and `b` address the same elements in the same order.
-template <class A, class B, int R, class S>
-bool views_identical(const strided_view<A, R, S>& a, const strided_view<B, R, S>& b) noexcept {
-  if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
-  for (int d = 0; d < R; ++d)
-    if (a.extent(d) != b.extent(d) || (a.extent(d) > 1 && a.stride(d) != b.stride(d))) return false;
-  return true;
-}
-
-/// An output must be `in` exactly (in place) or disjoint from it.
-template <class A, class B, int R, class S>
-void check_alias_exact_or_disjoint(const strided_view<A, R, S>& in, const strided_view<B, R, S>& out, const char* fn,
-                                   const char* in_name, const char* out_name = "out") {
-  CONSR_CHECK_ARG(views_identical(in, out) || !views_overlap(in, out), fn, out_name, "partially overlaps '", in_name,
-                  "'; pass the same view for in-place operation or disjoint memory");
-}
-
-/// An output must not overlap an input at all.
-template <class A, class B, int RA, int RB, class S>
-void check_disjoint(const strided_view<A, RA, S>& in, const strided_view<B, RB, S>& out, const char* fn,
-                    const char* in_name, const char* out_name) {
-  CONSR_CHECK_ARG(!views_overlap(in, out), fn, out_name, "overlaps '", in_name, "'; pass disjoint memory");
-}
-
-/// An output needs one element per logical position: no zero stride on a dimension of extent > 1.
-template <class T, int R, class S>
-void check_no_broadcast(const strided_view<T, R, S>& out, const char* fn, const char* arg = "out") {
-  for (int d = 0; d < R; ++d)
-    CONSR_CHECK_ARG(out.extent(d) <= 1 || out.stride(d) != 0, fn, arg, "dimension ", d,
-                    " has stride 0 (a broadcast view); an output needs distinct elements");
-}
+// The overlap and alias checks of the host library (consr/view.hpp) serve device views alike.
+using ::consr::detail::check_alias_exact_or_disjoint;
+using ::consr::detail::check_disjoint;
+using ::consr::detail::check_no_broadcast;
+using ::consr::detail::views_identical;
+using ::consr::detail::views_overlap;
 
 /// An optional per-item view: empty (not used) or exactly `count` elements.
 template <class T, class S>
