@@ -29,6 +29,16 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE float bits_float(std::uint32_t u) noexcept {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint64_t double_bits(double d) noexcept {
+  std::uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+}
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double bits_double(std::uint64_t u) noexcept {
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
 
 /// a·b rounded once to double — the IEEE product, sign of zero included — on
 /// host and device, and never fused with a neighbouring addition. FMA

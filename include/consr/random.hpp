@@ -31,9 +31,9 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "config.hpp"
+#include "numeric.hpp"  // detail::double_bits / bits_double
 
 namespace consr {
 
@@ -103,17 +103,6 @@ struct rng_key {
 };
 
 namespace detail {
-
-CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint64_t double_bits(double d) noexcept {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE double bits_double(std::uint64_t u) noexcept {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
 
 /// The Philox output for `block` of the stream of `key`.
 CONSR_HOST_DEVICE CONSR_FORCEINLINE uint4x32 philox_block(rng_key key, std::uint64_t block) noexcept {

@@ -34,44 +34,25 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "../config.hpp"
+#include "../numeric.hpp"  // float_bits, bits_float, double_bits, bits_double
 
 namespace consr {
 namespace detail {
 
-CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint32_t exp_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE float exp_float_of(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint64_t exp_bits(double d) noexcept {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE double exp_double_of(std::uint64_t u) noexcept {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
+// Constants of the float exp shared by vector_exp and vector_exp_nonpositive.
+inline constexpr float exp_float_log2e = 0x1.715476p+0f;
+inline constexpr float exp_float_round_magic = 0x1.8p23f;  // adding it rounds |v| < 2^22 to an integer
+inline constexpr std::uint32_t exp_float_round_magic_bits = 0x4b400000u;
+inline constexpr float exp_float_flush = -86.98f;  // below it n < -125 would need a subnormal scale
 
-/// exp(x) for float, branch-free and vectorizable (see the file comment for
-/// its accuracy and special values).
-CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp(float x) noexcept {
-  constexpr float log2e = 0x1.715476p+0f;
-  constexpr float ln2_hi = 0x1.63p-1f;           // 355/512: n * ln2_hi is exact for |n| < 2^15
-  constexpr float ln2_lo = -0x1.bd0106p-13f;     // ln 2 - ln2_hi
-  constexpr float round_magic = 0x1.8p23f;       // adding it rounds |v| < 2^22 to an integer
-  constexpr std::uint32_t round_magic_bits = 0x4b400000u;
-  constexpr float x_max = 88.7229f;              // just above ln(FLT_MAX); up to it n <= 128
-  constexpr float x_flush = -86.98f;             // below it n < -125 would need a subnormal scale
+/// 2·exp(r) for r = x − n·ln 2, n the integer nearest x / ln 2 (as a float): the Cody–Waite
+/// reduction (n·ln2_hi is exact) and the polynomial of the float exp, the part vector_exp and
+/// vector_exp_nonpositive share.
+CONSR_HOST_DEVICE CONSR_FORCEINLINE float exp_float_reduced(float x, float n) noexcept {
+  constexpr float ln2_hi = 0x1.63p-1f;        // 355/512: n * ln2_hi is exact for |n| < 2^15
+  constexpr float ln2_lo = -0x1.bd0106p-13f;  // ln 2 - ln2_hi
   // Polynomial coefficients of exp(r) on [-ln2/2, ln2/2], doubled (exactly) because the result is
   // scaled by 2^(n-1): that keeps n = 128 (x near ln FLT_MAX) representable without a second scale.
   constexpr float c6 = 2 * 0x1.6a244ep-10f;
@@ -81,15 +62,6 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp(float x) noexcept {
   constexpr float c2 = 2 * 0x1.fffffcp-2f;
   constexpr float c1 = 2.0f;
   constexpr float c0 = 2.0f;
-
-  // No `?:` anywhere: GCC turns a select on x into a branch, threads or sinks the whole
-  // computation into one arm, and then refuses to if-convert it back (floating-point
-  // operations "could trap" under the default -ftrapping-math), so the loop would not
-  // vectorize. Instead every lane computes the formula (garbage for out-of-range x, never
-  // a subnormal) and integer masks made from comparison results replace those lanes.
-  const float t = x * log2e + round_magic;
-  const std::uint32_t n_bits = exp_bits(t) - round_magic_bits;  // n modulo 2^32
-  const float n = static_cast<float>(static_cast<std::int32_t>(n_bits));
   float r = x - n * ln2_hi;
   r = r - n * ln2_lo;
   float q = c6;
@@ -99,13 +71,31 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp(float x) noexcept {
   q = q * r + c2;
   q = q * r + c1;
   q = q * r + c0;
+  return q;
+}
+
+/// exp(x) for float, branch-free and vectorizable (see the file comment for
+/// its accuracy and special values).
+CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp(float x) noexcept {
+  constexpr float x_max = 88.7229f;  // just above ln(FLT_MAX); up to it n <= 128
+
+  // No `?:` anywhere: GCC turns a select on x into a branch, threads or sinks the whole
+  // computation into one arm, and then refuses to if-convert it back (floating-point
+  // operations "could trap" under the default -ftrapping-math), so the loop would not
+  // vectorize. Instead every lane computes the formula (garbage for out-of-range x, never
+  // a subnormal) and integer masks made from comparison results replace those lanes.
+  const float t = x * exp_float_log2e + exp_float_round_magic;
+  const std::uint32_t n_bits = float_bits(t) - exp_float_round_magic_bits;  // n modulo 2^32
+  const float n = static_cast<float>(static_cast<std::int32_t>(n_bits));
+  const float q = exp_float_reduced(x, n);
   // 2^(n-1): a normal number for n in [-125, 128]; otherwise its exponent field wraps, which
   // never yields a subnormal (the mantissa bits are zero), and the lane is replaced below.
-  const float scale = exp_float_of((n_bits + 126u) << 23);
-  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < x_flush));  // all ones unless flushed; NaN kept
+  const float scale = bits_float((n_bits + 126u) << 23);
+  // All ones unless flushed; NaN kept.
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < exp_float_flush));
   const std::uint32_t overflow = 0u - static_cast<std::uint32_t>(x > x_max);
-  const std::uint32_t result = (exp_bits(q * scale) & keep & ~overflow) | (0x7f800000u & overflow);  // +inf
-  return exp_float_of(result);  // NaN x: q is NaN, and NaN * scale is NaN
+  const std::uint32_t result = (float_bits(q * scale) & keep & ~overflow) | (0x7f800000u & overflow);  // +inf
+  return bits_float(result);  // NaN x: q is NaN, and NaN * scale is NaN
 }
 
 /// exp(x) for x ≤ 0 (or NaN): the arithmetic of vector_exp(float) without its overflow handling,
@@ -114,35 +104,14 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp(float x) noexcept {
 /// x = -inf and x < -86.98 give 0, NaN gives NaN. Precondition: x ≤ 88.72 or NaN; larger x give
 /// meaningless finite values instead of +inf.
 CONSR_HOST_DEVICE CONSR_FORCEINLINE float vector_exp_nonpositive(float x) noexcept {
-  constexpr float log2e = 0x1.715476p+0f;
-  constexpr float ln2_hi = 0x1.63p-1f;
-  constexpr float ln2_lo = -0x1.bd0106p-13f;
-  constexpr float round_magic = 0x1.8p23f;
-  constexpr std::uint32_t round_magic_bits = 0x4b400000u;
-  constexpr float x_flush = -86.98f;
-  constexpr float c6 = 2 * 0x1.6a244ep-10f;
-  constexpr float c5 = 2 * 0x1.1239d4p-7f;
-  constexpr float c4 = 2 * 0x1.5558f2p-5f;
-  constexpr float c3 = 2 * 0x1.555492p-3f;
-  constexpr float c2 = 2 * 0x1.fffffcp-2f;
-  constexpr float c1 = 2.0f;
-  constexpr float c0 = 2.0f;
-  const float t = x * log2e + round_magic;
+  const float t = x * exp_float_log2e + exp_float_round_magic;
   // n exactly (|n| < 2^22): one subtraction instead of an int -> float conversion.
-  const float n = t - round_magic;
-  float r = x - n * ln2_hi;
-  r = r - n * ln2_lo;
-  float q = c6;
-  q = q * r + c5;
-  q = q * r + c4;
-  q = q * r + c3;
-  q = q * r + c2;
-  q = q * r + c1;
-  q = q * r + c0;
+  const float n = t - exp_float_round_magic;
+  const float q = exp_float_reduced(x, n);
   // 2^(n-1) from the bits of t: (bits(t) − magic_bits + 126) << 23, the two constants folded into one.
-  const float scale = exp_float_of((exp_bits(t) + (126u - round_magic_bits)) << 23);
-  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < x_flush));  // NaN kept
-  return exp_float_of(exp_bits(q * scale) & keep);
+  const float scale = bits_float((float_bits(t) + (126u - exp_float_round_magic_bits)) << 23);
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < exp_float_flush));  // NaN kept
+  return bits_float(float_bits(q * scale) & keep);
 }
 
 /// exp(x) for double, branch-free and vectorizable (see the file comment).
@@ -168,7 +137,7 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double vector_exp(double x) noexcept {
   constexpr double c0 = 2.0;
 
   const double t = x * log2e + round_magic;  // no clamp and no ?: (see the float version)
-  const std::uint64_t n_bits = exp_bits(t) - round_magic_bits;
+  const std::uint64_t n_bits = double_bits(t) - round_magic_bits;
   // No packed int64 -> double conversion before AVX-512DQ, so n comes from the float subtraction.
   const double n = t - round_magic;
   double r = x - n * ln2_hi;
@@ -185,11 +154,11 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double vector_exp(double x) noexcept {
   q = q * r + c2;
   q = q * r + c1;
   q = q * r + c0;
-  const double scale = exp_double_of((n_bits + 1022u) << 52);  // 2^(n-1)
+  const double scale = bits_double((n_bits + 1022u) << 52);  // 2^(n-1)
   const std::uint64_t keep = 0u - static_cast<std::uint64_t>(!(x < x_flush));
   const std::uint64_t overflow = 0u - static_cast<std::uint64_t>(x > x_max);
-  const std::uint64_t result = (exp_bits(q * scale) & keep & ~overflow) | (0x7ff0000000000000ull & overflow);
-  return exp_double_of(result);
+  const std::uint64_t result = (double_bits(q * scale) & keep & ~overflow) | (0x7ff0000000000000ull & overflow);
+  return bits_double(result);
 }
 
 }  // namespace detail
