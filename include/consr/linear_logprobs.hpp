@@ -195,6 +195,70 @@ void widen_rows(const T* src, index_t src_ld, index_t rows, index_t cols, Acc* d
   }
 }
 
+// The arguments linear_token_logprobs and its backward share (options, hidden, weight, bias,
+// labels), checked in this order; returns N, H and V.
+struct linear_extents {
+  index_t tokens, hidden_size, vocab;
+};
+template <class T, class Label>
+linear_extents check_linear_inputs(const host_view<const T, 2>& hidden, const host_view<const T, 2>& weight,
+                                   const host_view<const T, 1>& bias, const host_view<const Label, 1>& labels,
+                                   const linear_logprob_options& options, const char* fn) {
+  check_linear_options(options, fn);
+  check_view(hidden, fn, "hidden");
+  check_gemm_rows(hidden, fn, "hidden");
+  const index_t tokens = hidden.extent(0);
+  const index_t hidden_size = hidden.extent(1);
+  check_view(weight, fn, "weight");
+  check_extent(weight, 1, hidden_size, fn, "weight", "hidden size, columns of hidden");
+  check_gemm_rows(weight, fn, "weight");
+  const index_t vocab = weight.extent(0);
+  if (bias.size() != 0) {
+    check_view(bias, fn, "bias");
+    check_extent(bias, 0, vocab, fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
+    check_unit_stride_vector(bias, fn, "bias");
+  }
+  check_view(labels, fn, "labels");
+  check_extent(labels, 0, tokens, fn, "labels", "tokens, rows of hidden");
+  return {tokens, hidden_size, vocab};
+}
+
+// The GEMM operands in the accumulation type: hidden, and rows [v0, v0 + cols) of W, as given
+// (fp32, fp64) or widened into their workspace regions (bf16, fp16). `ld` receives the leading
+// dimension of what is returned.
+template <class T>
+const accum_t<T>* linear_hidden_operand(const host_view<const T, 2>& hidden, const linear_workspace& ws,
+                                        const linear_workspace_layout& layout, index_t& ld) noexcept {
+  using Acc = accum_t<T>;
+  ld = gemm_leading_dim(hidden);
+  if constexpr (std::is_same_v<T, Acc>) {
+    return hidden.data();
+  } else {
+    Acc* widened = ws.at<Acc>(layout.hidden_acc);
+    const index_t hidden_size = hidden.extent(1);
+    widen_rows(hidden.data(), ld, hidden.extent(0), hidden_size, widened, std::max<index_t>(hidden_size, 1));
+    ld = std::max<index_t>(hidden_size, 1);
+    return widened;
+  }
+}
+template <class T>
+const accum_t<T>* linear_weight_chunk(const host_view<const T, 2>& weight, index_t v0, index_t cols,
+                                      const linear_workspace& ws, const linear_workspace_layout& layout,
+                                      index_t& ld) noexcept {
+  using Acc = accum_t<T>;
+  const T* rows = weight.data() + v0 * weight.stride(0);
+  ld = gemm_leading_dim(weight);
+  if constexpr (std::is_same_v<T, Acc>) {
+    return rows;
+  } else {
+    Acc* widened = ws.at<Acc>(layout.weight_acc);
+    const index_t hidden_size = weight.extent(1);
+    widen_rows(rows, ld, cols, hidden_size, widened, std::max<index_t>(hidden_size, 1));
+    ld = std::max<index_t>(hidden_size, 1);
+    return widened;
+  }
+}
+
 // row[j] += bias[j], the bias widened to the accumulation type.
 template <class Acc, class T>
 CONSR_FORCEINLINE void add_bias(Acc* CONSR_RESTRICT row, const T* CONSR_RESTRICT bias, index_t n) noexcept {
@@ -202,32 +266,16 @@ CONSR_FORCEINLINE void add_bias(Acc* CONSR_RESTRICT row, const T* CONSR_RESTRICT
   for (index_t j = 0; j < n; ++j) row[j] += to_accum<Acc>(bias[j]);
 }
 
-// Folds one chunk of a row's logits into its online log-sum-exp: block by block, exactly as
-// logprob_row does over a whole row (block max, rescale of the running sum when the max grows,
-// exp-sum in short fp32 pieces added in fp64), so the result matches token_logprobs on the
+// Folds one chunk of a row's logits into its online log-sum-exp: block by block, with the very
+// block step of token_logprobs (logprob_fold_block), so the result matches token_logprobs on the
 // materialized logits to rounding.
 template <bool Scaled, class Acc>
 void linear_fold_chunk(const Acc* row, index_t n_cols, double& running_max, double& running_sum, double tau,
                        inverse_temperature<Acc> inv_tau) noexcept {
-  constexpr Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   Acc m = static_cast<Acc>(running_max);  // always holds an Acc value exactly
   double sum = running_sum;
-  for (index_t b = 0; b < n_cols; b += logprob_block) {
-    const index_t n = std::min(logprob_block, n_cols - b);
-    const Acc* block = row + b;
-    const Acc block_max = logprob_block_max<Acc>(block, n);
-    if (block_max > m) {
-      sum *= std::exp((static_cast<double>(m) - static_cast<double>(block_max)) / tau);
-      m = block_max;
-    }
-    if (m == neg_inf) {
-      // All logits so far are -inf; a NaN the max dropped must still poison the row.
-      if (logprob_block_has_nan(block, n)) sum = std::numeric_limits<double>::quiet_NaN();
-      continue;
-    }
-    for (index_t c = 0; c < n; c += logprob_chunk)
-      sum += static_cast<double>(logprob_sum_exp<Scaled>(block + c, std::min(logprob_chunk, n - c), m, inv_tau));
-  }
+  for (index_t b = 0; b < n_cols; b += logprob_block)
+    logprob_fold_block<Scaled>(row + b, std::min(logprob_block, n_cols - b), m, sum, tau, inv_tau, no_prefetch{});
   running_max = static_cast<double>(m);
   running_sum = sum;
 }
@@ -242,27 +290,12 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
                 "consr::float16 (all the same type)");
   static_assert(is_index_type_v<Label>, "consr::linear_token_logprobs: labels must be int32 or int64");
   using Acc = accum_t<T>;
-  constexpr bool widen = !std::is_same_v<T, Acc>;
   constexpr const char* fn = "consr::linear_token_logprobs";
 
   // ---- checks: everything before anything is written -------------------------------------------
-  check_linear_options(options, fn);
-  check_view(hidden, fn, "hidden");
-  check_gemm_rows(hidden, fn, "hidden");
-  const index_t tokens = hidden.extent(0);
-  const index_t hidden_size = hidden.extent(1);
-  check_view(weight, fn, "weight");
-  check_extent(weight, 1, hidden_size, fn, "weight", "hidden size, columns of hidden");
-  check_gemm_rows(weight, fn, "weight");
-  const index_t vocab = weight.extent(0);
+  const linear_extents extents = check_linear_inputs(hidden, weight, bias, labels, options, fn);
+  const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
   const bool has_bias = bias.size() != 0;
-  if (has_bias) {
-    check_view(bias, fn, "bias");
-    check_extent(bias, 0, vocab, fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
-    check_unit_stride_vector(bias, fn, "bias");
-  }
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, tokens, fn, "labels", "tokens, rows of hidden");
   check_view(token_logp, fn, "token_logp");
   check_extent(token_logp, 0, tokens, fn, "token_logp", "tokens, rows of hidden");
   check_distinct_rows(token_logp, fn, "token_logp");
@@ -295,17 +328,8 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   double* row_max = ws.at<double>(layout.row_max);
   double* row_sum = ws.at<double>(layout.row_sum);
   double* label_logit = ws.at<double>(layout.label_logit);
-  const index_t weight_ld = gemm_leading_dim(weight);
-  const Acc* hidden_acc = nullptr;
-  index_t hidden_ld = gemm_leading_dim(hidden);
-  if constexpr (widen) {
-    Acc* widened = ws.at<Acc>(layout.hidden_acc);
-    widen_rows(hidden.data(), hidden_ld, tokens, hidden_size, widened, std::max<index_t>(hidden_size, 1));
-    hidden_acc = widened;
-    hidden_ld = std::max<index_t>(hidden_size, 1);
-  } else {
-    hidden_acc = hidden.data();
-  }
+  index_t hidden_ld = 0;
+  const Acc* hidden_acc = linear_hidden_operand(hidden, ws, layout, hidden_ld);
   for (index_t i = 0; i < tokens; ++i) {
     row_max[i] = -std::numeric_limits<double>::infinity();
     row_sum[i] = 0.0;
@@ -315,17 +339,8 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   // ---- vocabulary chunks: one GEMM, then one pass over each token's chunk row ---------------------
   for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
     const index_t cols = std::min(chunk, vocab - v0);
-    const Acc* weight_chunk = nullptr;
-    index_t weight_chunk_ld = weight_ld;
-    if constexpr (widen) {
-      Acc* widened = ws.at<Acc>(layout.weight_acc);
-      widen_rows(weight.data() + v0 * weight.stride(0), weight_ld, cols, hidden_size, widened,
-                 std::max<index_t>(hidden_size, 1));
-      weight_chunk = widened;
-      weight_chunk_ld = std::max<index_t>(hidden_size, 1);
-    } else {
-      weight_chunk = weight.data() + v0 * weight.stride(0);
-    }
+    index_t weight_chunk_ld = 0;
+    const Acc* weight_chunk = linear_weight_chunk(weight, v0, cols, ws, layout, weight_chunk_ld);
     // logits[N, cols] = hidden · W[v0 : v0 + cols]ᵀ
     Gemm::gemm_nt(tokens, cols, hidden_size, Acc(1), hidden_acc, hidden_ld, weight_chunk, weight_chunk_ld, Acc(0),
                   logits, cols);
@@ -352,9 +367,9 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
       if (write_lse) lse[i] = Acc(0);
       continue;
     }
-    const double log_sum = std::log(row_sum[i]);
-    token_logp[i] = static_cast<Acc>((label_logit[i] - row_max[i]) / tau - log_sum);
-    if (write_lse) lse[i] = static_cast<Acc>(row_max[i] / tau + log_sum);
+    const row_logsumexp r{row_max[i], std::log(row_sum[i])};
+    token_logp[i] = static_cast<Acc>(r.logp(label_logit[i], tau));
+    if (write_lse) lse[i] = static_cast<Acc>(r.lse(tau));
   }
 }
 
@@ -371,27 +386,12 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
                 "consr::bfloat16 or consr::float16 (all the same type)");
   static_assert(is_index_type_v<Label>, "consr::linear_token_logprobs_backward: labels must be int32 or int64");
   using Acc = accum_t<T>;
-  constexpr bool widen = !std::is_same_v<T, Acc>;
   constexpr const char* fn = "consr::linear_token_logprobs_backward";
 
   // ---- checks: everything before anything is written -------------------------------------------
-  check_linear_options(options, fn);
-  check_view(hidden, fn, "hidden");
-  check_gemm_rows(hidden, fn, "hidden");
-  const index_t tokens = hidden.extent(0);
-  const index_t hidden_size = hidden.extent(1);
-  check_view(weight, fn, "weight");
-  check_extent(weight, 1, hidden_size, fn, "weight", "hidden size, columns of hidden");
-  check_gemm_rows(weight, fn, "weight");
-  const index_t vocab = weight.extent(0);
+  const linear_extents extents = check_linear_inputs(hidden, weight, bias, labels, options, fn);
+  const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
   const bool has_bias = bias.size() != 0;
-  if (has_bias) {
-    check_view(bias, fn, "bias");
-    check_extent(bias, 0, vocab, fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
-    check_unit_stride_vector(bias, fn, "bias");
-  }
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, tokens, fn, "labels", "tokens, rows of hidden");
   check_view(lse, fn, "lse");
   check_extent(lse, 0, tokens, fn, "lse", "tokens, rows of hidden");
   check_view(grad_token_logp, fn, "grad_token_logp");
@@ -458,32 +458,14 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   const std::int64_t ignore_index = options.ignore_index;
   const index_t chunk = std::min(options.vocab_chunk, vocab);
   Acc* logits = ws.at<Acc>(layout.logits);
-  const index_t weight_ld = gemm_leading_dim(weight);
   const index_t grad_weight_ld = gemm_leading_dim(grad_weight);
-  const Acc* hidden_acc = nullptr;
-  index_t hidden_ld = gemm_leading_dim(hidden);
-  if constexpr (widen) {
-    Acc* widened = ws.at<Acc>(layout.hidden_acc);
-    widen_rows(hidden.data(), hidden_ld, tokens, hidden_size, widened, std::max<index_t>(hidden_size, 1));
-    hidden_acc = widened;
-    hidden_ld = std::max<index_t>(hidden_size, 1);
-  } else {
-    hidden_acc = hidden.data();
-  }
+  index_t hidden_ld = 0;
+  const Acc* hidden_acc = linear_hidden_operand(hidden, ws, layout, hidden_ld);
 
   for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
     const index_t cols = std::min(chunk, vocab - v0);
-    const Acc* weight_chunk = nullptr;
-    index_t weight_chunk_ld = weight_ld;
-    if constexpr (widen) {
-      Acc* widened = ws.at<Acc>(layout.weight_acc);
-      widen_rows(weight.data() + v0 * weight.stride(0), weight_ld, cols, hidden_size, widened,
-                 std::max<index_t>(hidden_size, 1));
-      weight_chunk = widened;
-      weight_chunk_ld = std::max<index_t>(hidden_size, 1);
-    } else {
-      weight_chunk = weight.data() + v0 * weight.stride(0);
-    }
+    index_t weight_chunk_ld = 0;
+    const Acc* weight_chunk = linear_weight_chunk(weight, v0, cols, ws, layout, weight_chunk_ld);
     // Recompute logits[N, cols] = hidden · W_chunkᵀ, then turn them into G in place.
     Gemm::gemm_nt(tokens, cols, hidden_size, Acc(1), hidden_acc, hidden_ld, weight_chunk, weight_chunk_ld, Acc(0),
                   logits, cols);
@@ -506,8 +488,7 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
       const Acc neg_scale = static_cast<Acc>(-scale);
       if (scaled) logprob_grad_row<true>(row, row, cols, inv_tau, row_lse, neg_scale);
       else logprob_grad_row<false>(row, row, cols, inv_tau, row_lse, neg_scale);
-      if (label_here)
-        row[y - v0] = static_cast<Acc>(scale * (1.0 - std::exp(z_y / tau - static_cast<double>(row_lse))));
+      if (label_here) row[y - v0] = static_cast<Acc>(logprob_label_grad(scale, z_y, tau, static_cast<double>(row_lse)));
     }
     if (want_bias) {
       // ∂b[v0 + j] += Σ_i G[i, j]: column blocks in parallel, rows summed in order within each.

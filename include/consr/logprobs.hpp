@@ -138,53 +138,94 @@ bool logprob_block_has_nan(const Logit* block, index_t n) noexcept {
   return false;
 }
 
-/// logsumexp of one row, as max_logit / τ + log_sum (both in fp64).
+/// logsumexp of one row, as max_logit / τ + log_sum (both in fp64), and the
+/// row's results from it (formed in fp64; token_logprobs and
+/// linear_token_logprobs both use these).
 struct row_logsumexp {
   double max_logit;  ///< max_v logits[v] (unscaled)
   double log_sum;    ///< log Σ_v exp((logits[v] − max_logit) / τ)
+
+  /// logp = (z_y − max) / τ − log Σ, for the label's (unscaled) logit z_y.
+  double logp(double label_logit, double tau) const noexcept { return (label_logit - max_logit) / tau - log_sum; }
+  /// lse = max / τ + log Σ.
+  double lse(double tau) const noexcept { return max_logit / tau + log_sum; }
 };
 
-// One pass over the row: per block, its maximum, a rescale of the running sum
-// if the maximum grew, then the block's exp-sum relative to the running maximum.
+// Folds one block of a row into the online log-sum-exp (running max m, running sum): the block's
+// maximum, a rescale of the running sum if the maximum grew, then the block's exp-sum relative to
+// the running maximum, in fp32 chunks added in fp64. `prefetch` issues the forward's prefetches:
+// prefetch.before_sum() once, prefetch.before_chunk(c) before chunk c (no `if` on c: GCC splits a
+// loop at such a condition, and the split copy loses the `omp simd` of the inner loop).
+template <bool Scaled, class Acc, class Logit, class Prefetch>
+CONSR_FORCEINLINE void logprob_fold_block(const Logit* block, index_t n, Acc& m, double& sum, double tau,
+                                          inverse_temperature<Acc> inv_tau, const Prefetch& prefetch) noexcept {
+  constexpr Acc neg_inf = -std::numeric_limits<Acc>::infinity();
+  const Acc block_max = logprob_block_max<Acc>(block, n);
+  if (block_max > m) {
+    // First block: exp(-inf) = 0 and sum is 0 anyway. A NaN sum stays NaN.
+    sum *= std::exp((static_cast<double>(m) - static_cast<double>(block_max)) / tau);
+    m = block_max;
+  }
+  if (m == neg_inf) {
+    // Every logit so far is -inf: they add nothing, but z − m would be NaN.
+    // The max reduction may have dropped a NaN, which must still poison the row.
+    if (logprob_block_has_nan(block, n)) sum = std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
+  // A NaN or +inf logit makes m or the terms NaN/inf, hence the sum NaN: that
+  // row's result is NaN and no other row is touched (spec §4).
+  prefetch.before_sum();
+  for (index_t c = 0; c < n; c += logprob_chunk) {
+    prefetch.before_chunk(c);
+    sum += static_cast<double>(logprob_sum_exp<Scaled>(block + c, std::min(logprob_chunk, n - c), m, inv_tau));
+  }
+}
+
+// The prefetch policies of logprob_fold_block. Members, not lambdas, and always inlined: GCC deems
+// a function that only prefetches free of effects and deletes calls to it that are not inlined
+// first (lambdas were, and the forward lost its prefetches).
+struct no_prefetch {
+  CONSR_FORCEINLINE void before_sum() const noexcept {}
+  CONSR_FORCEINLINE void before_chunk(index_t) const noexcept {}
+};
+template <class Logit>
+struct row_block_prefetch {
+  const Logit* row;
+  index_t block_begin, vocab;
+  index_t next_begin, next_n;  // the next block
+  // The pages the stream will reach four blocks later (see prefetch_ahead_to_l2).
+  CONSR_FORCEINLINE void before_sum() const noexcept {
+    const index_t far_begin = std::min(block_begin + logprob_prefetch_blocks_ahead * logprob_block, vocab);
+    prefetch_ahead_to_l2(row + far_begin,
+                         static_cast<std::size_t>(std::min(logprob_block, vocab - far_begin)) * sizeof(Logit));
+  }
+  // Chunk c's slice of the next block.
+  CONSR_FORCEINLINE void before_chunk(index_t c) const noexcept {
+    const index_t pf_begin = std::min(c, next_n);
+    const index_t pf_end = std::min(c + logprob_chunk, next_n);
+    prefetch_range(row + next_begin + pf_begin, static_cast<std::size_t>(pf_end - pf_begin) * sizeof(Logit), false);
+  }
+};
+
+// One pass over the row, block by block (logprob_fold_block), with the next block prefetched
+// slice by slice while this one is summed.
 template <bool Scaled, class Logit>
 row_logsumexp logprob_row(const Logit* row, index_t vocab, double tau,
                           inverse_temperature<accum_t<Logit>> inv_tau) noexcept {
   using Acc = accum_t<Logit>;
-  constexpr Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   double sum = 0.0;
-  Acc m = neg_inf;
+  Acc m = -std::numeric_limits<Acc>::infinity();
   for (index_t b = 0; b < vocab; b += logprob_block) {
-    const index_t n = std::min(logprob_block, vocab - b);
-    const Logit* block = row + b;
-    const Acc block_max = logprob_block_max<Acc>(block, n);
-    if (block_max > m) {
-      // First block: exp(-inf) = 0 and sum is 0 anyway. A NaN sum stays NaN.
-      sum *= std::exp((static_cast<double>(m) - static_cast<double>(block_max)) / tau);
-      m = block_max;
-    }
-    if (m == neg_inf) {
-      // Every logit so far is -inf: they add nothing, but z − m would be NaN.
-      // The max reduction may have dropped a NaN, which must still poison the row.
-      if (logprob_block_has_nan(block, n)) sum = std::numeric_limits<double>::quiet_NaN();
-      continue;
-    }
-    // A NaN or +inf logit makes m or the terms NaN/inf, hence the sum NaN: that
-    // row's result is NaN and no other row is touched (spec §4).
-    // Chunk c also prefetches the matching slice of the next block. Written without an `if` on c:
-    // GCC splits a loop at such a condition, and the split copy loses the `omp simd` of the inner loop.
     const index_t next_begin = std::min(b + logprob_block, vocab);
-    const index_t next_n = std::min(logprob_block, vocab - next_begin);
-    // And, far ahead, the pages the stream will reach four blocks later (see prefetch_ahead_to_l2).
-    const index_t far_begin = std::min(b + logprob_prefetch_blocks_ahead * logprob_block, vocab);
-    prefetch_ahead_to_l2(row + far_begin, static_cast<std::size_t>(std::min(logprob_block, vocab - far_begin)) * sizeof(Logit));
-    for (index_t c = 0; c < n; c += logprob_chunk) {
-      const index_t pf_begin = std::min(c, next_n);
-      const index_t pf_end = std::min(c + logprob_chunk, next_n);
-      prefetch_range(row + next_begin + pf_begin, static_cast<std::size_t>(pf_end - pf_begin) * sizeof(Logit), false);
-      sum += static_cast<double>(logprob_sum_exp<Scaled>(block + c, std::min(logprob_chunk, n - c), m, inv_tau));
-    }
+    const row_block_prefetch<Logit> prefetch{row, b, vocab, next_begin, std::min(logprob_block, vocab - next_begin)};
+    logprob_fold_block<Scaled>(row + b, std::min(logprob_block, vocab - b), m, sum, tau, inv_tau, prefetch);
   }
   return {static_cast<double>(m), std::log(sum)};
+}
+
+// g_i / τ · (1 − exp(z_y / τ − lse)): the gradient of the label's own logit, in fp64.
+inline double logprob_label_grad(double scale, double label_logit, double tau, double lse) noexcept {
+  return scale * (1.0 - std::exp(label_logit / tau - lse));
 }
 
 // *out = value rounded to Grad. The 16-bit types are stored through `.bits`: a whole-struct
@@ -294,9 +335,8 @@ void token_logprobs_impl(host_view<const Logit, 2> logits, host_view<const Label
     const Logit* row = logits.data() + i * logits.stride(0);
     const row_logsumexp r =
         scaled ? logprob_row<true>(row, vocab, tau, inv_tau) : logprob_row<false>(row, vocab, tau, inv_tau);
-    const double z_y = static_cast<double>(to_accum<Acc>(row[y]));
-    token_logp[i] = static_cast<Acc>((z_y - r.max_logit) / tau - r.log_sum);
-    if (write_lse) lse[i] = static_cast<Acc>(r.max_logit / tau + r.log_sum);
+    token_logp[i] = static_cast<Acc>(r.logp(static_cast<double>(to_accum<Acc>(row[y])), tau));
+    if (write_lse) lse[i] = static_cast<Acc>(r.lse(tau));
   }
 }
 
@@ -391,7 +431,7 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
       else logprob_grad_row<false>(row + b, out + b, n, inv_tau, row_lse, neg_scale);
     }
     if (streaming) streaming_store_fence();  // the label's entry below, and other threads, see the row
-    store_grad(out + y, scale * (1.0 - std::exp(z_y / tau - static_cast<double>(row_lse))));
+    store_grad(out + y, logprob_label_grad(scale, z_y, tau, static_cast<double>(row_lse)));
   }
 }
 
