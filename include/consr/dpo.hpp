@@ -154,11 +154,7 @@ struct dpo_side_sums {
 
 template <class T, class Offset, class Label>
 index_t dpo_scored_length(const dpo_sequences<T, Offset, Label>& s, index_t pair, std::int64_t ignore_index) {
-  const index_t b = s.offsets[pair], e = s.offsets[pair + 1];
-  if (s.labels.size() == 0) return e - b;
-  index_t n = 0;
-  for (index_t t = b; t < e; ++t) n += static_cast<std::int64_t>(s.labels[t]) != ignore_index ? 1 : 0;
-  return n;
+  return scored_count(s.labels, s.labels.size() != 0, ignore_index, s.offsets[pair], s.offsets[pair + 1]);
 }
 
 template <class T, class Offset, class Label>

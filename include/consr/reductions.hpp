@@ -115,6 +115,46 @@ constexpr void assert_output_type() {
   static_assert(is_supported_float_v<R>, "consr: outputs must be float, double, consr::bfloat16 or consr::float16");
 }
 
+/// Number of tokens of [begin, end) whose label is not `ignore_index` (all of
+/// them without labels).
+template <class Label>
+index_t scored_count(const host_view<Label, 1>& labels, bool has_labels, std::int64_t ignore_index, index_t begin,
+                     index_t end) noexcept {
+  if (!has_labels) return end - begin;
+  index_t n = 0;
+  for (index_t t = begin; t < end; ++t) n += static_cast<std::int64_t>(labels[t]) != ignore_index ? 1 : 0;
+  return n;
+}
+
+/// segmented_sum, segmented_mean and segmented_masked_mean: checks (values,
+/// labels when given, offsets, out), then per segment the scored sum, stored
+/// as is or divided by the scored count (NaN when there is none).
+template <class V, class Label, class Offset, class R>
+void segmented_scored_reduce(const host_view<V, 1>& values, const host_view<Label, 1>& labels, bool has_labels,
+                             std::int64_t ignore_index, const host_view<Offset, 1>& offsets, const host_view<R, 1>& out,
+                             bool mean, const char* fn) {
+  assert_value_type<V>();
+  assert_output_type<R>();
+  check_view(values, fn, "values");
+  if (has_labels) {
+    check_view(labels, fn, "labels");
+    check_extent(labels, 0, values.size(), fn, "labels", "one label per value");
+  }
+  const index_t num_segments = check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
+  check_view(out, fn, "out");
+  check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t count = 0;
+    const double sum = scored_sum(values, labels, has_labels, ignore_index, offsets[s], offsets[s + 1], count);
+    if (mean) {
+      out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
+    } else {
+      out[s] = from_accum<R>(sum);
+    }
+  }
+}
+
 }  // namespace detail
 
 /// Per-segment sum: out[s] = Σ_{i ∈ [offsets[s], offsets[s+1])} values[i]
@@ -123,20 +163,8 @@ constexpr void assert_output_type() {
 /// out.size() == S. Throws consr::error naming 'values', 'offsets' or 'out'.
 template <class V, class Offset, class R>
 void segmented_sum(host_view<V, 1> values, host_view<Offset, 1> offsets, host_view<R, 1> out) {
-  constexpr const char* fn = "consr::segmented_sum";
-  detail::assert_value_type<V>();
-  detail::assert_output_type<R>();
-  detail::check_view(values, fn, "values");
-  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
-  detail::check_view(out, fn, "out");
-  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
-  const host_view<const std::int64_t, 1> no_labels{};
-  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
-  for (index_t s = 0; s < num_segments; ++s) {
-    index_t count = 0;
-    const double sum = detail::scored_sum(values, no_labels, false, 0, offsets[s], offsets[s + 1], count);
-    out[s] = from_accum<R>(sum);
-  }
+  detail::segmented_scored_reduce(values, host_view<const std::int64_t, 1>{}, false, 0, offsets, out, false,
+                                  "consr::segmented_sum");
 }
 
 /// Per-segment mean: out[s] = (Σ values[i]) / (offsets[s+1] − offsets[s]),
@@ -144,20 +172,8 @@ void segmented_sum(host_view<V, 1> values, host_view<Offset, 1> offsets, host_vi
 /// Preconditions and errors as segmented_sum.
 template <class V, class Offset, class R>
 void segmented_mean(host_view<V, 1> values, host_view<Offset, 1> offsets, host_view<R, 1> out) {
-  constexpr const char* fn = "consr::segmented_mean";
-  detail::assert_value_type<V>();
-  detail::assert_output_type<R>();
-  detail::check_view(values, fn, "values");
-  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
-  detail::check_view(out, fn, "out");
-  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
-  const host_view<const std::int64_t, 1> no_labels{};
-  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
-  for (index_t s = 0; s < num_segments; ++s) {
-    index_t count = 0;
-    const double sum = detail::scored_sum(values, no_labels, false, 0, offsets[s], offsets[s + 1], count);
-    out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
-  }
+  detail::segmented_scored_reduce(values, host_view<const std::int64_t, 1>{}, false, 0, offsets, out, true,
+                                  "consr::segmented_mean");
 }
 
 /// Per-segment weighted sum: out[s] = Σ_i weights[i] · values[i] over
@@ -213,12 +229,8 @@ void segmented_count(host_view<Label, 1> labels, host_view<Offset, 1> offsets, h
     }
   }
   CONSR_OMP(parallel for schedule(static) if (labels.size() >= detail::segment_parallel_threshold && num_segments > 1))
-  for (index_t s = 0; s < num_segments; ++s) {
-    index_t n = 0;
-    for (index_t i = offsets[s]; i < static_cast<index_t>(offsets[s + 1]); ++i)
-      n += static_cast<std::int64_t>(labels[i]) != ignore_index ? 1 : 0;
-    out[s] = static_cast<Count>(n);
-  }
+  for (index_t s = 0; s < num_segments; ++s)
+    out[s] = static_cast<Count>(detail::scored_count(labels, true, ignore_index, offsets[s], offsets[s + 1]));
 }
 
 /// Per-segment mean over the scored tokens only:
@@ -231,22 +243,9 @@ void segmented_count(host_view<Label, 1> labels, host_view<Offset, 1> offsets, h
 template <class V, class Label, class Offset, class R>
 void segmented_masked_mean(host_view<V, 1> values, host_view<Label, 1> labels, host_view<Offset, 1> offsets,
                            host_view<R, 1> out, std::int64_t ignore_index = default_ignore_index) {
-  constexpr const char* fn = "consr::segmented_masked_mean";
-  detail::assert_value_type<V>();
-  detail::assert_output_type<R>();
   static_assert(is_index_type_v<Label>, "consr::segmented_masked_mean: labels must be int32 or int64");
-  detail::check_view(values, fn, "values");
-  detail::check_view(labels, fn, "labels");
-  detail::check_extent(labels, 0, values.size(), fn, "labels", "one label per value");
-  const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
-  detail::check_view(out, fn, "out");
-  detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
-  CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
-  for (index_t s = 0; s < num_segments; ++s) {
-    index_t count = 0;
-    const double sum = detail::scored_sum(values, labels, true, ignore_index, offsets[s], offsets[s + 1], count);
-    out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
-  }
+  detail::segmented_scored_reduce(values, labels, true, ignore_index, offsets, out, true,
+                                  "consr::segmented_masked_mean");
 }
 
 }  // namespace consr

@@ -158,14 +158,7 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
   reward_report report;
   report.candidates = num_candidates;
   for (index_t c = 0; c < num_candidates; ++c) {
-    index_t count = 0;
-    if (has_labels) {
-      for (index_t t = offsets[c]; t < static_cast<index_t>(offsets[c + 1]); ++t)
-        count += static_cast<std::int64_t>(labels[t]) != ignore ? 1 : 0;
-    } else {
-      count = static_cast<index_t>(offsets[c + 1]) - static_cast<index_t>(offsets[c]);
-    }
-    if (count == 0) {
+    if (scored_count(labels, has_labels, ignore, offsets[c], offsets[c + 1]) == 0) {
       ++report.empty_candidates;
       report.empty_indices.push_back(c);
     } else if (!std::isfinite(static_cast<double>(out.reward[c]))) {
