@@ -191,6 +191,19 @@ inline diffusion_coefficients diffusion_coefficients_checked(const diffusion_noi
   return {s.sqrt_alpha_bar(o.step), s.sqrt_one_minus_alpha_bar(o.step)};
 }
 
+/// The checks of a corruption whose output has the image's shape (noise,
+/// patch masking; host and device): both views well formed, equal extents,
+/// no broadcast output, and `out` is `image` exactly or disjoint from it.
+template <class T, int R, class S>
+void check_image_and_output(const strided_view<const T, R, S>& image, const strided_view<T, R, S>& out,
+                            const char* fn) {
+  check_view(image, fn, "image");
+  check_view(out, fn, "out");
+  for (int d = 0; d < R; ++d) check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  check_no_broadcast(out, fn);
+  check_alias_exact_or_disjoint(image, out, fn, "image");
+}
+
 /// Offset of row r (a multi-index over dims 0..R−2, row-major) in view `v`.
 template <class T, int R>
 index_t row_offset(const host_view<T, R>& v, index_t r) noexcept {
@@ -391,11 +404,7 @@ void add_diffusion_noise(detail::type_identity_t<host_view<const T, R>> image, h
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::add_diffusion_noise: element type must be float, double, consr::bfloat16 or consr::float16");
   constexpr const char* fn = "consr::add_diffusion_noise";
-  detail::check_view(image, fn, "image");
-  detail::check_view(out, fn, "out");
-  for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-  detail::check_no_broadcast(out, fn);
-  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
+  detail::check_image_and_output(image, out, fn);
   const diffusion_coefficients coef = detail::diffusion_coefficients_checked(options, fn);
   const index_t n = image.size();
   if (n == 0) return;
@@ -459,16 +468,17 @@ void add_diffusion_noise(host_view<T, R> image, rng_key key, const diffusion_noi
 
 namespace detail {
 
-/// A [C, H, W] view as a [1, C, H, W] batch; [B, C, H, W] unchanged.
-template <class T, int R>
-host_view<T, 4> as_batch(const host_view<T, R>& v) noexcept {
+/// A [C, H, W] view as a [1, C, H, W] batch; [B, C, H, W] unchanged (host
+/// and device views).
+template <class T, int R, class S>
+strided_view<T, 4, S> as_batch(const strided_view<T, R, S>& v) noexcept {
   static_assert(R == 3 || R == 4, "consr: images are [C, H, W] or [B, C, H, W] views");
   if constexpr (R == 4) {
     return v;
   } else {
     const index_t e[4] = {1, v.extent(0), v.extent(1), v.extent(2)};
     const index_t s[4] = {0, v.stride(0), v.stride(1), v.stride(2)};
-    return host_view<T, 4>(v.data(), e, s);
+    return strided_view<T, 4, S>(v.data(), e, s);
   }
 }
 
@@ -516,6 +526,31 @@ CONSR_HOST_DEVICE inline bool patch_is_masked(rng_key key, std::uint64_t image_i
   return uniform_at(key, (image_index << 32) + detail::patch_mask_stream + patch_index) < probability;
 }
 
+namespace detail {
+
+/// Rows and columns of the patch grid of an image.
+struct patch_grid {
+  index_t rows, cols;
+};
+
+/// The option checks of random_patch_mask (host and device) for a batch `x`:
+/// patch_size >= 1, probability in [0, 1], at most 2^31 patches per image,
+/// image_offset + B within the per-image streams. Returns the patch grid.
+template <class T, class S>
+patch_grid check_patch_mask(const patch_mask_options& options, const strided_view<T, 4, S>& x, const char* fn) {
+  CONSR_CHECK_ARG(options.patch_size >= 1, fn, "patch_size", "must be at least 1, got ", options.patch_size);
+  CONSR_CHECK_ARG(options.probability >= 0.0 && options.probability <= 1.0, fn, "probability", "must be in [0, 1], got ",
+                  options.probability);
+  const index_t ps = options.patch_size;
+  const patch_grid grid{(x.extent(2) + ps - 1) / ps, (x.extent(3) + ps - 1) / ps};
+  CONSR_CHECK_ARG(grid.rows == 0 || grid.cols <= (index_t{1} << 31) / grid.rows, fn, "patch_size", "patch size ", ps,
+                  " gives ", grid.rows, " x ", grid.cols, " patches; at most 2^31 per image are supported");
+  check_image_range(options.image_offset, x.extent(0), fn);
+  return grid;
+}
+
+}  // namespace detail
+
 /// Random patch masking (paper Table 7): the H × W plane is tiled by
 /// patch_size × patch_size squares from the top-left corner (the last row and
 /// column of patches are cut by the border); each patch of each image is,
@@ -531,26 +566,16 @@ void random_patch_mask(detail::type_identity_t<host_view<const T, R>> image, hos
                 "consr::random_patch_mask: element type must be float, double, consr::bfloat16 or consr::float16");
   static_assert(R == 3 || R == 4, "consr::random_patch_mask: images are [C, H, W] or [B, C, H, W] views");
   constexpr const char* fn = "consr::random_patch_mask";
-  detail::check_view(image, fn, "image");
-  detail::check_view(out, fn, "out");
-  for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-  detail::check_no_broadcast(out, fn);
-  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
-  CONSR_CHECK_ARG(options.patch_size >= 1, fn, "patch_size", "must be at least 1, got ", options.patch_size);
-  CONSR_CHECK_ARG(options.probability >= 0.0 && options.probability <= 1.0, fn, "probability", "must be in [0, 1], got ",
-                  options.probability);
+  detail::check_image_and_output(image, out, fn);
   const host_view<const T, 4> x = detail::as_batch(image);
   const host_view<T, 4> y = detail::as_batch(out);
   const index_t batch = x.extent(0), channels = x.extent(1), height = x.extent(2), width = x.extent(3);
-  const index_t ps = options.patch_size;
-  const index_t grid_rows = (height + ps - 1) / ps, grid_cols = (width + ps - 1) / ps;
-  CONSR_CHECK_ARG(grid_rows == 0 || grid_cols <= (index_t{1} << 31) / grid_rows, fn, "patch_size", "patch size ", ps,
-                  " gives ", grid_rows, " x ", grid_cols, " patches; at most 2^31 per image are supported");
-  detail::check_image_range(options.image_offset, batch, fn);
+  const detail::patch_grid grid = detail::check_patch_mask(options, x, fn);
+  const index_t ps = options.patch_size, grid_cols = grid.cols;
   if (x.size() == 0) return;
 
   // One byte per (image, patch): tiny next to the image, and the loops below read it.
-  const index_t patches = grid_rows * grid_cols;
+  const index_t patches = grid.rows * grid.cols;
   std::vector<unsigned char> masked(static_cast<std::size_t>(batch * patches));
   for (index_t b = 0; b < batch; ++b)
     for (index_t p = 0; p < patches; ++p)
@@ -824,14 +849,16 @@ void crop_resize_batch(host_view<const T, 4> x, const crop_box* boxes, host_view
   }
 }
 
-template <class T, int R>
-void check_crop_views(const host_view<const T, R>& image, const host_view<T, R>& out, const char* fn) {
-  detail::check_view(image, fn, "image");
-  detail::check_view(out, fn, "out");
-  if constexpr (R == 4) detail::check_extent(out, 0, image.extent(0), fn, "out", "the image's batch size");
-  detail::check_extent(out, R - 3, image.extent(R - 3), fn, "out", "the image's channel count");
-  detail::check_no_broadcast(out, fn);
-  CONSR_CHECK_ARG(!detail::views_overlap(image, out), fn, "out", "overlaps 'image'; the crop cannot run in place");
+/// The view checks of the crops (host and device): both well formed, `out`
+/// with the image's batch and channel extents, no broadcast, no overlap.
+template <class T, int R, class S>
+void check_crop_views(const strided_view<const T, R, S>& image, const strided_view<T, R, S>& out, const char* fn) {
+  check_view(image, fn, "image");
+  check_view(out, fn, "out");
+  if constexpr (R == 4) check_extent(out, 0, image.extent(0), fn, "out", "the image's batch size");
+  check_extent(out, R - 3, image.extent(R - 3), fn, "out", "the image's channel count");
+  check_no_broadcast(out, fn);
+  CONSR_CHECK_ARG(!views_overlap(image, out), fn, "out", "overlaps 'image'; the crop cannot run in place");
 }
 
 }  // namespace detail

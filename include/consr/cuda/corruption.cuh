@@ -220,12 +220,7 @@ template <class T, int R>
 status launch_noise(const device_view<const T, R>& image, const device_view<T, R>& out, rng_key key,
                     const diffusion_coefficients& coef, std::uint64_t element_offset, cudaStream_t stream,
                     const char* fn) {
-  ::consr::detail::check_view(image, fn, "image");
-  ::consr::detail::check_view(out, fn, "out");
-  for (int d = 0; d < R; ++d)
-    ::consr::detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-  check_no_broadcast(out, fn);
-  check_alias_exact_or_disjoint(image, out, fn, "image");
+  ::consr::detail::check_image_and_output(image, out, fn);
   const index_t n = image.size();
   if (n == 0) return status::success;
   CONSR_CHECK_ARG(element_offset <= std::numeric_limits<std::uint64_t>::max() - static_cast<std::uint64_t>(n), fn,
@@ -255,18 +250,7 @@ status launch_noise(const device_view<const T, R>& image, const device_view<T, R
 // Batched images
 // ------------------------------------------------------------------------------------------------
 
-/// A [C, H, W] device view as a [1, C, H, W] batch; [B, C, H, W] unchanged.
-template <class T, int R>
-device_view<T, 4> as_batch(const device_view<T, R>& v) noexcept {
-  static_assert(R == 3 || R == 4, "consr::cuda: images are [C, H, W] or [B, C, H, W] views");
-  if constexpr (R == 4) {
-    return v;
-  } else {
-    const index_t e[4] = {1, v.extent(0), v.extent(1), v.extent(2)};
-    const index_t s[4] = {0, v.stride(0), v.stride(1), v.stride(2)};
-    return device_view<T, 4>(v.data(), e, s);
-  }
-}
+using ::consr::detail::as_batch;
 
 /// mask[b·P + p] = patch_is_masked(key, image_offset + b, p, probability).
 template <int Unused = 0>
@@ -368,15 +352,7 @@ status launch_crop_resize(const device_view<const T, 4>& x, const device_view<T,
   return status::success;
 }
 
-template <class T, int R>
-void check_crop_views(const device_view<const T, R>& image, const device_view<T, R>& out, const char* fn) {
-  ::consr::detail::check_view(image, fn, "image");
-  ::consr::detail::check_view(out, fn, "out");
-  if constexpr (R == 4) ::consr::detail::check_extent(out, 0, image.extent(0), fn, "out", "the image's batch size");
-  ::consr::detail::check_extent(out, R - 3, image.extent(R - 3), fn, "out", "the image's channel count");
-  check_no_broadcast(out, fn);
-  CONSR_CHECK_ARG(!views_overlap(image, out), fn, "out", "overlaps 'image'; the crop cannot run in place");
-}
+using ::consr::detail::check_crop_views;
 
 // ------------------------------------------------------------------------------------------------
 // Mixup
@@ -495,24 +471,13 @@ status random_patch_mask(void* d_temp_storage, std::size_t& temp_storage_bytes,
   static_assert(R == 3 || R == 4, "consr::cuda::random_patch_mask: images are [C, H, W] or [B, C, H, W] views");
   return detail::guarded([&] {
     constexpr const char* fn = "consr::cuda::random_patch_mask";
-    ::consr::detail::check_view(image, fn, "image");
-    ::consr::detail::check_view(out, fn, "out");
-    for (int d = 0; d < R; ++d)
-      ::consr::detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-    detail::check_no_broadcast(out, fn);
-    detail::check_alias_exact_or_disjoint(image, out, fn, "image");
-    CONSR_CHECK_ARG(options.patch_size >= 1, fn, "patch_size", "must be at least 1, got ", options.patch_size);
-    CONSR_CHECK_ARG(options.probability >= 0.0 && options.probability <= 1.0, fn, "probability",
-                    "must be in [0, 1], got ", options.probability);
+    ::consr::detail::check_image_and_output(image, out, fn);
     const device_view<const T, 4> x = detail::as_batch(image);
     const device_view<T, 4> y = detail::as_batch(out);
-    const index_t batch = x.extent(0), height = x.extent(2), width = x.extent(3);
-    const index_t ps = options.patch_size;
-    const index_t grid_rows = (height + ps - 1) / ps, grid_cols = (width + ps - 1) / ps;
-    CONSR_CHECK_ARG(grid_rows == 0 || grid_cols <= (index_t{1} << 31) / grid_rows, fn, "patch_size", "patch size ",
-                    ps, " gives ", grid_rows, " x ", grid_cols, " patches; at most 2^31 per image are supported");
-    ::consr::detail::check_image_range(options.image_offset, batch, fn);
-    const index_t patches = grid_rows * grid_cols;
+    const index_t batch = x.extent(0), height = x.extent(2);
+    const ::consr::detail::patch_grid grid = ::consr::detail::check_patch_mask(options, x, fn);
+    const index_t ps = options.patch_size, grid_cols = grid.cols;
+    const index_t patches = grid.rows * grid.cols;
     const std::size_t sizes[1] = {static_cast<std::size_t>(batch * patches)};
     void* parts[1];
     detail::partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes, parts, fn);
