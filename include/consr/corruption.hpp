@@ -204,6 +204,25 @@ void check_image_and_output(const strided_view<const T, R, S>& image, const stri
   check_alias_exact_or_disjoint(image, out, fn, "image");
 }
 
+/// The checks of mixup (host and device): the three views well formed and of
+/// the image's extents, no broadcast output, `out` exactly `image` / `other`
+/// or disjoint from each, and λ in [0, 1].
+template <class T, int R, class S>
+void check_mixup(const strided_view<const T, R, S>& image, const strided_view<const T, R, S>& other,
+                 const strided_view<T, R, S>& out, double lambda, const char* fn) {
+  check_view(image, fn, "image");
+  check_view(other, fn, "other");
+  check_view(out, fn, "out");
+  for (int d = 0; d < R; ++d) {
+    check_extent(other, d, image.extent(d), fn, "other", "the image's extent");
+    check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
+  }
+  check_no_broadcast(out, fn);
+  check_alias_exact_or_disjoint(image, out, fn, "image");
+  check_alias_exact_or_disjoint(other, out, fn, "other");
+  CONSR_CHECK_ARG(lambda >= 0.0 && lambda <= 1.0, fn, "lambda", "must be in [0, 1], got ", lambda);
+}
+
 /// Offset of row r (a multi-index over dims 0..R−2, row-major) in view `v`.
 template <class T, int R>
 index_t row_offset(const host_view<T, R>& v, index_t r) noexcept {
@@ -630,18 +649,7 @@ void mixup(detail::type_identity_t<host_view<const T, R>> image, detail::type_id
            host_view<T, R> out, double lambda) {
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::mixup: element type must be float, double, consr::bfloat16 or consr::float16");
-  constexpr const char* fn = "consr::mixup";
-  detail::check_view(image, fn, "image");
-  detail::check_view(other, fn, "other");
-  detail::check_view(out, fn, "out");
-  for (int d = 0; d < R; ++d) {
-    detail::check_extent(other, d, image.extent(d), fn, "other", "the image's extent");
-    detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-  }
-  detail::check_no_broadcast(out, fn);
-  detail::check_alias_exact_or_disjoint(image, out, fn, "image");
-  detail::check_alias_exact_or_disjoint(other, out, fn, "other");
-  CONSR_CHECK_ARG(lambda >= 0.0 && lambda <= 1.0, fn, "lambda", "must be in [0, 1], got ", lambda);
+  detail::check_mixup(image, other, out, lambda, "consr::mixup");
   using acc = accum_t<T>;
   const acc wa = static_cast<acc>(lambda), wb = static_cast<acc>(1.0 - lambda);
   auto mix = [wa, wb](T p, T q) { return from_accum<T>(wa * to_accum<acc>(p) + wb * to_accum<acc>(q)); };

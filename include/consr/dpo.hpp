@@ -230,12 +230,10 @@ dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo
   return dpo_pair_from_sums(dpo_side(chosen, pair, o), dpo_side(rejected, pair, o), o);
 }
 
-template <class T, class Offset, class Label>
-index_t dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o, const dpo_side_names& names,
-                       const char* fn) {
-  check_view(s.policy_logp, fn, names.policy_logp);
-  const index_t n = s.policy_logp.size();
-  const index_t num_pairs = check_packed_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
+/// The reference checks of one side of n tokens and P pairs (host and device
+/// sides): exactly one reference, per token (n values) or per sequence (P).
+template <class Side>
+void dpo_check_reference(const Side& s, index_t n, index_t num_pairs, const dpo_side_names& names, const char* fn) {
   check_view(s.reference_logp, fn, names.reference_logp);
   check_view(s.reference_logp_sum, fn, names.reference_logp_sum);
   if (s.reference_logp_sum.size() != 0) {
@@ -248,16 +246,34 @@ index_t dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_optio
                     " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
                     names.reference_logp_sum, "' with one sum per pair");
   }
-  check_optional_labels(s.labels, n, fn, names.labels);
+}
+
+/// The weights check of one side of n tokens (host and device sides): one per
+/// token when the loss uses visual weights, else 0 or one per token.
+/// `visual_weights_fn` names the function that computes them.
+template <class Side>
+void dpo_check_weights(const Side& s, index_t n, const dpo_options& o, const dpo_side_names& names, const char* fn,
+                       const char* visual_weights_fn) {
   check_view(s.weights, fn, names.weights);
   if (dpo_uses_weights(o)) {
     CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
                     " elements but the consr loss with visual_weights needs one per token (", n,
-                    "); compute them with consr::visual_weights or set visual_weights = false");
+                    "); compute them with ", visual_weights_fn, " or set visual_weights = false");
   } else {
     CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
                     " elements but must have 0 or one per token (", n, ")");
   }
+}
+
+template <class T, class Offset, class Label>
+index_t dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o, const dpo_side_names& names,
+                       const char* fn) {
+  check_view(s.policy_logp, fn, names.policy_logp);
+  const index_t n = s.policy_logp.size();
+  const index_t num_pairs = check_packed_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
+  dpo_check_reference(s, n, num_pairs, names, fn);
+  check_optional_labels(s.labels, n, fn, names.labels);
+  dpo_check_weights(s, n, o, names, fn, "consr::visual_weights");
   return num_pairs;
 }
 

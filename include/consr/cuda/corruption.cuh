@@ -517,18 +517,7 @@ status mixup(::consr::detail::type_identity_t<device_view<const T, R>> image,
   static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
                 "consr::cuda::mixup: element type must be float, double, consr::bfloat16 or consr::float16");
   return detail::guarded([&] {
-    constexpr const char* fn = "consr::cuda::mixup";
-    ::consr::detail::check_view(image, fn, "image");
-    ::consr::detail::check_view(other, fn, "other");
-    ::consr::detail::check_view(out, fn, "out");
-    for (int d = 0; d < R; ++d) {
-      ::consr::detail::check_extent(other, d, image.extent(d), fn, "other", "the image's extent");
-      ::consr::detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
-    }
-    detail::check_no_broadcast(out, fn);
-    detail::check_alias_exact_or_disjoint(image, out, fn, "image");
-    detail::check_alias_exact_or_disjoint(other, out, fn, "other");
-    CONSR_CHECK_ARG(lambda >= 0.0 && lambda <= 1.0, fn, "lambda", "must be in [0, 1], got ", lambda);
+    ::consr::detail::check_mixup(image, other, out, lambda, "consr::cuda::mixup");
     using acc = accum_t<T>;
     const acc wa = static_cast<acc>(lambda), wb = static_cast<acc>(1.0 - lambda);
     const index_t n = image.size();

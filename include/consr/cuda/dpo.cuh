@@ -227,32 +227,11 @@ dpo_side_args<T, Offset, Label> dpo_check_side(const dpo_sequences<T, Offset, La
   ::consr::detail::check_view(s.policy_logp, fn, names.policy_logp);
   const index_t n = s.policy_logp.size();
   const auto seg = make_packed_segments(s.offsets, n, fn, names.offsets);
-  const index_t num_pairs = seg.num_segments;
-  ::consr::detail::check_view(s.reference_logp, fn, names.reference_logp);
-  ::consr::detail::check_view(s.reference_logp_sum, fn, names.reference_logp_sum);
+  ::consr::detail::dpo_check_reference(s, n, seg.num_segments, names, fn);
   const bool per_sequence = s.reference_logp_sum.size() != 0;
-  if (per_sequence) {
-    CONSR_CHECK_ARG(s.reference_logp.size() == 0, fn, names.reference_logp, "has ", s.reference_logp.size(),
-                    " elements but '", names.reference_logp_sum,
-                    "' is given too; pass exactly one reference (per token or per sequence)");
-    ::consr::detail::check_extent(s.reference_logp_sum, 0, num_pairs, fn, names.reference_logp_sum,
-                                  "one sum per pair");
-  } else {
-    CONSR_CHECK_ARG(s.reference_logp.size() == n, fn, names.reference_logp, "has ", s.reference_logp.size(),
-                    " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
-                    names.reference_logp_sum, "' with one sum per pair");
-  }
   check_optional_size(s.labels, n, fn, names.labels, "one label per token");
-  ::consr::detail::check_view(s.weights, fn, names.weights);
+  ::consr::detail::dpo_check_weights(s, n, o, names, fn, "consr::cuda::visual_weights");
   const bool weighted = ::consr::detail::dpo_uses_weights(o);
-  if (weighted) {
-    CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
-                    " elements but the consr loss with visual_weights needs one per token (", n,
-                    "); compute them with consr::cuda::visual_weights or set visual_weights = false");
-  } else {
-    CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
-                    " elements but must have 0 or one per token (", n, ")");
-  }
   dpo_side_args<T, Offset, Label> a;
   a.policy = s.policy_logp.data();
   a.policy_stride = s.policy_logp.stride(0);

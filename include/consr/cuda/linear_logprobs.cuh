@@ -361,6 +361,34 @@ __global__ void linear_widen_kernel(const T* src, index_t src_ld, index_t rows, 
   }
 }
 
+/// A GEMM operand of `rows` rows of H = `cols` elements starting at `data` (leading dimension `ld`):
+/// the input itself, or (fp16) its fp32 copy in `wide`, which then has leading dimension max(H, 1).
+/// Sets `operand` and `ld`; returns the launch's error.
+template <class T>
+cudaError_t linear_gemm_operand(const T* data, index_t rows, index_t cols, float* wide, cudaStream_t stream,
+                                const linear_gemm_t<T>*& operand, index_t& ld) {
+  if constexpr (std::is_same_v<T, float16>) {
+    linear_widen_kernel<T><<<elementwise_grid(rows * cols), elementwise_block, 0, stream>>>(data, ld, rows, cols, wide);
+    operand = wide;
+    ld = cols > 1 ? cols : 1;
+    return cudaGetLastError();
+  } else {
+    (void)rows;
+    (void)cols;
+    (void)wide;
+    (void)stream;
+    operand = reinterpret_cast<const linear_gemm_t<T>*>(data);
+    return cudaSuccess;
+  }
+}
+
+/// Vocabulary rows per chunk (min(V, options.vocab_chunk)), checked to fit the kernels' int columns.
+inline index_t linear_chunk_columns(index_t vocab, const linear_logprob_options& options, const char* fn) {
+  const index_t cols_max = vocab < options.vocab_chunk ? vocab : options.vocab_chunk;
+  CONSR_CHECK_ARG(cols_max < INT_MAX / 2, fn, "options.vocab_chunk", "chunks must be below 2^30 columns");
+  return cols_max;
+}
+
 template <class T>
 __global__ void linear_ones_kernel(T* out, index_t n) {
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
@@ -536,8 +564,7 @@ status linear_forward(cublasHandle_t handle, void* d_temp_storage, std::size_t& 
       logprob_check_aligned(lse, fn, "lse");
       check_no_broadcast(lse, fn, "lse");
     }
-    const index_t cols_max = vocab < options.vocab_chunk ? vocab : options.vocab_chunk;
-    CONSR_CHECK_ARG(cols_max < INT_MAX / 2, fn, "options.vocab_chunk", "chunks must be below 2^30 columns");
+    const index_t cols_max = linear_chunk_columns(vocab, options, fn);
     const linear_temp_sizes sizes = linear_temp_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, true, false);
     void* parts[linear_temp_sizes::count];
     partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes.bytes, parts, fn);
@@ -552,16 +579,11 @@ status linear_forward(cublasHandle_t handle, void* d_temp_storage, std::size_t& 
     const index_t ld = linear_padded(cols_max, linear_vec_v<Acc>);
 
     // GEMM operands: the inputs, or (fp16) their fp32 copies.
-    const GemmT* hidden_gemm = reinterpret_cast<const GemmT*>(hidden.data());
+    const GemmT* hidden_gemm = nullptr;
     index_t hidden_ld = linear_ld(hidden);
-    if constexpr (std::is_same_v<T, float16>) {
-      float* wide = static_cast<float*>(parts[linear_temp_sizes::hidden_wide]);
-      linear_widen_kernel<T><<<elementwise_grid(tokens * hidden_size), elementwise_block, 0, stream>>>(
-          hidden.data(), hidden_ld, tokens, hidden_size, wide);
-      CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      hidden_gemm = wide;
-      hidden_ld = hidden_size > 1 ? hidden_size : 1;
-    }
+    CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(hidden.data(), tokens, hidden_size,
+                                                   static_cast<float*>(parts[linear_temp_sizes::hidden_wide]), stream,
+                                                   hidden_gemm, hidden_ld));
     const index_t weight_ld = linear_ld(weight);
 
     linear_fold_args<T, Label> f{};
@@ -580,16 +602,11 @@ status linear_forward(cublasHandle_t handle, void* d_temp_storage, std::size_t& 
 
     for (index_t v0 = 0; v0 < vocab; v0 += cols_max) {
       const index_t cols = vocab - v0 < cols_max ? vocab - v0 : cols_max;
-      const GemmT* weight_gemm = reinterpret_cast<const GemmT*>(weight.data() + v0 * weight.stride(0));
+      const GemmT* weight_gemm = nullptr;
       index_t weight_gemm_ld = weight_ld;
-      if constexpr (std::is_same_v<T, float16>) {
-        float* wide = static_cast<float*>(parts[linear_temp_sizes::weight_wide]);
-        linear_widen_kernel<T><<<elementwise_grid(cols * hidden_size), elementwise_block, 0, stream>>>(
-            weight.data() + v0 * weight.stride(0), weight_ld, cols, hidden_size, wide);
-        CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-        weight_gemm = wide;
-        weight_gemm_ld = hidden_size > 1 ? hidden_size : 1;
-      }
+      CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(weight.data() + v0 * weight.stride(0), cols, hidden_size,
+                                                     static_cast<float*>(parts[linear_temp_sizes::weight_wide]),
+                                                     stream, weight_gemm, weight_gemm_ld));
       // logits[N, cols] (row-major, ld) = hidden · W_chunkᵀ, i.e. column-major (cols × N) = W_chunk_cmᵀ · hidden_cm.
       linear_gemm<Acc>(handle, CUBLAS_OP_T, CUBLAS_OP_N, cols, tokens, hidden_size, weight_gemm,
                        linear_cuda_type<GemmT>(), weight_gemm_ld, hidden_gemm, linear_cuda_type<GemmT>(), hidden_ld,
@@ -673,8 +690,7 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     check_disjoint(hidden, grad_bias, fn, "hidden", "grad_bias");
     check_disjoint(weight, grad_bias, fn, "weight", "grad_bias");
     check_disjoint(bias, grad_bias, fn, "bias", "grad_bias");
-    const index_t cols_max = vocab < options.vocab_chunk ? vocab : options.vocab_chunk;
-    CONSR_CHECK_ARG(cols_max < INT_MAX / 2, fn, "options.vocab_chunk", "chunks must be below 2^30 columns");
+    const index_t cols_max = linear_chunk_columns(vocab, options, fn);
     const linear_temp_sizes sizes =
         linear_temp_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, false, want_bias);
     void* parts[linear_temp_sizes::count];
@@ -696,16 +712,11 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     const index_t grad_hidden_ld = want_hidden ? linear_ld(grad_hidden) : 1;
     const index_t grad_weight_ld = want_weight ? linear_ld(grad_weight) : 1;
 
-    const GemmT* hidden_gemm = reinterpret_cast<const GemmT*>(hidden.data());
+    const GemmT* hidden_gemm = nullptr;
     index_t hidden_ld = linear_ld(hidden);
-    if constexpr (std::is_same_v<T, float16>) {
-      float* wide = static_cast<float*>(parts[linear_temp_sizes::hidden_wide]);
-      linear_widen_kernel<T><<<elementwise_grid(tokens * hidden_size), elementwise_block, 0, stream>>>(
-          hidden.data(), hidden_ld, tokens, hidden_size, wide);
-      CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      hidden_gemm = wide;
-      hidden_ld = hidden_size > 1 ? hidden_size : 1;
-    }
+    CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(hidden.data(), tokens, hidden_size,
+                                                   static_cast<float*>(parts[linear_temp_sizes::hidden_wide]), stream,
+                                                   hidden_gemm, hidden_ld));
     GemmT* ones = nullptr;
     if (want_bias) {
       ones = static_cast<GemmT*>(parts[linear_temp_sizes::ones]);
@@ -751,16 +762,11 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     const cudaDataType_t acc_type = linear_cuda_type<Acc>();
     for (index_t v0 = 0; v0 < vocab; v0 += cols_max) {
       const index_t cols = vocab - v0 < cols_max ? vocab - v0 : cols_max;
-      const GemmT* weight_gemm = reinterpret_cast<const GemmT*>(weight.data() + v0 * weight.stride(0));
+      const GemmT* weight_gemm = nullptr;
       index_t weight_gemm_ld = weight_ld;
-      if constexpr (std::is_same_v<T, float16>) {
-        float* wide = static_cast<float*>(parts[linear_temp_sizes::weight_wide]);
-        linear_widen_kernel<T><<<elementwise_grid(cols * hidden_size), elementwise_block, 0, stream>>>(
-            weight.data() + v0 * weight.stride(0), weight_ld, cols, hidden_size, wide);
-        CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-        weight_gemm = wide;
-        weight_gemm_ld = hidden_size > 1 ? hidden_size : 1;
-      }
+      CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(weight.data() + v0 * weight.stride(0), cols, hidden_size,
+                                                     static_cast<float*>(parts[linear_temp_sizes::weight_wide]),
+                                                     stream, weight_gemm, weight_gemm_ld));
       // Recompute the chunk's logits, then G (in place, or into the bf16 buffer).
       linear_gemm<Acc>(handle, CUBLAS_OP_T, CUBLAS_OP_N, cols, tokens, hidden_size, weight_gemm, gemm_type,
                        weight_gemm_ld, hidden_gemm, gemm_type, hidden_ld, Acc(0), logits, acc_type, ld, fn,

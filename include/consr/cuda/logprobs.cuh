@@ -908,6 +908,36 @@ status logprob_backward(device_view<const Logit, 2> logits, device_view<const La
                 fn ": argument '" arg "' must be a device view (consr::device_view); use consr::" \
                    "token_logprobs for host memory")
 
+namespace detail {
+
+/// Both token_logprobs overloads (temp_storage_bytes null: no temporary storage): the compile-time
+/// checks of the views' spaces and output types, then the forward.
+template <class LogitsT, class LabelsT, class LogpT, class LseT, class S1, class S2, class S3, class S4>
+status token_logprobs_entry(void* d_temp_storage, std::size_t* temp_storage_bytes,
+                            strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1, S2> labels,
+                            strided_view<LogpT, 1, S3> token_logp, strided_view<LseT, 1, S4> lse,
+                            const logprob_options& options, error_info* error, cudaStream_t stream) {
+  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs", "logits");
+  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs", "labels");
+  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs", "token_logp");
+  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse");
+  using Logit = std::remove_const_t<LogitsT>;
+  using Label = std::remove_const_t<LabelsT>;
+  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
+  static_assert(outputs_ok,
+                "consr::cuda::token_logprobs: token_logp and lse must be non-const device views of accum_t<Logit> "
+                "(float for float/bfloat16/float16 logits, double for double)");
+  if constexpr (outputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
+                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space>) {
+    return logprob_forward<Logit, Label>(d_temp_storage, temp_storage_bytes, logits, labels, token_logp, lse, options,
+                                         error, stream);
+  } else {
+    return status::invalid_argument;
+  }
+}
+
+}  // namespace detail
+
 /// Token log-probabilities on the GPU (spec §4), the device twin of consr::token_logprobs:
 /// logp_i = z_i[y_i] − logsumexp_v z_i[v] with z_i = logits_i / τ, and lse_i = logsumexp_v z_i[v].
 ///
@@ -933,23 +963,8 @@ status token_logprobs(void* d_temp_storage, std::size_t& temp_storage_bytes, str
                       strided_view<LabelsT, 1, S2> labels, strided_view<LogpT, 1, S3> token_logp,
                       strided_view<LseT, 1, S4> lse, const logprob_options& options = {},
                       error_info* error = nullptr, cudaStream_t stream = nullptr) {
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs", "logits");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs", "labels");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs", "token_logp");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse");
-  using Logit = std::remove_const_t<LogitsT>;
-  using Label = std::remove_const_t<LabelsT>;
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
-  static_assert(outputs_ok,
-                "consr::cuda::token_logprobs: token_logp and lse must be non-const device views of accum_t<Logit> "
-                "(float for float/bfloat16/float16 logits, double for double)");
-  if constexpr (outputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
-                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space>) {
-    return detail::logprob_forward<Logit, Label>(d_temp_storage, &temp_storage_bytes, logits, labels, token_logp,
-                                                 lse, options, error, stream);
-  } else {
-    return status::invalid_argument;
-  }
+  return detail::token_logprobs_entry(d_temp_storage, &temp_storage_bytes, logits, labels, token_logp, lse, options,
+                                      error, stream);
 }
 
 /// token_logprobs without temporary storage: one block (or warp) per row, never split. Same
@@ -959,23 +974,7 @@ status token_logprobs(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT,
                       strided_view<LogpT, 1, S3> token_logp, strided_view<LseT, 1, S4> lse,
                       const logprob_options& options = {}, error_info* error = nullptr,
                       cudaStream_t stream = nullptr) {
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs", "logits");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs", "labels");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs", "token_logp");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse");
-  using Logit = std::remove_const_t<LogitsT>;
-  using Label = std::remove_const_t<LabelsT>;
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
-  static_assert(outputs_ok,
-                "consr::cuda::token_logprobs: token_logp and lse must be non-const device views of accum_t<Logit> "
-                "(float for float/bfloat16/float16 logits, double for double)");
-  if constexpr (outputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
-                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space>) {
-    return detail::logprob_forward<Logit, Label>(nullptr, nullptr, logits, labels, token_logp, lse, options, error,
-                                                 stream);
-  } else {
-    return status::invalid_argument;
-  }
+  return detail::token_logprobs_entry(nullptr, nullptr, logits, labels, token_logp, lse, options, error, stream);
 }
 
 /// Backward of token_logprobs on the GPU (spec §4), the device twin of consr::token_logprobs_backward:
