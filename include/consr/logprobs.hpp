@@ -260,6 +260,18 @@ inline void check_logprob_options(const logprob_options& options, const char* fn
   CONSR_CHECK_ARG(std::isfinite(tau) && tau > 0.0, fn, "options.temperature", "must be finite and > 0, got ", tau);
 }
 
+// The arguments token_logprobs and its backward share, checked in this order: options, logits (rows
+// contiguous), labels (one per row).
+template <class Logit, class Label>
+void check_logits_and_labels(const host_view<const Logit, 2>& logits, const host_view<const Label, 1>& labels,
+                             const logprob_options& options, const char* fn) {
+  check_logprob_options(options, fn);
+  check_view(logits, fn, "logits");
+  check_unit_inner_stride(logits, fn, "logits");
+  check_view(labels, fn, "labels");
+  check_extent(labels, 0, logits.extent(0), fn, "labels", "rows of logits");
+}
+
 // A rank-1 output written by several rows must not map two rows to one element.
 template <class T>
 void check_distinct_rows(const host_view<T, 1>& v, const char* fn, const char* arg) {
@@ -297,13 +309,9 @@ void token_logprobs_impl(host_view<const Logit, 2> logits, host_view<const Label
   using Acc = accum_t<Logit>;
   constexpr const char* fn = "consr::token_logprobs";
 
-  check_logprob_options(options, fn);
-  check_view(logits, fn, "logits");
-  check_unit_inner_stride(logits, fn, "logits");
+  check_logits_and_labels(logits, labels, options, fn);
   const index_t rows = logits.extent(0);
   const index_t vocab = logits.extent(1);
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, rows, fn, "labels", "rows of logits");
   check_view(token_logp, fn, "token_logp");
   check_extent(token_logp, 0, rows, fn, "token_logp", "rows of logits");
   check_distinct_rows(token_logp, fn, "token_logp");
@@ -355,13 +363,9 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
   using Acc = accum_t<Logit>;
   constexpr const char* fn = "consr::token_logprobs_backward";
 
-  check_logprob_options(options, fn);
-  check_view(logits, fn, "logits");
-  check_unit_inner_stride(logits, fn, "logits");
+  check_logits_and_labels(logits, labels, options, fn);
   const index_t rows = logits.extent(0);
   const index_t vocab = logits.extent(1);
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, rows, fn, "labels", "rows of logits");
   check_view(lse, fn, "lse");
   check_extent(lse, 0, rows, fn, "lse", "rows of logits");
   check_view(grad_token_logp, fn, "grad_token_logp");
