@@ -1,5 +1,7 @@
 // Helpers shared by the CUDA tests: an owning device buffer, host <-> device
-// copies, the two-phase temporary-storage dance, and error_info reads.
+// copies, the two-phase temporary-storage dance, and error_info reads; plus the
+// host tests' own helpers (../host/test_util.hpp: values, random data, the
+// references the CUDA tests share with their host twins).
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -7,6 +9,8 @@
 #include <cuda_runtime.h>
 
 #include <consr/cuda/common.cuh>
+
+#include "../host/test_util.hpp"
 
 #include <cstddef>
 #include <cstring>
@@ -131,12 +135,6 @@ T read_device_object(const T* p) {
   T h;
   CONSR_TEST_CUDA(cudaMemcpy(&h, p, sizeof(T), cudaMemcpyDeviceToHost));
   return h;
-}
-
-/// True when the bit patterns of a and b are equal (NaN payloads included).
-template <class T>
-bool same_bits(const T& a, const T& b) {
-  return std::memcmp(&a, &b, sizeof(T)) == 0;
 }
 
 }  // namespace consr_test

@@ -24,6 +24,7 @@
 
 using consr::index_t;
 using consr_test::device_buffer;
+using consr_test::epsilon_of;
 using consr_test::run_two_phase;
 
 namespace {
@@ -40,14 +41,6 @@ std::vector<T> random_image(std::mt19937_64& rng, index_t n) {
   std::vector<T> v(static_cast<std::size_t>(n));
   for (auto& x : v) x = consr::from_accum<T>(d(rng));
   return v;
-}
-
-template <class T>
-double epsilon_of() {
-  if constexpr (std::is_same_v<T, double>) return 0x1p-52;
-  else if constexpr (std::is_same_v<T, float>) return 0x1p-23;
-  else if constexpr (std::is_same_v<T, consr::bfloat16>) return 0x1p-7;
-  else return 0x1p-10;
 }
 
 /// |dev − host| <= abs_tol + ulps · eps_T · |host| element by element.

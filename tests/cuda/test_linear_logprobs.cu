@@ -28,9 +28,9 @@ using consr::float16;
 using consr::index_t;
 using consr::status;
 using consr_test::device_buffer;
+using consr_test::from_double;
+using consr_test::nan_v;
 using device_error = consr_test::device_error_info;
-
-constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 
 class cublas_handle {
  public:
@@ -43,12 +43,6 @@ class cublas_handle {
  private:
   cublasHandle_t h_ = nullptr;
 };
-
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>) return T(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
 
 template <class T>
 double value_of(T x) {

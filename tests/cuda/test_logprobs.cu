@@ -27,27 +27,20 @@ using consr::index_t;
 using consr::status;
 using consr::cuda::logprob_launch_shape;
 
-constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
-constexpr double inf_v = std::numeric_limits<double>::infinity();
-
 using consr_test::device_buffer;
+using consr_test::float_output_tolerance;
+using consr_test::from_double;
+using consr_test::inf_v;
+using consr_test::nan_v;
+using consr_test::random_labels;
+using consr_test::random_upstream;
+using consr_test::reference_logprob;
+using consr_test::reference_row;
 using consr_test::same_bits;
+using consr_test::value_of;
 using device_error = consr_test::device_error_info;
 
 // ---- values ---------------------------------------------------------------------------------------
-
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>) return T(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
-
-template <class T>
-long double value_of(T x) {
-  if constexpr (std::is_same_v<T, bfloat16>) return static_cast<long double>(bfloat16::to_float(x.bits));
-  else if constexpr (std::is_same_v<T, float16>) return static_cast<long double>(float16::to_float(x.bits));
-  else return static_cast<long double>(x);
-}
 
 /// Logits of a rows × vocab matrix stored at `offset + i * stride + v`; everything else is NaN, so
 /// that a read outside the rows would poison a result.
@@ -80,47 +73,7 @@ void fill_normal(padded_matrix<T>& m, double stddev, std::uint64_t seed) {
     for (index_t v = 0; v < m.vocab; ++v) m.at(i, v) = from_double<T>(normal(gen));
 }
 
-template <class Label>
-std::vector<Label> random_labels(index_t rows, index_t vocab, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<std::int64_t> pick(0, std::max<index_t>(vocab - 1, 0));
-  std::vector<Label> out(static_cast<std::size_t>(rows));
-  for (auto& y : out) y = static_cast<Label>(pick(gen));
-  return out;
-}
-
-std::vector<double> random_upstream(index_t rows, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<double> u(-2.0, 2.0);
-  std::vector<double> out(static_cast<std::size_t>(rows));
-  for (auto& x : out) x = u(gen);
-  return out;
-}
-
 // ---- references -----------------------------------------------------------------------------------
-
-struct reference_row {
-  long double logp;
-  long double lse;
-};
-
-// logsumexp of z / tau in long double, straight from the definition (shifted by the max for range).
-template <class T>
-reference_row reference_logprob(const T* row, index_t vocab, std::int64_t label, long double tau) {
-  long double m = -std::numeric_limits<long double>::infinity();
-  for (index_t v = 0; v < vocab; ++v) m = std::max(m, value_of(row[v]) / tau);
-  long double s = 0;
-  for (index_t v = 0; v < vocab; ++v) s += std::exp(value_of(row[v]) / tau - m);
-  const long double lse = m + std::log(s);
-  return {value_of(row[label]) / tau - lse, lse};
-}
-
-// Allowed error of an fp32 output: `tol` plus half an ulp of the value (the float cannot be closer).
-double float_output_tolerance(long double ref, double tol) {
-  const float f = static_cast<float>(std::fabs(static_cast<double>(ref)));
-  const float next = std::nextafter(f, std::numeric_limits<float>::infinity());
-  return tol + 0.5 * (static_cast<double>(next) - static_cast<double>(f));
-}
 
 template <class Acc>
 double output_tolerance(long double ref, double tol_float, double tol_double) {

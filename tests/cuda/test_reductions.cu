@@ -22,42 +22,13 @@
 using consr::index_t;
 using consr_test::device_buffer;
 using consr_test::device_error_info;
+using consr_test::epsilon_of;
+using consr_test::random_offsets;
+using consr_test::random_token_labels;
+using consr_test::random_values;
 using consr_test::run_two_phase;
 
 namespace {
-
-template <class O>
-std::vector<O> random_offsets(std::mt19937_64& rng, index_t segments, index_t max_len, double empty_prob = 0.2) {
-  std::uniform_int_distribution<index_t> len(0, max_len);
-  std::bernoulli_distribution empty(empty_prob);
-  std::vector<O> off(static_cast<std::size_t>(segments) + 1, 0);
-  for (index_t s = 0; s < segments; ++s) off[s + 1] = static_cast<O>(off[s] + (empty(rng) ? 0 : len(rng)));
-  return off;
-}
-
-template <class V>
-std::vector<V> random_values(std::mt19937_64& rng, index_t n) {
-  std::normal_distribution<double> d(0.0, 3.0);
-  std::vector<V> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = consr::from_accum<V>(d(rng));
-  return v;
-}
-
-std::vector<std::int64_t> random_labels(std::mt19937_64& rng, index_t n, double ignore_prob) {
-  std::bernoulli_distribution ign(ignore_prob);
-  std::uniform_int_distribution<std::int64_t> tok(0, 1000);
-  std::vector<std::int64_t> l(static_cast<std::size_t>(n));
-  for (auto& x : l) x = ign(rng) ? -100 : tok(rng);
-  return l;
-}
-
-template <class R>
-double epsilon_of() {
-  if constexpr (std::is_same_v<R, double>) return 0x1p-52;
-  else if constexpr (std::is_same_v<R, float>) return 0x1p-23;
-  else if constexpr (std::is_same_v<R, consr::bfloat16>) return 0x1p-7;
-  else return 0x1p-10;
-}
 
 /// Checks device results against host results of type R, segment by segment.
 template <class R, class V, class O>
@@ -87,7 +58,7 @@ void check_all_reductions(std::mt19937_64& rng, index_t segments, index_t max_le
   const index_t n = static_cast<index_t>(off.back());
   const std::vector<V> values = random_values<V>(rng, n);
   const std::vector<V> weights = random_values<V>(rng, n);
-  const std::vector<std::int64_t> labels = random_labels(rng, n, 0.3);
+  const std::vector<std::int64_t> labels = random_token_labels(rng, n, 0.3);
   const auto hv = [](auto& v) { return consr::make_view(v.data(), static_cast<index_t>(v.size())); };
 
   device_buffer<V> d_values(values), d_weights(weights);

@@ -21,6 +21,7 @@
 using consr::index_t;
 using consr_test::device_buffer;
 using consr_test::device_error_info;
+using consr_test::epsilon_of;
 using consr_test::run_two_phase;
 
 namespace {
@@ -46,11 +47,6 @@ problem random_problem(std::mt19937_64& rng, index_t candidates, index_t max_len
     p.logp_semantic.push_back(lp(rng));
   }
   return p;
-}
-
-template <class R>
-double epsilon_of() {
-  return std::is_same_v<R, double> ? 0x1p-52 : 0x1p-23;
 }
 
 template <class R>

@@ -16,6 +16,8 @@
 #include <consr/adapters/cblas_gemm.hpp>
 #endif
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cfloat>
@@ -41,51 +43,15 @@ using consr::linear_logprob_options;
 using consr::make_strided_view;
 using consr::make_view;
 
+using consr_test::error_argument;
+using consr_test::error_message;
+using consr_test::from_double;
+using consr_test::inf_v;
+using consr_test::nan_v;
+using consr_test::same_bits;
+using consr_test::value_of;
+
 using ld = long double;
-constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
-constexpr double inf_v = std::numeric_limits<double>::infinity();
-
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>) return T(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
-
-template <class T>
-ld value_of(T x) {
-  if constexpr (std::is_same_v<T, bfloat16>) return static_cast<ld>(bfloat16::to_float(x.bits));
-  else if constexpr (std::is_same_v<T, float16>) return static_cast<ld>(float16::to_float(x.bits));
-  else return static_cast<ld>(x);
-}
-
-template <class F>
-std::string error_argument(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.argument();
-  } catch (...) {
-    return "<other exception>";
-  }
-  return "<no exception>";
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.what();
-  } catch (...) {
-    return "<other exception>";
-  }
-  return "<no exception>";
-}
-
-template <class A>
-bool same_bits(A a, A b) {
-  return std::memcmp(&a, &b, sizeof(A)) == 0;
-}
 
 // Runs `f(policy, name)` for every GEMM policy this build has.
 template <class F>

@@ -6,6 +6,8 @@
 #include <consr/detail/exp.hpp>
 #include <consr/logprobs.hpp>
 
+#include "test_util.hpp"
+
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -23,22 +25,18 @@ using consr::index_t;
 using consr::make_strided_view;
 using consr::make_view;
 
-constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
-constexpr double inf_v = std::numeric_limits<double>::infinity();
-
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>) return T(static_cast<float>(x));
-  else return static_cast<T>(x);
-}
-
-// Exact value of a stored element (bf16/fp16 widen exactly to float).
-template <class T>
-long double value_of(T x) {
-  if constexpr (std::is_same_v<T, bfloat16>) return static_cast<long double>(bfloat16::to_float(x.bits));
-  else if constexpr (std::is_same_v<T, float16>) return static_cast<long double>(float16::to_float(x.bits));
-  else return static_cast<long double>(x);
-}
+using consr_test::error_argument;
+using consr_test::error_message;
+using consr_test::float_output_tolerance;
+using consr_test::from_double;
+using consr_test::inf_v;
+using consr_test::nan_v;
+using consr_test::random_labels;
+using consr_test::random_upstream;
+using consr_test::reference_logprob;
+using consr_test::reference_row;
+using consr_test::same_bits;
+using consr_test::value_of;
 
 template <class T>
 std::vector<T> random_logits(index_t rows, index_t vocab, double stddev, std::uint64_t seed) {
@@ -47,39 +45,6 @@ std::vector<T> random_logits(index_t rows, index_t vocab, double stddev, std::ui
   std::vector<T> out(static_cast<std::size_t>(rows * vocab));
   for (auto& v : out) v = from_double<T>(normal(gen));
   return out;
-}
-
-template <class Label>
-std::vector<Label> random_labels(index_t rows, index_t vocab, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<std::int64_t> pick(0, vocab - 1);
-  std::vector<Label> out(static_cast<std::size_t>(rows));
-  for (auto& y : out) y = static_cast<Label>(pick(gen));
-  return out;
-}
-
-struct reference_row {
-  long double logp;
-  long double lse;
-};
-
-// logsumexp of z / tau in long double, straight from the definition (shifted by the max for range).
-template <class T>
-reference_row reference_logprob(const T* row, index_t vocab, std::int64_t label, long double tau) {
-  long double m = -std::numeric_limits<long double>::infinity();
-  for (index_t v = 0; v < vocab; ++v) m = std::max(m, value_of(row[v]) / tau);
-  long double s = 0;
-  for (index_t v = 0; v < vocab; ++v) s += std::exp(value_of(row[v]) / tau - m);
-  const long double lse = m + std::log(s);
-  return {value_of(row[label]) / tau - lse, lse};
-}
-
-// Allowed error of an fp32 output: `tol` for the computation plus half an ulp of the value, since
-// the stored float itself cannot be closer than that (|logp| ~ 40 has an ulp of 3.8e-6).
-double float_output_tolerance(long double ref, double tol) {
-  const float f = static_cast<float>(std::fabs(static_cast<double>(ref)));
-  const float next = std::nextafter(f, std::numeric_limits<float>::infinity());
-  return tol + 0.5 * (static_cast<double>(next) - static_cast<double>(f));
 }
 
 struct forward_case {
@@ -167,40 +132,10 @@ std::vector<long double> reference_grad(const std::vector<T>& logits, const std:
   return out;
 }
 
-std::vector<double> random_upstream(index_t rows, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<double> u(-2.0, 2.0);
-  std::vector<double> out(static_cast<std::size_t>(rows));
-  for (auto& x : out) x = u(gen);
-  return out;
-}
-
 template <class Acc>
 std::vector<Acc> cast_vector(const std::vector<double>& x) {
   return std::vector<Acc>(x.begin(), x.end());
 }
-
-template <class F>
-std::string error_argument(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.argument();
-  }
-  return "<no error>";
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 }  // namespace
 

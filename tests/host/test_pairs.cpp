@@ -3,6 +3,8 @@
 
 #include <consr/pairs.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,18 +18,9 @@ using consr::preference_pair;
 
 namespace {
 
-const double nan_v = std::numeric_limits<double>::quiet_NaN();
-const double inf_v = std::numeric_limits<double>::infinity();
-
-template <class F>
-std::string error_argument(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.argument();
-  }
-  return "<no error>";
-}
+using consr_test::error_argument;
+using consr_test::inf_v;
+using consr_test::nan_v;
 
 consr::selection_report select(const std::vector<double>& rewards, const std::vector<std::int64_t>& groups,
                                std::vector<preference_pair>& pairs, const consr::pair_options& opt = {}) {

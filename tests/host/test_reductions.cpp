@@ -4,6 +4,8 @@
 
 #include <consr/reductions.hpp>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -15,30 +17,9 @@ using consr::index_t;
 
 namespace {
 
-// Random segment lengths (with a share of empty ones) -> offsets of type O.
-template <class O>
-std::vector<O> random_offsets(std::mt19937_64& rng, index_t segments, index_t max_len) {
-  std::uniform_int_distribution<index_t> len(0, max_len);
-  std::bernoulli_distribution empty(0.2);
-  std::vector<O> off(static_cast<std::size_t>(segments) + 1, 0);
-  for (index_t s = 0; s < segments; ++s) off[s + 1] = static_cast<O>(off[s] + (empty(rng) ? 0 : len(rng)));
-  return off;
-}
-
-std::vector<double> random_values(std::mt19937_64& rng, index_t n) {
-  std::normal_distribution<double> d(0.0, 3.0);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-std::vector<std::int64_t> random_labels(std::mt19937_64& rng, index_t n, double ignore_prob) {
-  std::bernoulli_distribution ign(ignore_prob);
-  std::uniform_int_distribution<std::int64_t> tok(0, 1000);
-  std::vector<std::int64_t> l(static_cast<std::size_t>(n));
-  for (auto& x : l) x = ign(rng) ? -100 : tok(rng);
-  return l;
-}
+using consr_test::random_offsets;
+using consr_test::random_token_labels;
+using consr_test::random_values;
 
 template <class O>
 void expect_offsets_error(const std::vector<O>& off, index_t n, const std::string& fragment) {
@@ -67,7 +48,7 @@ TEMPLATE_TEST_CASE("segmented reductions match plain loops on random segments", 
       const index_t n = off.back();
       const auto values = random_values(rng, n);
       const auto weights = random_values(rng, n);
-      const auto labels = random_labels(rng, n, 0.3);
+      const auto labels = random_token_labels(rng, n, 0.3);
       std::vector<double> sum(segments), mean(segments), wsum(segments), mmean(segments);
       std::vector<std::int64_t> count(segments);
       auto vv = consr::make_view(values.data(), n);

@@ -4,6 +4,8 @@
 
 #include <consr/reward.hpp>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -15,18 +17,9 @@ using consr::index_t;
 
 namespace {
 
-const double nan_v = std::numeric_limits<double>::quiet_NaN();
-const double inf_v = std::numeric_limits<double>::infinity();
-
-template <class F>
-std::string error_argument(F&& f) {
-  try {
-    f();
-  } catch (const consr::error& e) {
-    return e.argument();
-  }
-  return "<no error>";
-}
+using consr_test::error_argument;
+using consr_test::inf_v;
+using consr_test::nan_v;
 
 }  // namespace
 
