@@ -17,13 +17,6 @@ using namespace consr_bench_cuda;
 
 namespace {
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 template <class T>
 void fill_random(T* p, index_t n) {
   std::vector<T> h(static_cast<size_t>(n));

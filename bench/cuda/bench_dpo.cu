@@ -19,13 +19,6 @@ using namespace consr_bench_cuda;
 
 namespace {
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 /// One side of P pairs on the device.
 struct side {
   std::vector<std::int32_t> offsets;

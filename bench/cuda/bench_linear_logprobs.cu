@@ -26,21 +26,11 @@ namespace {
 constexpr index_t hidden_size = 3584;  // Qwen2.5-7B
 constexpr index_t vocab = 152064;
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 // Normal-ish values of standard deviation `scale` from a counter hash (sum of 4 uniforms).
 __global__ void fill_bf16(consr::bfloat16* out, long long n, unsigned long long seed, float scale) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    unsigned long long z = seed + static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    const unsigned long long z = bench_hash(seed, i);
     float s = 0.0f;
     for (int q = 0; q < 4; ++q) s += static_cast<float>((z >> (16 * q)) & 0xffffu) * (1.0f / 65536.0f);
     out[i] = consr::bfloat16((s - 2.0f) * 1.7320508f * scale);

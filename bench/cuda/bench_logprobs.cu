@@ -27,22 +27,12 @@ namespace {
 
 constexpr index_t vocab = 152064;  // Qwen2 / Qwen2.5(-VL)
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 // Logits uniform in [-12, 12) (as the host benchmark), from a counter hash: no host generation.
 template <class T>
 __global__ void fill_logits(T* out, long long n, unsigned long long seed) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    unsigned long long z = seed + static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    const unsigned long long z = bench_hash(seed, i);
     const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
     const float x = -12.0f + 24.0f * u;
     if constexpr (std::is_same_v<T, float>) out[i] = x;

@@ -17,13 +17,6 @@ using namespace consr_bench_cuda;
 
 namespace {
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 std::vector<std::int32_t> make_offsets(index_t segments, index_t min_len, index_t max_len) {
   std::mt19937_64 rng(42);
   std::uniform_int_distribution<index_t> len(min_len, max_len);

@@ -18,13 +18,6 @@ using namespace consr_bench_cuda;
 
 namespace {
 
-void require_ok(consr::status s) {
-  if (s != consr::status::success) {
-    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
-    std::exit(1);
-  }
-}
-
 constexpr index_t prompts = 10000, per_prompt = 15, candidates = prompts * per_prompt;
 
 /// The inputs of one data-construction step, on the device.

@@ -1,6 +1,7 @@
 // Helpers of the CUDA benchmarks (bench/cuda/bench_<family>.cu) and of their
 // LibTorch-CUDA baselines (bench/cuda/torch_<family>.cpp): host C++ only, so
-// both nvcc and the host compiler build against it.
+// both nvcc and the host compiler build against it; the part at the end that
+// needs consr's CUDA headers is compiled by nvcc only.
 //
 // Timing: CUDA events around a batch of back-to-back launches on one stream
 // (Google Benchmark's manual time = the batch's GPU time), so the launch gap
@@ -107,3 +108,28 @@ inline void add_device_context() {
 }
 
 }  // namespace consr_bench_cuda
+
+#if defined(__CUDACC__)
+#include <consr/cuda/common.cuh>
+
+namespace consr_bench_cuda {
+
+/// Aborts the benchmark binary with consr's message unless a consr::cuda launcher succeeded.
+inline void require_ok(consr::status s) {
+  if (s != consr::status::success) {
+    std::fprintf(stderr, "consr::cuda call failed: %s (%s)\n", consr::to_string(s), consr::cuda::last_error_message());
+    std::exit(1);
+  }
+}
+
+/// 64 random bits for element i of stream `seed` (the splitmix64 finalizer of seed + i·φ·2^64), so
+/// benchmark inputs are made on the device without host generation.
+__device__ inline unsigned long long bench_hash(unsigned long long seed, long long i) {
+  unsigned long long z = seed + static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace consr_bench_cuda
+#endif  // __CUDACC__
