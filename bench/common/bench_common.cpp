@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include <dlfcn.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +53,12 @@ void set_threads(int threads) {
 #if defined(CONSR_BENCH_HAS_TORCH)
   at::set_num_threads(threads);
 #endif
+  // OpenBLAS's pthread build (Debian's libblas.so.3 alternative, used by LibTorch's linear and by
+  // consr::cblas) runs its own thread pool that neither OpenMP nor ATen's setting reaches: without
+  // this, a "1 thread" GEMM baseline would quietly use every core. Looked up at run time so the
+  // benchmarks also run where libblas is another implementation.
+  using set_fn = void (*)(int);
+  if (auto* f = reinterpret_cast<set_fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(threads);
 }
 
 namespace {
