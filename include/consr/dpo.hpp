@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "config.hpp"
 #include "error.hpp"
@@ -157,22 +158,41 @@ index_t dpo_scored_length(const dpo_sequences<T, Offset, Label>& s, index_t pair
   return scored_count(s.labels, s.labels.size() != 0, ignore_index, s.offsets[pair], s.offsets[pair + 1]);
 }
 
+/// One side of one pair, summed in lane_sums' fixed order (reductions.hpp).
 template <class T, class Offset, class Label>
 dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, const dpo_options& o) {
   const bool has_labels = s.labels.size() != 0;
   const bool per_token_reference = s.reference_logp_sum.size() == 0;
   const bool weighted = dpo_uses_weights(o);
-  const index_t b = s.offsets[pair], e = s.offsets[pair + 1];
+  const std::int64_t ignore = o.ignore_index;
+  double r[3];  // Σ (a − a_ref) or Σ a, Σ ω a, |y| (exact in double)
+  lane_sums<3>(
+      s.offsets[pair], s.offsets[pair + 1],
+      [&](index_t t, double* x) {
+        const bool scored = !has_labels || static_cast<std::int64_t>(s.labels[t]) != ignore;
+        const double a = static_cast<double>(s.policy_logp[t]);
+        const double ratio = per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
+        const double weighted_a = weighted ? static_cast<double>(s.weights[t]) * a : a;
+        x[0] = scored ? ratio : 0.0;
+        x[1] = scored ? weighted_a : 0.0;
+        x[2] = scored ? 1.0 : 0.0;
+      },
+      r);
   dpo_side_sums sums;
-  for (index_t t = b; t < e; ++t) {
-    if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) continue;
-    const double a = static_cast<double>(s.policy_logp[t]);
-    sums.log_ratio += per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
-    sums.weighted_policy += weighted ? static_cast<double>(s.weights[t]) * a : a;
-    ++sums.length;
-  }
+  sums.log_ratio = r[0];
+  sums.weighted_policy = r[1];
+  sums.length = static_cast<index_t>(r[2]);
   if (!per_token_reference) sums.log_ratio -= static_cast<double>(s.reference_logp_sum[pair]);
   return sums;
+}
+
+/// Whether dpo_forward / dpo_backward split the pairs over threads: only
+/// above detail::segment_parallel_threshold tokens (forking costs more than
+/// the work below it).
+template <class T, class Offset, class Label>
+bool dpo_parallel_worth_it(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                           index_t num_pairs) noexcept {
+  return num_pairs > 1 && chosen.policy_logp.size() + rejected.policy_logp.size() >= segment_parallel_threshold;
 }
 
 /// Everything the forward and the backward need about one pair.
@@ -349,6 +369,8 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
   const bool weighted = dpo_uses_weights(o);
   const double upstream_all =
       o.reduction == loss_reduction::mean ? grad_loss / static_cast<double>(num_pairs) : grad_loss;
+  // Each pair's tokens are written by one thread; no value depends on the thread count.
+  CONSR_OMP(parallel for schedule(static) if (dpo_parallel_worth_it(chosen, rejected, num_pairs)))
   for (index_t i = 0; i < num_pairs; ++i) {
     const dpo_pair_terms p = dpo_pair(chosen, rejected, i, o);
     const double upstream = per_pair ? static_cast<double>(grad_loss_per_pair[i]) : upstream_all;
@@ -404,10 +426,13 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
   detail::check_optional_output(metrics.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
   detail::check_optional_output(metrics.loss, num_pairs, fn, "metrics.loss", "one per pair");
 
-  double total = 0.0;
+  // Pairs run in parallel; their objectives are then added serially in pair order, so the
+  // result does not depend on the thread count.
+  std::vector<double> objectives(static_cast<std::size_t>(num_pairs));
+  CONSR_OMP(parallel for schedule(static) if (detail::dpo_parallel_worth_it(chosen, rejected, num_pairs)))
   for (index_t i = 0; i < num_pairs; ++i) {
     const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
-    total += p.objective;
+    objectives[static_cast<std::size_t>(i)] = p.objective;
     if (metrics.margin_logit.size() != 0) metrics.margin_logit[i] = static_cast<T>(p.delta);
     if (metrics.sigma_neg.size() != 0) metrics.sigma_neg[i] = static_cast<T>(p.sigma_neg);
     if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
@@ -418,6 +443,8 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
     if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
     if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
   }
+  double total = 0.0;
+  for (const double objective : objectives) total += objective;
   if (options.reduction == loss_reduction::mean) return num_pairs > 0 ? total / static_cast<double>(num_pairs) : 0.0;
   return total;
 }

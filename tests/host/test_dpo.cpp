@@ -43,8 +43,8 @@ struct batch {
 
 bool scored(const std::vector<std::int64_t>& lab, index_t t) { return lab.empty() || lab[t] != -100; }
 
-batch make_batch(std::mt19937_64& rng, index_t pairs, bool ignored) {
-  std::uniform_int_distribution<int> len(1, 6);
+batch make_batch(std::mt19937_64& rng, index_t pairs, bool ignored, int max_len = 6) {
+  std::uniform_int_distribution<int> len(1, max_len);
   std::uniform_real_distribution<double> lp(-3.0, -0.05), shift(-1.0, 1.0), weight(0.8, 1.2);
   std::bernoulli_distribution ign(0.3);
   batch B;
@@ -407,6 +407,69 @@ TEST_CASE("dpo: float log-probs agree with double", "[dpo]") {
                       consr::make_view(gdb.data(), gdb.size()));
   for (std::size_t t = 0; t < ga.size(); ++t) CHECK(ga[t] == static_cast<float>(gda[t]));
   for (std::size_t t = 0; t < gb.size(); ++t) CHECK(gb[t] == static_cast<float>(gdb[t]));
+}
+
+TEST_CASE("dpo: long sequences above the parallel threshold: reference values, same bits for 1, 2 and 3 threads",
+          "[dpo][threads]") {
+  // Sequences of 1-700 tokens (the per-pair sums run over eight interleaved partial sums plus a
+  // tail) and enough tokens that the pairs are split over threads.
+  std::mt19937_64 rng(2026);
+  const batch B = make_batch(rng, 150, true, 700);
+  REQUIRE(static_cast<index_t>(B.a.size() + B.b.size()) >= consr::detail::segment_parallel_threshold);
+  for (const bool per_seq_ref : {false, true}) {
+    for (const bool consr_loss : {false, true}) {
+      consr::dpo_options o;
+      o.beta = 0.2;
+      o.loss = consr_loss ? consr::dpo_loss_type::consr : consr::dpo_loss_type::standard;
+      CAPTURE(per_seq_ref, consr_loss);
+      // Reference: plain loops; the backward is −/+ σ(−Δ')·ω (×β) / P on scored tokens.
+      double ref_loss = 0;
+      std::vector<double> ref_ga(B.a.size(), 0.0), ref_gb(B.b.size(), 0.0);
+      for (index_t i = 0; i < B.pairs; ++i) {
+        const ref_pair r = reference_pair(B, i, o, per_seq_ref, nullptr);
+        ref_loss += r.objective / double(B.pairs);
+        const double g = r.sigma_neg * (consr_loss && !o.scale_by_beta ? 1.0 : o.beta) / double(B.pairs);
+        for (index_t t = B.off_w[i]; t < B.off_w[i + 1]; ++t)
+          if (scored(B.lab_w, t)) ref_ga[t] = -g * (consr_loss ? B.w_w[t] : 1.0);
+        for (index_t t = B.off_l[i]; t < B.off_l[i + 1]; ++t)
+          if (scored(B.lab_l, t)) ref_gb[t] = g * (consr_loss ? B.w_l[t] : 1.0);
+      }
+      double loss[3];
+      std::vector<double> margin[3], ga[3], gb[3];
+#if CONSR_HAS_OPENMP
+      const int saved = omp_get_max_threads();
+#endif
+      for (int k = 0; k < 3; ++k) {
+#if CONSR_HAS_OPENMP
+        omp_set_num_threads(k + 1);
+#endif
+        margin[k].assign(static_cast<std::size_t>(B.pairs), 0.0);
+        ga[k].assign(B.a.size(), nan_v);
+        gb[k].assign(B.b.size(), nan_v);
+        consr::dpo_pair_metrics<double> m;
+        m.margin_logit = consr::make_view(margin[k].data(), B.pairs);
+        loss[k] = consr::dpo_forward(chosen_of(B, per_seq_ref), rejected_of(B, per_seq_ref), o, m);
+        consr::dpo_backward(chosen_of(B, per_seq_ref), rejected_of(B, per_seq_ref), o, 1.0,
+                            consr::make_view(ga[k].data(), ga[k].size()), consr::make_view(gb[k].data(), gb[k].size()));
+      }
+#if CONSR_HAS_OPENMP
+      omp_set_num_threads(saved);
+#endif
+      CHECK(loss[0] == Approx(ref_loss).epsilon(1e-12));
+      for (index_t i = 0; i < B.pairs; ++i) {
+        const ref_pair r = reference_pair(B, i, o, per_seq_ref, nullptr);
+        CHECK(margin[0][i] == Approx(r.delta).epsilon(1e-12).margin(1e-12));
+      }
+      for (std::size_t t = 0; t < ref_ga.size(); ++t) CHECK(ga[0][t] == Approx(ref_ga[t]).epsilon(1e-12));
+      for (std::size_t t = 0; t < ref_gb.size(); ++t) CHECK(gb[0][t] == Approx(ref_gb[t]).epsilon(1e-12));
+      for (int k = 1; k < 3; ++k) {
+        CHECK(std::memcmp(&loss[0], &loss[k], sizeof(double)) == 0);
+        CHECK(std::memcmp(margin[0].data(), margin[k].data(), margin[0].size() * sizeof(double)) == 0);
+        CHECK(std::memcmp(ga[0].data(), ga[k].data(), ga[0].size() * sizeof(double)) == 0);
+        CHECK(std::memcmp(gb[0].data(), gb[k].data(), gb[0].size() * sizeof(double)) == 0);
+      }
+    }
+  }
 }
 
 TEST_CASE("dpo: length normalization with an empty sequence is an error naming the pair", "[dpo]") {

@@ -43,7 +43,7 @@ TEMPLATE_TEST_CASE("segmented reductions match plain loops on random segments", 
   using O = TestType;
   std::mt19937_64 rng(20240611);
   for (index_t segments : {index_t(0), index_t(1), index_t(2), index_t(7), index_t(64), index_t(300)}) {
-    for (index_t max_len : {index_t(0), index_t(1), index_t(13)}) {
+    for (index_t max_len : {index_t(0), index_t(1), index_t(13), index_t(200)}) {
       const auto off = random_offsets<O>(rng, segments, max_len);
       const index_t n = off.back();
       const auto values = random_values(rng, n);
@@ -219,4 +219,42 @@ TEST_CASE("segmented reductions: other size errors name their argument", "[reduc
   const double* null_values = nullptr;
   CHECK(arg_of([&] { consr::segmented_sum(consr::make_view(null_values, 3), ov,
                                           consr::make_view(out.data(), 2)); }) == "values");
+}
+
+TEST_CASE("segmented reductions: same bits for 1, 2 and 3 threads", "[reductions][threads]") {
+#if CONSR_HAS_OPENMP
+  std::mt19937_64 rng(11);
+  const index_t segments = 900;
+  const auto off = random_offsets<std::int32_t>(rng, segments, 150);
+  const index_t n = off.back();
+  REQUIRE(n >= consr::detail::segment_parallel_threshold);
+  const auto values = random_values(rng, n);
+  const auto weights = random_values(rng, n);
+  const auto labels = random_token_labels(rng, n, 0.3);
+  const auto vv = consr::make_view(values.data(), n);
+  const auto ov = consr::make_view(off.data(), segments + 1);
+  std::vector<double> sum[3], wsum[3], mmean[3];
+  const int saved = omp_get_max_threads();
+  for (int k = 0; k < 3; ++k) {
+    omp_set_num_threads(k + 1);
+    sum[k].assign(segments, 0.0);
+    wsum[k].assign(segments, 0.0);
+    mmean[k].assign(segments, 0.0);
+    consr::segmented_sum(vv, ov, consr::make_view(sum[k].data(), segments));
+    consr::segmented_weighted_sum(vv, consr::make_view(weights.data(), n), ov,
+                                  consr::make_view(wsum[k].data(), segments));
+    consr::segmented_masked_mean(vv, consr::make_view(labels.data(), n), ov,
+                                 consr::make_view(mmean[k].data(), segments), -100);
+  }
+  omp_set_num_threads(saved);
+  for (int k = 1; k < 3; ++k) {
+    for (index_t s = 0; s < segments; ++s) {
+      CHECK(consr_test::same_bits(sum[0][s], sum[k][s]));
+      CHECK(consr_test::same_bits(wsum[0][s], wsum[k][s]));
+      CHECK(consr_test::same_bits(mmean[0][s], mmean[k][s]));
+    }
+  }
+#else
+  WARN("built without OpenMP: nothing to compare");
+#endif
 }

@@ -277,3 +277,56 @@ TEST_CASE("contrastive_reward: errors name the argument", "[reward]") {
   CHECK(rep.candidates == 0);
   CHECK(rep.empty_candidates == 0);
 }
+
+TEST_CASE("contrastive_reward: long candidates against plain loops; same bits for 1, 2 and 3 threads",
+          "[reward][threads]") {
+  std::mt19937_64 rng(5);
+  const index_t candidates = 600;
+  const auto off = consr_test::random_offsets<std::int64_t>(rng, candidates, 160);
+  const index_t n = off.back();
+  REQUIRE(n >= consr::detail::segment_parallel_threshold);
+  std::uniform_real_distribution<double> lp(-4.0, 0.0);
+  std::vector<double> logp(n), logp_c(n), logp_s(n);
+  for (index_t t = 0; t < n; ++t) {
+    logp[t] = lp(rng);
+    logp_c[t] = lp(rng);
+    logp_s[t] = lp(rng);
+  }
+  const auto labels = consr_test::random_token_labels(rng, n, 0.2);
+  std::vector<double> reward[3];
+#if CONSR_HAS_OPENMP
+  const int saved = omp_get_max_threads();
+#endif
+  for (int k = 0; k < 3; ++k) {
+#if CONSR_HAS_OPENMP
+    omp_set_num_threads(k + 1);
+#endif
+    reward[k].assign(candidates, 0.0);
+    consr::reward_outputs<double> out;
+    out.reward = consr::make_view(reward[k].data(), candidates);
+    consr::contrastive_reward(consr::make_view(logp.data(), n), consr::make_view(logp_c.data(), n),
+                              consr::make_view(logp_s.data(), n), consr::make_view(off.data(), candidates + 1),
+                              consr::make_view(labels.data(), n), out);
+  }
+#if CONSR_HAS_OPENMP
+  omp_set_num_threads(saved);
+#endif
+  const consr::reward_options o;
+  for (index_t c = 0; c < candidates; ++c) {
+    double m = 0, mc = 0, ms = 0, cnt = 0;
+    for (index_t t = off[c]; t < off[c + 1]; ++t) {
+      if (labels[t] == -100) continue;
+      m += logp[t];
+      mc += logp_c[t];
+      ms += logp_s[t];
+      cnt += 1;
+    }
+    if (cnt == 0) {
+      CHECK(std::isnan(reward[0][c]));
+      continue;
+    }
+    const double P = std::exp(m / cnt), Pc = std::exp(mc / cnt), Ps = std::exp(ms / cnt);
+    CHECK(reward[0][c] == Approx(o.lambda * (Ps - P) + (1 - o.lambda) * (P - Pc)).epsilon(1e-12).margin(1e-15));
+    for (int k = 1; k < 3; ++k) CHECK(consr_test::same_bits(reward[0][c], reward[k][c]));
+  }
+}
