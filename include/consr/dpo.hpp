@@ -6,15 +6,15 @@
 // packed: its per-token policy log-probs with offsets of P + 1 entries (as in
 // reductions.hpp). Everything accumulates in double; σ and softplus are
 // evaluated in forms that neither overflow nor lose the tail for |Δ| up to
-// 1e4 and beyond. The host code is serial (batches are a few pairs); it is
-// the reference for the CUDA version.
+// 1e4 and beyond. Above detail::segment_parallel_threshold tokens the host
+// code runs its pairs in parallel (OpenMP), with the same result for any
+// thread count; it is the reference for the CUDA version.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "config.hpp"
 #include "error.hpp"
@@ -426,25 +426,31 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
   detail::check_optional_output(metrics.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
   detail::check_optional_output(metrics.loss, num_pairs, fn, "metrics.loss", "one per pair");
 
-  // Pairs run in parallel; their objectives are then added serially in pair order, so the
-  // result does not depend on the thread count.
-  std::vector<double> objectives(static_cast<std::size_t>(num_pairs));
+  // The pairs are cut into at most dpo_sum_blocks blocks whose bounds depend on P alone; each
+  // block is summed in pair order (by one thread), then the block sums in block order: the
+  // result does not depend on the thread count, and nothing is allocated.
+  constexpr index_t dpo_sum_blocks = 256;
+  const index_t blocks = num_pairs < dpo_sum_blocks ? num_pairs : dpo_sum_blocks;
+  double block_sum[dpo_sum_blocks];
   CONSR_OMP(parallel for schedule(static) if (detail::dpo_parallel_worth_it(chosen, rejected, num_pairs)))
-  for (index_t i = 0; i < num_pairs; ++i) {
-    const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
-    objectives[static_cast<std::size_t>(i)] = p.objective;
-    if (metrics.margin_logit.size() != 0) metrics.margin_logit[i] = static_cast<T>(p.delta);
-    if (metrics.sigma_neg.size() != 0) metrics.sigma_neg[i] = static_cast<T>(p.sigma_neg);
-    if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
-    if (metrics.rejected_reward.size() != 0) metrics.rejected_reward[i] = static_cast<T>(p.rejected_reward);
-    if (metrics.reward_margin.size() != 0)
-      metrics.reward_margin[i] = static_cast<T>(p.reward_margin);
-    if (metrics.accuracy.size() != 0) metrics.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
-    if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
-    if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
+  for (index_t k = 0; k < blocks; ++k) {
+    double sum = 0.0;
+    for (index_t i = k * num_pairs / blocks, end = (k + 1) * num_pairs / blocks; i < end; ++i) {
+      const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
+      sum += p.objective;
+      if (metrics.margin_logit.size() != 0) metrics.margin_logit[i] = static_cast<T>(p.delta);
+      if (metrics.sigma_neg.size() != 0) metrics.sigma_neg[i] = static_cast<T>(p.sigma_neg);
+      if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
+      if (metrics.rejected_reward.size() != 0) metrics.rejected_reward[i] = static_cast<T>(p.rejected_reward);
+      if (metrics.reward_margin.size() != 0) metrics.reward_margin[i] = static_cast<T>(p.reward_margin);
+      if (metrics.accuracy.size() != 0) metrics.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
+      if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
+      if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
+    }
+    block_sum[k] = sum;
   }
   double total = 0.0;
-  for (const double objective : objectives) total += objective;
+  for (index_t k = 0; k < blocks; ++k) total += block_sum[k];
   if (options.reduction == loss_reduction::mean) return num_pairs > 0 ? total / static_cast<double>(num_pairs) : 0.0;
   return total;
 }

@@ -411,10 +411,10 @@ TEST_CASE("dpo: float log-probs agree with double", "[dpo]") {
 
 TEST_CASE("dpo: long sequences above the parallel threshold: reference values, same bits for 1, 2 and 3 threads",
           "[dpo][threads]") {
-  // Sequences of 1-700 tokens (the per-pair sums run over eight interleaved partial sums plus a
+  // Sequences of 1-400 tokens (the per-pair sums run over eight interleaved partial sums plus a
   // tail) and enough tokens that the pairs are split over threads.
   std::mt19937_64 rng(2026);
-  const batch B = make_batch(rng, 150, true, 700);
+  const batch B = make_batch(rng, 300, true, 400);  // P > 256: blocks of more than one pair in the loss sum
   REQUIRE(static_cast<index_t>(B.a.size() + B.b.size()) >= consr::detail::segment_parallel_threshold);
   for (const bool per_seq_ref : {false, true}) {
     for (const bool consr_loss : {false, true}) {
