@@ -6,6 +6,8 @@
 
 #include <consr/dpo.hpp>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -436,13 +438,7 @@ TEST_CASE("dpo: long sequences above the parallel threshold: reference values, s
       }
       double loss[3];
       std::vector<double> margin[3], ga[3], gb[3];
-#if CONSR_HAS_OPENMP
-      const int saved = omp_get_max_threads();
-#endif
-      for (int k = 0; k < 3; ++k) {
-#if CONSR_HAS_OPENMP
-        omp_set_num_threads(k + 1);
-#endif
+      consr_test::for_thread_counts(3, [&](int k) {
         margin[k].assign(static_cast<std::size_t>(B.pairs), 0.0);
         ga[k].assign(B.a.size(), nan_v);
         gb[k].assign(B.b.size(), nan_v);
@@ -451,10 +447,7 @@ TEST_CASE("dpo: long sequences above the parallel threshold: reference values, s
         loss[k] = consr::dpo_forward(chosen_of(B, per_seq_ref), rejected_of(B, per_seq_ref), o, m);
         consr::dpo_backward(chosen_of(B, per_seq_ref), rejected_of(B, per_seq_ref), o, 1.0,
                             consr::make_view(ga[k].data(), ga[k].size()), consr::make_view(gb[k].data(), gb[k].size()));
-      }
-#if CONSR_HAS_OPENMP
-      omp_set_num_threads(saved);
-#endif
+      });
       CHECK(loss[0] == Approx(ref_loss).epsilon(1e-12));
       for (index_t i = 0; i < B.pairs; ++i) {
         const ref_pair r = reference_pair(B, i, o, per_seq_ref, nullptr);

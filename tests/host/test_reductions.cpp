@@ -234,9 +234,7 @@ TEST_CASE("segmented reductions: same bits for 1, 2 and 3 threads", "[reductions
   const auto vv = consr::make_view(values.data(), n);
   const auto ov = consr::make_view(off.data(), segments + 1);
   std::vector<double> sum[3], wsum[3], mmean[3];
-  const int saved = omp_get_max_threads();
-  for (int k = 0; k < 3; ++k) {
-    omp_set_num_threads(k + 1);
+  consr_test::for_thread_counts(3, [&](int k) {
     sum[k].assign(segments, 0.0);
     wsum[k].assign(segments, 0.0);
     mmean[k].assign(segments, 0.0);
@@ -245,8 +243,7 @@ TEST_CASE("segmented reductions: same bits for 1, 2 and 3 threads", "[reductions
                                   consr::make_view(wsum[k].data(), segments));
     consr::segmented_masked_mean(vv, consr::make_view(labels.data(), n), ov,
                                  consr::make_view(mmean[k].data(), segments), -100);
-  }
-  omp_set_num_threads(saved);
+  });
   for (int k = 1; k < 3; ++k) {
     for (index_t s = 0; s < segments; ++s) {
       CHECK(consr_test::same_bits(sum[0][s], sum[k][s]));

@@ -294,23 +294,14 @@ TEST_CASE("contrastive_reward: long candidates against plain loops; same bits fo
   }
   const auto labels = consr_test::random_token_labels(rng, n, 0.2);
   std::vector<double> reward[3];
-#if CONSR_HAS_OPENMP
-  const int saved = omp_get_max_threads();
-#endif
-  for (int k = 0; k < 3; ++k) {
-#if CONSR_HAS_OPENMP
-    omp_set_num_threads(k + 1);
-#endif
+  consr_test::for_thread_counts(3, [&](int k) {
     reward[k].assign(candidates, 0.0);
     consr::reward_outputs<double> out;
     out.reward = consr::make_view(reward[k].data(), candidates);
     consr::contrastive_reward(consr::make_view(logp.data(), n), consr::make_view(logp_c.data(), n),
                               consr::make_view(logp_s.data(), n), consr::make_view(off.data(), candidates + 1),
                               consr::make_view(labels.data(), n), out);
-  }
-#if CONSR_HAS_OPENMP
-  omp_set_num_threads(saved);
-#endif
+  });
   const consr::reward_options o;
   for (index_t c = 0; c < candidates; ++c) {
     double m = 0, mc = 0, ms = 0, cnt = 0;

@@ -5,6 +5,7 @@
 // library (long double loops over the exact input values).
 #pragma once
 
+#include <consr/config.hpp>
 #include <consr/error.hpp>
 #include <consr/numeric.hpp>
 
@@ -24,6 +25,25 @@ using consr::index_t;
 
 inline constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 inline constexpr double inf_v = std::numeric_limits<double>::infinity();
+
+// ---- threads ------------------------------------------------------------------------------------
+
+/// Calls f(k) for k = 0 .. count - 1 with k + 1 OpenMP threads (built without
+/// OpenMP: with the one thread there is, each time), then restores the
+/// thread count.
+template <class F>
+void for_thread_counts(int count, F&& f) {
+#if CONSR_HAS_OPENMP
+  const int saved = omp_get_max_threads();
+  for (int k = 0; k < count; ++k) {
+    omp_set_num_threads(k + 1);
+    f(k);
+  }
+  omp_set_num_threads(saved);
+#else
+  for (int k = 0; k < count; ++k) f(k);
+#endif
+}
 
 // ---- values -------------------------------------------------------------------------------------
 
