@@ -103,9 +103,13 @@ CONSR_FORCEINLINE void lane_sums(index_t begin, index_t end, Term&& term, double
       for (int m = 0; m < M; ++m) acc[m][k] += x[m];
     }
   }
-  for (int k = 0; t < end; ++t, ++k) {
-    term(t, x);
-    for (int m = 0; m < M; ++m) acc[m][k] += x[m];
+  if (t < end) {  // the last, partial group: lane k gets position t + k, as above
+    for (int k = 0; k < sum_lanes; ++k) {
+      if (t + k < end) {  // (a fixed-trip loop, so the partial sums stay in registers)
+        term(t + k, x);
+        for (int m = 0; m < M; ++m) acc[m][k] += x[m];
+      }
+    }
   }
   for (int m = 0; m < M; ++m) {
     const double* a = acc[m];
