@@ -19,12 +19,14 @@
 // both accepted for inputs.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
 
 #include "config.hpp"
+#include "detail/streaming_store.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
 #include "view.hpp"
@@ -117,6 +119,22 @@ CONSR_FORCEINLINE void lane_sums(index_t begin, index_t end, Term&& term, double
   }
 }
 
+/// How far ahead of a segment prefetch_segment_ahead reaches, in bytes.
+inline constexpr std::size_t segment_prefetch_ahead_bytes = 32768;
+
+/// Sparse L2 prefetch (detail::prefetch_ahead_to_l2) of the positions
+/// [begin, end) shifted segment_prefetch_ahead_bytes ahead, clamped to the
+/// view: a loop over consecutive short segments then finds the hardware
+/// prefetchers already running in each new page. Strided views: nothing.
+template <class T>
+CONSR_FORCEINLINE void prefetch_segment_ahead(const host_view<T, 1>& v, index_t begin, index_t end) noexcept {
+  constexpr index_t ahead = static_cast<index_t>(segment_prefetch_ahead_bytes / sizeof(T));
+  if (v.stride(0) != 1) return;
+  const index_t n = v.size();
+  const index_t b = std::min(begin + ahead, n), e = std::min(end + ahead, n);
+  if (b < e) prefetch_ahead_to_l2(v.data() + b, static_cast<std::size_t>(e - b) * sizeof(T));
+}
+
 /// Sum (in double, in lane_sums' order) of values[t] over the tokens of
 /// [begin, end) whose label is not `ignore_index`, and their number in
 /// `count`. With `has_labels` false every token is scored. The value at an
@@ -125,12 +143,14 @@ CONSR_FORCEINLINE void lane_sums(index_t begin, index_t end, Term&& term, double
 template <class V, class Label>
 CONSR_FORCEINLINE double scored_sum(const host_view<V, 1>& values, const host_view<Label, 1>& labels, bool has_labels,
                                     std::int64_t ignore_index, index_t begin, index_t end, index_t& count) {
+  prefetch_segment_ahead(values, begin, end);
   if (!has_labels) {
     double r[1];
     lane_sums<1>(begin, end, [&](index_t t, double* x) { x[0] = to_accum<double>(values[t]); }, r);
     count = end - begin;
     return r[0];
   }
+  prefetch_segment_ahead(labels, begin, end);
   double r[2];  // the sum, and the count (exact in double)
   lane_sums<2>(
       begin, end,
