@@ -561,7 +561,9 @@ patch_grid check_patch_mask(const patch_mask_options& options, const strided_vie
   CONSR_CHECK_ARG(options.probability >= 0.0 && options.probability <= 1.0, fn, "probability", "must be in [0, 1], got ",
                   options.probability);
   const index_t ps = options.patch_size;
-  const patch_grid grid{(x.extent(2) + ps - 1) / ps, (x.extent(3) + ps - 1) / ps};
+  // ceil(extent / ps), written so that no patch_size (up to INT64_MAX) can overflow it.
+  const auto ceil_div = [ps](index_t n) { return n == 0 ? index_t{0} : (n - 1) / ps + 1; };
+  const patch_grid grid{ceil_div(x.extent(2)), ceil_div(x.extent(3))};
   CONSR_CHECK_ARG(grid.rows == 0 || grid.cols <= (index_t{1} << 31) / grid.rows, fn, "patch_size", "patch size ", ps,
                   " gives ", grid.rows, " x ", grid.cols, " patches; at most 2^31 per image are supported");
   check_image_range(options.image_offset, x.extent(0), fn);

@@ -182,7 +182,8 @@ TEST_CASE("cuda diffusion noise on strided views uses logical indices", "[cuda][
 }
 
 TEST_CASE("cuda diffusion noise rejects bad arguments without launching", "[cuda][corruption]") {
-  device_buffer<float> d_in(std::vector<float>(64, 1.0f)), d_out(64);
+  // 65 elements: the partial-overlap view below is 4 x 16 starting one element in.
+  device_buffer<float> d_in(std::vector<float>(65, 1.0f)), d_out(64);
   d_out.fill_bytes(0x3C);
   const std::vector<float> sentinel = d_out.download();
   const auto in = consr::make_view<consr::device_space>(static_cast<const float*>(d_in.data()), 4, 16);
@@ -196,13 +197,14 @@ TEST_CASE("cuda diffusion noise rejects bad arguments without launching", "[cuda
   CHECK(consr::cuda::add_diffusion_noise<float, 2>(in, consr::make_view<consr::device_space>(d_out.data(), 4, 15), key,
                                                    opt) == consr::status::invalid_argument);
   CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'out'"));
-  // Partial overlap: out starts one element into the image.
+  // Partial overlap: out has the image's shape and starts one element into it.
   CHECK(consr::cuda::add_diffusion_noise<float, 2>(
-            in, consr::make_view<consr::device_space>(d_in.data() + 1, 3, 16), key, opt) ==
+            in, consr::make_view<consr::device_space>(d_in.data() + 1, 4, 16), key, opt) ==
         consr::status::invalid_argument);
+  CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("partially overlaps"));
   CONSR_TEST_CUDA(cudaDeviceSynchronize());
   check_same_bits(d_out.download(), sentinel, "untouched output");
-  CHECK(d_in.download() == std::vector<float>(64, 1.0f));
+  CHECK(d_in.download() == std::vector<float>(65, 1.0f));
 }
 
 TEST_CASE("cuda random patch mask equals the host twin bit for bit", "[cuda][corruption]") {

@@ -10,6 +10,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -466,6 +467,16 @@ TEST_CASE("random_patch_mask is reproducible per key and per image", "[corruptio
   consr::random_patch_mask<float, 4>(consr::make_view(x.data(), B, C, H, W), consr::make_view(out.data(), B, C, H, W),
                                      {1, 0}, all);
   CHECK(std::all_of(out.begin(), out.end(), [](float v) { return v == 5.0f; }));
+  // A patch larger than the image (up to INT64_MAX, whose ceiling division used to overflow) is
+  // one patch: the whole image is masked or kept, as patch (0, 0) decides.
+  consr::patch_mask_options huge{std::numeric_limits<index_t>::max(), 0.5, 5.0};
+  consr::random_patch_mask<float, 4>(consr::make_view(x.data(), B, C, H, W), consr::make_view(out.data(), B, C, H, W),
+                                     {1, 0}, huge);
+  for (index_t b = 0; b < B; ++b) {
+    const bool m = consr::patch_is_masked({1, 0}, static_cast<std::uint64_t>(b), 0, 0.5);
+    const std::size_t first = static_cast<std::size_t>(b * C * H * W), count = static_cast<std::size_t>(C * H * W);
+    for (std::size_t i = first; i < first + count; ++i) REQUIRE(out[i] == (m ? 5.0f : x[i]));
+  }
 }
 
 TEST_CASE("random_patch_mask rejects bad options, naming them", "[corruption][patch_mask][errors]") {
