@@ -363,8 +363,10 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
   }
   check_view(grad_chosen, fn, "grad_chosen_logp");
   check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
+  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
   check_view(grad_rejected, fn, "grad_rejected_logp");
   check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
+  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
 
   const bool weighted = dpo_uses_weights(o);
   const double upstream_all =

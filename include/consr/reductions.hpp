@@ -80,6 +80,7 @@ template <class T>
 void check_optional_output(const host_view<T, 1>& out, index_t count, const char* fn, const char* arg,
                            const char* what) {
   check_view(out, fn, arg);
+  check_no_broadcast(out, fn, arg);
   CONSR_CHECK_ARG(out.size() == 0 || out.size() == count, fn, arg, "has ", out.size(), " elements but must have 0 (",
                   "not written) or ", count, " (", what, ")");
 }
@@ -204,6 +205,7 @@ void segmented_scored_reduce(const host_view<V, 1>& values, const host_view<Labe
   const index_t num_segments = check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
   check_view(out, fn, "out");
   check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  check_no_broadcast(out, fn, "out");
   CONSR_OMP(parallel for schedule(static) if (values.size() >= segment_parallel_threshold && num_segments > 1))
   for (index_t s = 0; s < num_segments; ++s) {
     index_t count = 0;
@@ -255,6 +257,7 @@ void segmented_weighted_sum(host_view<V, 1> values, host_view<W, 1> weights, hos
   const index_t num_segments = detail::check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
   detail::check_view(out, fn, "out");
   detail::check_extent(out, 0, num_segments, fn, "out", "one value per segment");
+  detail::check_no_broadcast(out, fn, "out");
   CONSR_OMP(parallel for schedule(static) if (values.size() >= detail::segment_parallel_threshold && num_segments > 1))
   for (index_t s = 0; s < num_segments; ++s) {
     double acc = 0.0;
@@ -281,6 +284,7 @@ void segmented_count(host_view<Label, 1> labels, host_view<Offset, 1> offsets, h
   const index_t num_segments = detail::check_packed_offsets(offsets, labels.size(), fn, "offsets", "labels");
   detail::check_view(out, fn, "out");
   detail::check_extent(out, 0, num_segments, fn, "out", "one count per segment");
+  detail::check_no_broadcast(out, fn, "out");
   if constexpr (sizeof(Count) < sizeof(index_t)) {
     for (index_t s = 0; s < num_segments; ++s) {
       CONSR_CHECK_ARG(static_cast<index_t>(offsets[s + 1]) - static_cast<index_t>(offsets[s]) <=

@@ -129,6 +129,7 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
   const index_t num_candidates = check_packed_offsets(offsets, n, fn, "offsets", "logp");
   check_view(out.reward, fn, "out.reward");
   check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
+  check_no_broadcast(out.reward, fn, "out.reward");
   check_optional_output(out.p, num_candidates, fn, "out.p", "one per candidate");
   check_optional_output(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
   check_optional_output(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
@@ -183,6 +184,7 @@ void sequence_probability_impl(const host_view<V, 1>& logp, const host_view<Offs
   const index_t num_sequences = check_packed_offsets(offsets, logp.size(), fn, "offsets", "logp");
   check_view(out, fn, "out");
   check_extent(out, 0, num_sequences, fn, "out", "one probability per sequence");
+  check_no_broadcast(out, fn, "out");
   CONSR_OMP(parallel for schedule(static) if (logp.size() >= segment_parallel_threshold && num_sequences > 1))
   for (index_t s = 0; s < num_sequences; ++s) {
     index_t count = 0;

@@ -142,11 +142,17 @@ void check_combination(const side_data<T, O, L>& w, const side_data<T, O, L>& l,
   for (int k = 0; k < 8; ++k) *hviews[k] = consr::make_view(hm[k].data(), P);
   const double host_loss = consr::dpo_forward(hw, hl, o, hmetrics);
 
+  // Outputs start as NaN bytes: a metric or loss the device does not write cannot pass on values
+  // left in recycled device memory by an earlier combination.
   std::vector<device_buffer<T>> dm;
-  for (int k = 0; k < 8; ++k) dm.emplace_back(static_cast<std::size_t>(P));
+  for (int k = 0; k < 8; ++k) {
+    dm.emplace_back(static_cast<std::size_t>(P));
+    dm.back().fill_bytes(0xFF);
+  }
   consr::cuda::dpo_pair_metrics<T> dmetrics{dm[0].view(), dm[1].view(), dm[2].view(), dm[3].view(),
                                             dm[4].view(), dm[5].view(), dm[6].view(), dm[7].view()};
   device_buffer<T> d_loss(1);
+  d_loss.fill_bytes(0xFF);
   device_error_info err;
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::dpo_forward(t, b, dw, dl, o, d_loss.view(), dmetrics, nullptr, err.get());

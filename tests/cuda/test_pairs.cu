@@ -8,6 +8,7 @@
 #include <consr/cuda/pairs.cuh>
 #include <consr/pairs.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -165,6 +166,19 @@ TEST_CASE("cuda select_pairs: argument errors and bad offsets", "[cuda][pairs]")
     out.rejected = consr::make_view<consr::device_space>(rejected.data(), 1);
     CHECK(consr::cuda::select_pairs(nullptr, bytes, r.cview(), off.cview(), out) == consr::status::invalid_argument);
     CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'out.rejected'"));
+  }
+  SECTION("a broadcast out.chosen") {
+    out.chosen = consr::make_strided_view<consr::device_space>(chosen.data(), std::array<index_t, 1>{2},
+                                                               std::array<index_t, 1>{0});
+    CHECK(consr::cuda::select_pairs(nullptr, bytes, r.cview(), off.cview(), out) == consr::status::invalid_argument);
+    CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'out.chosen'") && Catch::Contains("stride 0"));
+  }
+  SECTION("more candidates than 32-bit indices can name") {
+    // Checked on the host before anything is read: the view's memory is never touched.
+    const auto huge =
+        consr::make_view<consr::device_space>(static_cast<const float*>(r.data()), (index_t{1} << 31) + 1);
+    CHECK(consr::cuda::select_pairs(nullptr, bytes, huge, off.cview(), out) == consr::status::invalid_argument);
+    CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'out.chosen'") && Catch::Contains("64-bit"));
   }
   SECTION("decreasing group offsets are reported") {
     device_buffer<std::int32_t> bad(std::vector<std::int32_t>{0, 3, 1, 4});

@@ -70,13 +70,17 @@ void check_all_reductions(std::mt19937_64& rng, index_t segments, index_t max_le
   std::vector<R> host(static_cast<std::size_t>(segments));
   INFO("segments " << segments << ", packed " << n);
 
+  // Every output starts as NaN bytes (0xFF) before each launch, so a segment the device skips
+  // (an empty one, say) cannot pass on the zeros of fresh or reused device memory.
   consr::segmented_sum(hv(values), hv(off), hv(host));
+  d_out.fill_bytes(0xFF);
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::segmented_sum(t, b, d_values.cview(), d_off.cview(), d_out.view(), nullptr, err.get());
   }));
   check_close(d_out.download(), host, values, off, false, "sum");
 
   consr::segmented_mean(hv(values), hv(off), hv(host));
+  d_out.fill_bytes(0xFF);
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::segmented_mean(t, b, d_values.cview(), d_off.cview(), d_out.view(), nullptr, err.get());
   }));
@@ -87,6 +91,7 @@ void check_all_reductions(std::mt19937_64& rng, index_t segments, index_t max_le
   for (std::size_t i = 0; i < values.size(); ++i)
     products[i] = consr::to_accum<double>(values[i]) * consr::to_accum<double>(weights[i]);
   consr::segmented_weighted_sum(hv(values), hv(weights), hv(off), hv(host));
+  d_out.fill_bytes(0xFF);
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::segmented_weighted_sum(t, b, d_values.cview(), d_weights.cview(), d_off.cview(), d_out.view(),
                                                nullptr, err.get());
@@ -95,6 +100,7 @@ void check_all_reductions(std::mt19937_64& rng, index_t segments, index_t max_le
 
   std::vector<std::int64_t> host_count(static_cast<std::size_t>(segments));
   consr::segmented_count(hv(labels), hv(off), hv(host_count));
+  d_count.fill_bytes(0xFF);
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::segmented_count(t, b, d_labels.cview(), d_off.cview(), d_count.view(), -100, nullptr,
                                         err.get());
@@ -102,6 +108,7 @@ void check_all_reductions(std::mt19937_64& rng, index_t segments, index_t max_le
   CHECK(d_count.download() == host_count);
 
   consr::segmented_masked_mean(hv(values), hv(labels), hv(off), hv(host));
+  d_out.fill_bytes(0xFF);
   CONSR_TEST_OK(run_two_phase([&](void* t, std::size_t& b) {
     return consr::cuda::segmented_masked_mean(t, b, d_values.cview(), d_labels.cview(), d_off.cview(), d_out.view(),
                                               -100, nullptr, err.get());
@@ -203,6 +210,13 @@ TEST_CASE("cuda segmented reductions reject bad shapes on the host, launching no
     CHECK(consr::cuda::segmented_weighted_sum(nullptr, bytes, d_values.cview(), w, d_off.cview(), out) ==
           consr::status::invalid_argument);
     CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'weights'"));
+  }
+  SECTION("a broadcast output (stride 0: the segments would race on one element)") {
+    const auto out = consr::make_strided_view<consr::device_space>(d_out.data(), std::array<index_t, 1>{2},
+                                                                   std::array<index_t, 1>{0});
+    CHECK(consr::cuda::segmented_sum(nullptr, bytes, d_values.cview(), d_off.cview(), out) ==
+          consr::status::invalid_argument);
+    CHECK_THAT(consr::cuda::last_error_message(), Catch::Contains("'out'") && Catch::Contains("stride 0"));
   }
   SECTION("a negative extent") {
     const auto out = consr::make_view<consr::device_space>(d_out.data(), 2);

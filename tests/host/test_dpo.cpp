@@ -8,6 +8,7 @@
 
 #include "test_util.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -564,6 +565,20 @@ TEST_CASE("dpo: invalid input names the argument", "[dpo]") {
   CHECK(arg([&] {
           consr::dpo_backward(w, l, o, 1.0, consr::make_view(ga.data(), ga.size()), consr::make_view(gb.data(), 1));
         }) == "grad_rejected_logp");
+  // Broadcast (stride-0) outputs: pairs running on different threads would race on one element.
+  const auto bcast = [](std::vector<double>& v, std::size_t n) {
+    return consr::make_strided_view(v.data(), std::array<index_t, 1>{static_cast<index_t>(n)},
+                                    std::array<index_t, 1>{0});
+  };
+  CHECK(arg([&] {
+          consr::dpo_backward(w, l, o, 1.0, bcast(ga, ga.size()), consr::make_view(gb.data(), gb.size()));
+        }) == "grad_chosen_logp");
+  CHECK(arg([&] {
+          consr::dpo_backward(w, l, o, 1.0, consr::make_view(ga.data(), ga.size()), bcast(gb, gb.size()));
+        }) == "grad_rejected_logp");
+  consr::dpo_pair_metrics<double> mb;
+  mb.loss = bcast(small, 3);
+  CHECK(arg([&] { consr::dpo_forward(w, l, o, mb); }) == "metrics.loss");
   CHECK(arg([&] {
           consr::dpo_backward(w, l, o, cview(up), consr::make_view(ga.data(), ga.size()),
                               consr::make_view(gb.data(), gb.size()));

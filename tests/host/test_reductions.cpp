@@ -6,6 +6,7 @@
 
 #include "test_util.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -219,6 +220,14 @@ TEST_CASE("segmented reductions: other size errors name their argument", "[reduc
   const double* null_values = nullptr;
   CHECK(arg_of([&] { consr::segmented_sum(consr::make_view(null_values, 3), ov,
                                           consr::make_view(out.data(), 2)); }) == "values");
+  // A broadcast output (stride 0: both segments would write one element, a race under OpenMP).
+  const auto broadcast = consr::make_strided_view(out.data(), std::array<index_t, 1>{2}, std::array<index_t, 1>{0});
+  CHECK(arg_of([&] { consr::segmented_sum(vv, ov, broadcast); }) == "out");
+  CHECK(arg_of([&] { consr::segmented_mean(vv, ov, broadcast); }) == "out");
+  const std::vector<std::int64_t> labels3 = {1, 2, 3};
+  const auto cnt_broadcast = consr::make_strided_view(cnt.data(), std::array<index_t, 1>{2}, std::array<index_t, 1>{0});
+  CHECK(arg_of([&] { consr::segmented_count(consr::make_view(labels3.data(), 3), ov, cnt_broadcast); }) == "out");
+  CHECK(out == std::vector<double>(3, 0.0));  // nothing written
 }
 
 TEST_CASE("segmented reductions: same bits for 1, 2 and 3 threads", "[reductions][threads]") {

@@ -6,6 +6,7 @@
 
 #include "test_util.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -268,6 +269,15 @@ TEST_CASE("contrastive_reward: errors name the argument", "[reward]") {
   CHECK(error_argument([&] {
           consr::sequence_probability(v3, o, consr::make_view(sp.data(), 1));
         }) == "out");
+  // Broadcast outputs (stride 0 over two candidates) are rejected, not raced on.
+  const auto broadcast = consr::make_strided_view(small.data(), std::array<index_t, 1>{2}, std::array<index_t, 1>{0});
+  consr::reward_outputs<double> bcast_reward;
+  bcast_reward.reward = broadcast;
+  CHECK(error_argument([&] { call(bcast_reward, {}); }) == "out.reward");
+  consr::reward_outputs<double> bcast_p = out;
+  bcast_p.p_semantic = broadcast;
+  CHECK(error_argument([&] { call(bcast_p, {}); }) == "out.p_semantic");
+  CHECK(error_argument([&] { consr::sequence_probability(v3, o, broadcast); }) == "out");
   // No candidate at all: a successful no-op with an empty report.
   const std::vector<std::int64_t> off0 = {0};
   consr::reward_outputs<double> none;

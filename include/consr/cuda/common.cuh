@@ -143,6 +143,15 @@ void check_optional_size(const strided_view<T, 1, S>& v, index_t count, const ch
                   "not used) or ", count, " (", what, ")");
 }
 
+/// An optional per-item output: empty (not written) or exactly `count`
+/// distinct elements (no broadcast stride, which would race between threads).
+template <class T, class S>
+void check_optional_output(const strided_view<T, 1, S>& v, index_t count, const char* fn, const char* arg,
+                           const char* what) {
+  check_optional_size(v, count, fn, arg, what);
+  ::consr::detail::check_no_broadcast(v, fn, arg);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Temporary storage (CUB's two-phase convention)
 // ------------------------------------------------------------------------------------------------

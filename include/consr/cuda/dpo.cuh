@@ -355,6 +355,11 @@ inline std::size_t dpo_forward_temp_storage_bytes(index_t num_pairs) noexcept {
 /// follows CUB's two-phase convention (one double per pair). With
 /// length_normalize, a pair whose side has no scored token is reported in
 /// *error (status::empty_sequence, index = pair) and its values are NaN.
+/// Offsets are validated on the device into *error as well: without an
+/// error_info (error == nullptr) neither is reported (the values are NaN or
+/// computed on clamped segments; nothing is read out of bounds), so pass one
+/// unless the offsets and lengths were checked before (the LibTorch adapter
+/// passes one and raises the error naming the pair).
 /// Returns status::invalid_argument naming 'options.*', 'chosen.*',
 /// 'rejected.*', 'loss', 'metrics.*' or 'temp_storage_bytes' with nothing
 /// launched.
@@ -369,14 +374,14 @@ status dpo_forward(void* d_temp_storage, std::size_t& temp_storage_bytes, const 
     detail::dpo_check(chosen, rejected, options, fn, ca, ra);
     const index_t P = ca.seg.num_segments;
     detail::check_optional_size(loss, 1, fn, "loss", "one value: the reduced objective");
-    detail::check_optional_size(metrics.margin_logit, P, fn, "metrics.margin_logit", "one per pair");
-    detail::check_optional_size(metrics.sigma_neg, P, fn, "metrics.sigma_neg", "one per pair");
-    detail::check_optional_size(metrics.chosen_reward, P, fn, "metrics.chosen_reward", "one per pair");
-    detail::check_optional_size(metrics.rejected_reward, P, fn, "metrics.rejected_reward", "one per pair");
-    detail::check_optional_size(metrics.reward_margin, P, fn, "metrics.reward_margin", "one per pair");
-    detail::check_optional_size(metrics.accuracy, P, fn, "metrics.accuracy", "one per pair");
-    detail::check_optional_size(metrics.dpo_loss, P, fn, "metrics.dpo_loss", "one per pair");
-    detail::check_optional_size(metrics.loss, P, fn, "metrics.loss", "one per pair");
+    detail::check_optional_output(metrics.margin_logit, P, fn, "metrics.margin_logit", "one per pair");
+    detail::check_optional_output(metrics.sigma_neg, P, fn, "metrics.sigma_neg", "one per pair");
+    detail::check_optional_output(metrics.chosen_reward, P, fn, "metrics.chosen_reward", "one per pair");
+    detail::check_optional_output(metrics.rejected_reward, P, fn, "metrics.rejected_reward", "one per pair");
+    detail::check_optional_output(metrics.reward_margin, P, fn, "metrics.reward_margin", "one per pair");
+    detail::check_optional_output(metrics.accuracy, P, fn, "metrics.accuracy", "one per pair");
+    detail::check_optional_output(metrics.dpo_loss, P, fn, "metrics.dpo_loss", "one per pair");
+    detail::check_optional_output(metrics.loss, P, fn, "metrics.loss", "one per pair");
     const std::size_t sizes[1] = {static_cast<std::size_t>(P) * sizeof(double)};
     void* parts[1];
     detail::partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes, parts, fn);

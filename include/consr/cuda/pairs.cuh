@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../pairs.hpp"
@@ -165,16 +166,21 @@ status select_pairs(void* d_temp_storage, std::size_t& temp_storage_bytes, devic
     CONSR_CHECK_ARG(std::isfinite(options.min_margin) && options.min_margin >= 0.0, fn, "options.min_margin", "is ",
                     options.min_margin, " but must be finite and >= 0");
     ::consr::detail::check_view(rewards, fn, "rewards");
+    CONSR_CHECK_ARG(rewards.size() == 0 || rewards.size() - 1 <= static_cast<index_t>(std::numeric_limits<I>::max()), fn,
+                    "out.chosen", "holds ", 8 * sizeof(I), "-bit candidate indices but 'rewards' has ", rewards.size(),
+                    " candidates; use 64-bit outputs");
     const auto seg = detail::make_packed_segments(group_offsets, rewards.size(), fn, "group_offsets");
     const index_t groups = seg.num_segments;
     ::consr::detail::check_view(out.chosen, fn, "out.chosen");
     ::consr::detail::check_extent(out.chosen, 0, groups, fn, "out.chosen", "one entry per group");
     ::consr::detail::check_view(out.rejected, fn, "out.rejected");
     ::consr::detail::check_extent(out.rejected, 0, groups, fn, "out.rejected", "one entry per group");
-    detail::check_optional_size(out.outcome, groups, fn, "out.outcome", "one per group");
-    detail::check_optional_size(out.chosen_reward, groups, fn, "out.chosen_reward", "one per group");
-    detail::check_optional_size(out.rejected_reward, groups, fn, "out.rejected_reward", "one per group");
-    detail::check_optional_size(out.margin, groups, fn, "out.margin", "one per group");
+    ::consr::detail::check_no_broadcast(out.chosen, fn, "out.chosen");
+    ::consr::detail::check_no_broadcast(out.rejected, fn, "out.rejected");
+    detail::check_optional_output(out.outcome, groups, fn, "out.outcome", "one per group");
+    detail::check_optional_output(out.chosen_reward, groups, fn, "out.chosen_reward", "one per group");
+    detail::check_optional_output(out.rejected_reward, groups, fn, "out.rejected_reward", "one per group");
+    detail::check_optional_output(out.margin, groups, fn, "out.margin", "one per group");
     if (d_temp_storage != nullptr && counts != nullptr)
       CONSR_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, sizeof(selection_counts), stream));
     const detail::extremes init{0.0, -1, 0.0, -1, 0, 0};

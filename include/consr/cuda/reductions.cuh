@@ -199,6 +199,7 @@ packed_segments<std::remove_cv_t<Offset>> check_segments_and_output(const device
   const auto seg = make_packed_segments(offsets, packed_size, fn, "offsets");
   ::consr::detail::check_view(out, fn, "out");
   ::consr::detail::check_extent(out, 0, seg.num_segments, fn, "out", "one value per segment");
+  ::consr::detail::check_no_broadcast(out, fn, "out");
   return seg;
 }
 

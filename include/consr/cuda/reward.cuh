@@ -135,11 +135,12 @@ status contrastive_reward_impl(void* d_temp_storage, std::size_t& temp_storage_b
   const index_t num_candidates = seg.num_segments;
   ::consr::detail::check_view(out.reward, fn, "out.reward");
   ::consr::detail::check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
-  check_optional_size(out.p, num_candidates, fn, "out.p", "one per candidate");
-  check_optional_size(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
-  check_optional_size(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
-  check_optional_size(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
-  check_optional_size(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
+  ::consr::detail::check_no_broadcast(out.reward, fn, "out.reward");
+  check_optional_output(out.p, num_candidates, fn, "out.p", "one per candidate");
+  check_optional_output(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
+  check_optional_output(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
+  check_optional_output(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
+  check_optional_output(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
 
   using L = std::remove_cv_t<Label>;
   const read_reward_token<std::remove_cv_t<V1>, std::remove_cv_t<V2>, std::remove_cv_t<V3>, L> read{
