@@ -250,6 +250,34 @@ dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo
   return dpo_pair_from_sums(dpo_side(chosen, pair, o), dpo_side(rejected, pair, o), o);
 }
 
+/// Stores pair i's terms into every metric view that is not empty. Host
+/// (dpo_forward) and device (consr/cuda/dpo.cuh) metrics both go through here.
+template <class Metrics>
+CONSR_HOST_DEVICE inline void dpo_store_metrics(const Metrics& m, index_t i, const dpo_pair_terms& p) noexcept {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(m.loss[0])>>;
+  if (m.margin_logit.size() != 0) m.margin_logit[i] = static_cast<T>(p.delta);
+  if (m.sigma_neg.size() != 0) m.sigma_neg[i] = static_cast<T>(p.sigma_neg);
+  if (m.chosen_reward.size() != 0) m.chosen_reward[i] = static_cast<T>(p.chosen_reward);
+  if (m.rejected_reward.size() != 0) m.rejected_reward[i] = static_cast<T>(p.rejected_reward);
+  if (m.reward_margin.size() != 0) m.reward_margin[i] = static_cast<T>(p.reward_margin);
+  if (m.accuracy.size() != 0) m.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
+  if (m.dpo_loss.size() != 0) m.dpo_loss[i] = static_cast<T>(p.dpo_loss);
+  if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
+}
+
+/// Calls check(view, name) for each metric view (host and device checks).
+template <class Metrics, class Check>
+void dpo_check_metrics(const Metrics& m, Check&& check) {
+  check(m.margin_logit, "metrics.margin_logit");
+  check(m.sigma_neg, "metrics.sigma_neg");
+  check(m.chosen_reward, "metrics.chosen_reward");
+  check(m.rejected_reward, "metrics.rejected_reward");
+  check(m.reward_margin, "metrics.reward_margin");
+  check(m.accuracy, "metrics.accuracy");
+  check(m.dpo_loss, "metrics.dpo_loss");
+  check(m.loss, "metrics.loss");
+}
+
 /// The reference checks of one side of n tokens and P pairs (host and device
 /// sides): exactly one reference, per token (n values) or per sequence (P).
 template <class Side>
@@ -419,14 +447,9 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
                    const dpo_options& options, dpo_pair_metrics<detail::type_identity_t<T>> metrics = {}) {
   constexpr const char* fn = "consr::dpo_forward";
   const index_t num_pairs = detail::dpo_check(chosen, rejected, options, fn);
-  detail::check_optional_output(metrics.margin_logit, num_pairs, fn, "metrics.margin_logit", "one per pair");
-  detail::check_optional_output(metrics.sigma_neg, num_pairs, fn, "metrics.sigma_neg", "one per pair");
-  detail::check_optional_output(metrics.chosen_reward, num_pairs, fn, "metrics.chosen_reward", "one per pair");
-  detail::check_optional_output(metrics.rejected_reward, num_pairs, fn, "metrics.rejected_reward", "one per pair");
-  detail::check_optional_output(metrics.reward_margin, num_pairs, fn, "metrics.reward_margin", "one per pair");
-  detail::check_optional_output(metrics.accuracy, num_pairs, fn, "metrics.accuracy", "one per pair");
-  detail::check_optional_output(metrics.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
-  detail::check_optional_output(metrics.loss, num_pairs, fn, "metrics.loss", "one per pair");
+  detail::dpo_check_metrics(metrics, [&](const auto& v, const char* name) {
+    detail::check_optional_output(v, num_pairs, fn, name, "one per pair");
+  });
 
   // The pairs are cut into at most dpo_sum_blocks blocks whose bounds depend on P alone; each
   // block is summed in pair order (by one thread), then the block sums in block order: the
@@ -440,14 +463,7 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
     for (index_t i = k * num_pairs / blocks, end = (k + 1) * num_pairs / blocks; i < end; ++i) {
       const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
       sum += p.objective;
-      if (metrics.margin_logit.size() != 0) metrics.margin_logit[i] = static_cast<T>(p.delta);
-      if (metrics.sigma_neg.size() != 0) metrics.sigma_neg[i] = static_cast<T>(p.sigma_neg);
-      if (metrics.chosen_reward.size() != 0) metrics.chosen_reward[i] = static_cast<T>(p.chosen_reward);
-      if (metrics.rejected_reward.size() != 0) metrics.rejected_reward[i] = static_cast<T>(p.rejected_reward);
-      if (metrics.reward_margin.size() != 0) metrics.reward_margin[i] = static_cast<T>(p.reward_margin);
-      if (metrics.accuracy.size() != 0) metrics.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
-      if (metrics.dpo_loss.size() != 0) metrics.dpo_loss[i] = static_cast<T>(p.dpo_loss);
-      if (metrics.loss.size() != 0) metrics.loss[i] = static_cast<T>(p.objective);
+      detail::dpo_store_metrics(metrics, i, p);
     }
     block_sum[k] = sum;
   }

@@ -135,15 +135,7 @@ __global__ void __launch_bounds__(dpo_block)
       if (dpo_pair_is_empty(w, l, o)) report_error(error, status::empty_sequence, i);
       const ::consr::detail::dpo_pair_terms p = ::consr::detail::dpo_pair_from_sums(w, l, o);
       objective[i] = p.objective;
-      if (m.margin_logit.size() != 0) m.margin_logit[i] = static_cast<T>(p.delta);
-      if (m.sigma_neg.size() != 0) m.sigma_neg[i] = static_cast<T>(p.sigma_neg);
-      if (m.chosen_reward.size() != 0) m.chosen_reward[i] = static_cast<T>(p.chosen_reward);
-      if (m.rejected_reward.size() != 0) m.rejected_reward[i] = static_cast<T>(p.rejected_reward);
-      if (m.reward_margin.size() != 0)
-        m.reward_margin[i] = static_cast<T>(p.reward_margin);
-      if (m.accuracy.size() != 0) m.accuracy[i] = p.delta > 0.0 ? T(1) : T(0);
-      if (m.dpo_loss.size() != 0) m.dpo_loss[i] = static_cast<T>(p.dpo_loss);
-      if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
+      ::consr::detail::dpo_store_metrics(m, i, p);
     }
   }
 }
@@ -374,14 +366,9 @@ status dpo_forward(void* d_temp_storage, std::size_t& temp_storage_bytes, const 
     detail::dpo_check(chosen, rejected, options, fn, ca, ra);
     const index_t P = ca.seg.num_segments;
     detail::check_optional_size(loss, 1, fn, "loss", "one value: the reduced objective");
-    detail::check_optional_output(metrics.margin_logit, P, fn, "metrics.margin_logit", "one per pair");
-    detail::check_optional_output(metrics.sigma_neg, P, fn, "metrics.sigma_neg", "one per pair");
-    detail::check_optional_output(metrics.chosen_reward, P, fn, "metrics.chosen_reward", "one per pair");
-    detail::check_optional_output(metrics.rejected_reward, P, fn, "metrics.rejected_reward", "one per pair");
-    detail::check_optional_output(metrics.reward_margin, P, fn, "metrics.reward_margin", "one per pair");
-    detail::check_optional_output(metrics.accuracy, P, fn, "metrics.accuracy", "one per pair");
-    detail::check_optional_output(metrics.dpo_loss, P, fn, "metrics.dpo_loss", "one per pair");
-    detail::check_optional_output(metrics.loss, P, fn, "metrics.loss", "one per pair");
+    ::consr::detail::dpo_check_metrics(metrics, [&](const auto& v, const char* name) {
+      detail::check_optional_output(v, P, fn, name, "one per pair");
+    });
     const std::size_t sizes[1] = {static_cast<std::size_t>(P) * sizeof(double)};
     void* parts[1];
     detail::partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes, parts, fn);
