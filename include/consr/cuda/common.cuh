@@ -75,6 +75,13 @@ inline long long error_index(const error_info& info) noexcept {
     if (consr_cuda_err_ != cudaSuccess) return ::consr::cuda::to_status(consr_cuda_err_); \
   } while (0)
 
+/// Compile-time check that a launcher's view argument lives in device memory;
+/// `host_fn` names the host twin to call instead (e.g. "token_logprobs").
+#define CONSR_CUDA_REQUIRE_DEVICE_VIEW(S, fn, arg, host_fn)                                            \
+  static_assert(std::is_same_v<S, ::consr::device_space>,                                             \
+                fn ": argument '" arg "' must be a device view (consr::device_view); use consr::" host_fn \
+                   " for host memory")
+
 /// Grid size for `n` work items at `block` threads each, capped for grid-stride loops.
 inline unsigned grid_for(long long n, unsigned block, unsigned max_blocks = 65535u * 4u) noexcept {
   const long long g = (n + block - 1) / block;

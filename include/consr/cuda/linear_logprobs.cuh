@@ -797,11 +797,6 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
 
 }  // namespace detail
 
-#define CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S, fn, arg)                                                 \
-  static_assert(std::is_same_v<S, ::consr::device_space>,                                             \
-                fn ": argument '" arg "' must be a device view (consr::device_view); use consr::" \
-                   "linear_token_logprobs for host memory")
-
 /// Token log-probabilities from hidden states and the output projection on the GPU (spec §4, last
 /// paragraph), the device twin of consr::linear_token_logprobs: logp_i = z_i[y_i] − lse_i,
 /// lse_i = logsumexp_v z_i[v], z_i = (W h_i + b) / τ, without ever holding the N × V logits.
@@ -827,12 +822,12 @@ status linear_token_logprobs(cublasHandle_t handle, void* d_temp_storage, std::s
                              strided_view<LogpT, 1, S5> token_logp, strided_view<LseT, 1, S6> lse,
                              const linear_logprob_options& options = {}, error_info* error = nullptr,
                              cudaStream_t stream = nullptr) {
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::linear_token_logprobs", "hidden");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::linear_token_logprobs", "weight");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::linear_token_logprobs", "bias");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::linear_token_logprobs", "labels");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::linear_token_logprobs", "token_logp");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S6, "consr::cuda::linear_token_logprobs", "lse");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::linear_token_logprobs", "hidden", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::linear_token_logprobs", "weight", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::linear_token_logprobs", "bias", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::linear_token_logprobs", "labels", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::linear_token_logprobs", "token_logp", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S6, "consr::cuda::linear_token_logprobs", "lse", "linear_token_logprobs");
   using T = std::remove_const_t<HiddenT>;
   using Label = std::remove_const_t<LabelT>;
   constexpr bool same_type =
@@ -868,15 +863,19 @@ status linear_token_logprobs_backward(cublasHandle_t handle, void* d_temp_storag
                                       strided_view<GH, 2, S7> grad_hidden, strided_view<GW, 2, S8> grad_weight,
                                       strided_view<GB, 1, S9> grad_bias, const linear_logprob_options& options = {},
                                       error_info* error = nullptr, cudaStream_t stream = nullptr) {
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::linear_token_logprobs_backward", "hidden");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::linear_token_logprobs_backward", "weight");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::linear_token_logprobs_backward", "bias");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::linear_token_logprobs_backward", "labels");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::linear_token_logprobs_backward", "lse");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S6, "consr::cuda::linear_token_logprobs_backward", "grad_token_logp");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S7, "consr::cuda::linear_token_logprobs_backward", "grad_hidden");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S8, "consr::cuda::linear_token_logprobs_backward", "grad_weight");
-  CONSR_LINEAR_REQUIRE_DEVICE_VIEW(S9, "consr::cuda::linear_token_logprobs_backward", "grad_bias");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::linear_token_logprobs_backward", "hidden", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::linear_token_logprobs_backward", "weight", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::linear_token_logprobs_backward", "bias", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::linear_token_logprobs_backward", "labels", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::linear_token_logprobs_backward", "lse", "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S6, "consr::cuda::linear_token_logprobs_backward", "grad_token_logp",
+                                 "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S7, "consr::cuda::linear_token_logprobs_backward", "grad_hidden",
+                                 "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S8, "consr::cuda::linear_token_logprobs_backward", "grad_weight",
+                                 "linear_token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S9, "consr::cuda::linear_token_logprobs_backward", "grad_bias",
+                                 "linear_token_logprobs");
   using T = std::remove_const_t<HiddenT>;
   using Label = std::remove_const_t<LabelT>;
   using Acc = accum_t<T>;
@@ -908,5 +907,3 @@ status linear_token_logprobs_backward(cublasHandle_t handle, void* d_temp_storag
 
 }  // namespace cuda
 }  // namespace consr
-
-#undef CONSR_LINEAR_REQUIRE_DEVICE_VIEW

@@ -903,11 +903,6 @@ status logprob_backward(device_view<const Logit, 2> logits, device_view<const La
 
 }  // namespace detail
 
-#define CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S, fn, arg)                                                    \
-  static_assert(std::is_same_v<S, ::consr::device_space>,                                               \
-                fn ": argument '" arg "' must be a device view (consr::device_view); use consr::" \
-                   "token_logprobs for host memory")
-
 namespace detail {
 
 /// Both token_logprobs overloads (temp_storage_bytes null: no temporary storage): the compile-time
@@ -917,10 +912,10 @@ status token_logprobs_entry(void* d_temp_storage, std::size_t* temp_storage_byte
                             strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1, S2> labels,
                             strided_view<LogpT, 1, S3> token_logp, strided_view<LseT, 1, S4> lse,
                             const logprob_options& options, error_info* error, cudaStream_t stream) {
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs", "logits");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs", "labels");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs", "token_logp");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs", "logits", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs", "labels", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs", "token_logp", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse", "token_logprobs");
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
   constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
@@ -992,11 +987,11 @@ status token_logprobs_backward(strided_view<LogitsT, 2, S1> logits, strided_view
                                strided_view<LseT, 1, S3> lse, strided_view<GradLogpT, 1, S4> grad_token_logp,
                                strided_view<Grad, 2, S5> grad_logits, const logprob_options& options = {},
                                error_info* error = nullptr, cudaStream_t stream = nullptr) {
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs_backward", "logits");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs_backward", "labels");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs_backward", "lse");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs_backward", "grad_token_logp");
-  CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::token_logprobs_backward", "grad_logits");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S1, "consr::cuda::token_logprobs_backward", "logits", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S2, "consr::cuda::token_logprobs_backward", "labels", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S3, "consr::cuda::token_logprobs_backward", "lse", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs_backward", "grad_token_logp", "token_logprobs");
+  CONSR_CUDA_REQUIRE_DEVICE_VIEW(S5, "consr::cuda::token_logprobs_backward", "grad_logits", "token_logprobs");
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
   using Acc = accum_t<Logit>;
@@ -1016,5 +1011,3 @@ status token_logprobs_backward(strided_view<LogitsT, 2, S1> logits, strided_view
 
 }  // namespace cuda
 }  // namespace consr
-
-#undef CONSR_LOGPROBS_REQUIRE_DEVICE_VIEW
