@@ -21,6 +21,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -65,6 +67,17 @@ inline const char* to_string(noise_schedule s) noexcept {
     case noise_schedule::cosine: return "cosine";
   }
   return "unknown";
+}
+
+/// The noise_schedule named `name` (to_string's names: "sigmoid", "linear", "scaled_linear",
+/// "cosine"), for options read from strings. Throws consr::error naming 'schedule' otherwise.
+inline noise_schedule parse_noise_schedule(std::string_view name) {
+  for (const noise_schedule s :
+       {noise_schedule::sigmoid, noise_schedule::linear, noise_schedule::scaled_linear, noise_schedule::cosine})
+    if (name == to_string(s)) return s;
+  detail::throw_error("consr::parse_noise_schedule", "schedule",
+                      "is \"" + std::string(name) +
+                          "\" but must be \"sigmoid\", \"linear\", \"scaled_linear\" or \"cosine\"");
 }
 
 /// A β schedule and its cumulative products, in fp64 (spec §3). Steps are

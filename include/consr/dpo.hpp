@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "config.hpp"
@@ -36,6 +38,44 @@ enum class loss_reduction {
   sum,   ///< Σ_i L_i
   none,  ///< per-pair values in metrics.loss; dpo_forward returns their sum
 };
+
+/// Name of a loss type: "standard" or "consr".
+inline const char* to_string(dpo_loss_type t) noexcept {
+  switch (t) {
+    case dpo_loss_type::standard: return "standard";
+    case dpo_loss_type::consr: return "consr";
+  }
+  return "unknown";
+}
+
+/// The dpo_loss_type named `name` ("consr" or "standard", as to_string writes them).
+/// Throws consr::error naming 'loss_type' otherwise.
+inline dpo_loss_type parse_dpo_loss_type(std::string_view name) {
+  if (name == "consr") return dpo_loss_type::consr;
+  if (name == "standard") return dpo_loss_type::standard;
+  detail::throw_error("consr::parse_dpo_loss_type", "loss_type",
+                      "is \"" + std::string(name) + "\" but must be \"consr\" (eq. 14) or \"standard\" (eq. 7)");
+}
+
+/// Name of a reduction: "mean", "sum" or "none".
+inline const char* to_string(loss_reduction r) noexcept {
+  switch (r) {
+    case loss_reduction::mean: return "mean";
+    case loss_reduction::sum: return "sum";
+    case loss_reduction::none: return "none";
+  }
+  return "unknown";
+}
+
+/// The loss_reduction named `name` ("mean", "sum" or "none", as to_string writes them).
+/// Throws consr::error naming 'reduction' otherwise.
+inline loss_reduction parse_loss_reduction(std::string_view name) {
+  if (name == "mean") return loss_reduction::mean;
+  if (name == "sum") return loss_reduction::sum;
+  if (name == "none") return loss_reduction::none;
+  detail::throw_error("consr::parse_loss_reduction", "reduction",
+                      "is \"" + std::string(name) + "\" but must be \"mean\", \"sum\" or \"none\"");
+}
 
 /// Options of dpo_forward / dpo_backward.
 struct dpo_options {
@@ -94,6 +134,23 @@ struct dpo_pair_metrics {
 
 /// Which side a visual weight belongs to (eq. 13).
 enum class weight_side { chosen, rejected };
+
+/// Name of a side: "chosen" or "rejected".
+inline const char* to_string(weight_side s) noexcept {
+  switch (s) {
+    case weight_side::chosen: return "chosen";
+    case weight_side::rejected: return "rejected";
+  }
+  return "unknown";
+}
+
+/// The weight_side named `name` ("chosen" or "rejected"). Throws consr::error naming 'side' otherwise.
+inline weight_side parse_weight_side(std::string_view name) {
+  if (name == "chosen") return weight_side::chosen;
+  if (name == "rejected") return weight_side::rejected;
+  detail::throw_error("consr::parse_weight_side", "side",
+                      "is \"" + std::string(name) + "\" but must be \"chosen\" or \"rejected\"");
+}
 
 /// Options of visual_weights (eq. 13; paper defaults α = 0.5, ε = 0.2).
 struct visual_weight_options {

@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -28,6 +30,23 @@ enum class reward_space {
   probability,  ///< the paper's: P = exp(mean token log-prob), differences of probabilities (default)
   log,          ///< extension: differences of mean token log-probs (log P) instead
 };
+
+/// Name of a reward space: "probability" or "log".
+inline const char* to_string(reward_space s) noexcept {
+  switch (s) {
+    case reward_space::probability: return "probability";
+    case reward_space::log: return "log";
+  }
+  return "unknown";
+}
+
+/// The reward_space named `name` ("probability" or "log"). Throws consr::error naming 'space' otherwise.
+inline reward_space parse_reward_space(std::string_view name) {
+  if (name == "probability") return reward_space::probability;
+  if (name == "log") return reward_space::log;
+  detail::throw_error("consr::parse_reward_space", "space",
+                      "is \"" + std::string(name) + "\" but must be \"probability\" or \"log\"");
+}
 
 /// Options of contrastive_reward.
 struct reward_options {
