@@ -6,6 +6,7 @@
 // CUDA cases run where there is a GPU and this binary has consr's CUDA kernels (torch_cuda.cuh).
 // LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
 #include <consr/adapters/torch.hpp>
+#include <consr/reward.hpp>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
 #undef CHECK
@@ -886,4 +887,57 @@ TEST_CASE("view_of checks dtype, rank and device", "[torch][views]") {
              Contains("argument 'weights': has 2 dimensions [3, 4] but must have 1"));
   CHECK_THAT(error_of([&] { lt::device_view_of<const float, 2>(t, "weights"); }),
              Contains("argument 'weights': is on cpu but a CUDA tensor is required here"));
+}
+
+TEST_CASE("option enums: consr's parse/to_string and the adapter's c10::Error wrappers", "[torch][options]") {
+  // consr's own parsers (consr/{corruption,dpo,reward}.hpp) round-trip with to_string.
+  for (const auto s : {consr::noise_schedule::sigmoid, consr::noise_schedule::linear,
+                       consr::noise_schedule::scaled_linear, consr::noise_schedule::cosine}) {
+    CHECK(consr::parse_noise_schedule(consr::to_string(s)) == s);
+    CHECK(lt::parse_noise_schedule(consr::to_string(s)) == s);
+  }
+  for (const auto t : {consr::dpo_loss_type::standard, consr::dpo_loss_type::consr}) {
+    CHECK(consr::parse_dpo_loss_type(consr::to_string(t)) == t);
+    CHECK(lt::parse_dpo_loss_type(consr::to_string(t)) == t);
+  }
+  for (const auto r : {consr::loss_reduction::mean, consr::loss_reduction::sum, consr::loss_reduction::none}) {
+    CHECK(consr::parse_loss_reduction(consr::to_string(r)) == r);
+    CHECK(lt::parse_loss_reduction(consr::to_string(r)) == r);
+  }
+  for (const auto w : {consr::weight_side::chosen, consr::weight_side::rejected}) {
+    CHECK(consr::parse_weight_side(consr::to_string(w)) == w);
+    CHECK(lt::parse_weight_side(consr::to_string(w)) == w);
+  }
+  for (const auto s : {consr::reward_space::probability, consr::reward_space::log})
+    CHECK(consr::parse_reward_space(consr::to_string(s)) == s);
+  // consr's parsers throw consr::error naming the argument ...
+  auto consr_error = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const consr::error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  CHECK(consr_error([] { consr::parse_noise_schedule("quadratic"); }) ==
+        "consr::parse_noise_schedule: argument 'schedule': is \"quadratic\" but must be \"sigmoid\", \"linear\", "
+        "\"scaled_linear\" or \"cosine\"");
+  CHECK(consr_error([] { consr::parse_dpo_loss_type("ipo"); }) ==
+        "consr::parse_dpo_loss_type: argument 'loss_type': is \"ipo\" but must be \"consr\" (eq. 14) or \"standard\" "
+        "(eq. 7)");
+  CHECK_THAT(consr_error([] { consr::parse_loss_reduction("avg"); }), Contains("argument 'reduction'"));
+  CHECK_THAT(consr_error([] { consr::parse_weight_side("both"); }), Contains("argument 'side'"));
+  CHECK_THAT(consr_error([] { consr::parse_reward_space("linear"); }),
+             Contains("consr::parse_reward_space: argument 'space': is \"linear\" but must be \"probability\" or "
+                      "\"log\""));
+  // ... and the adapter's wrappers c10::Error with the same message under their own name.
+  CHECK_THAT(error_of([] { lt::parse_noise_schedule("quadratic"); }),
+             Contains("consr::libtorch::parse_noise_schedule: argument 'schedule': is \"quadratic\" but must be "
+                      "\"sigmoid\", \"linear\", \"scaled_linear\" or \"cosine\""));
+  CHECK_THAT(error_of([] { lt::parse_loss_reduction("avg"); }),
+             Contains("consr::libtorch::parse_loss_reduction: argument 'reduction': is \"avg\" but must be "
+                      "\"mean\", \"sum\" or \"none\""));
+  CHECK_THAT(error_of([] { lt::parse_weight_side("both"); }),
+             Contains("consr::libtorch::parse_weight_side: argument 'side': is \"both\" but must be \"chosen\" "
+                      "or \"rejected\""));
 }
