@@ -102,6 +102,43 @@ struct rng_key {
   std::uint64_t offset = 0;
 };
 
+/// One digit of a mixed-radix stream index (see derive_key): `index` ∈ [0, `radix`).
+struct key_digit {
+  std::uint64_t index;
+  std::uint64_t radix;
+};
+
+/// Derives a 64-bit stream key — an rng_key offset, a sampling key, a
+/// counter-based stream — from a base key and a mixed-radix index, as a pure
+/// function (mod 2^64):
+///
+///   derive_key(base, i)                      = base + i
+///   derive_key(base, i, {j, n})              = base + i·n + j
+///   derive_key(base, i, {j, n}, {k, m})      = base + (i·n + j)·m + k
+///   derive_key(base, i, {j, n}, {k, m}, {l, p}) = base + ((i·n + j)·m + k)·p + l
+///
+/// `base` separates domains (0, or a tag such as an ASCII word), `i` is the
+/// outer index (an item, an epoch), and each digit splits the stream of the
+/// indices before it into `radix` sub-streams (a use, a kind, a sample).
+/// Distinct index tuples give distinct keys when every digit's index is below
+/// its radix and the result stays below 2^64 − base; nothing is checked (the
+/// function is constexpr, host/device and noexcept). Examples (ConSR pipeline,
+/// docs/pipeline.md): the noise offset of item i and use u ∈ {0, 1} is
+/// derive_key(0, i, {u, 2}) = 2i + u; the sampling key of sample k of kind c ∈
+/// [0, 4) of item i is derive_key(0, i, {c, 4}, {k, 2^24}) = ((4i + c) << 24) | k.
+CONSR_HOST_DEVICE constexpr std::uint64_t derive_key(std::uint64_t base, std::uint64_t i) noexcept { return base + i; }
+CONSR_HOST_DEVICE constexpr std::uint64_t derive_key(std::uint64_t base, std::uint64_t i, key_digit d1) noexcept {
+  return base + (i * d1.radix + d1.index);
+}
+CONSR_HOST_DEVICE constexpr std::uint64_t derive_key(std::uint64_t base, std::uint64_t i, key_digit d1,
+                                                     key_digit d2) noexcept {
+  return base + ((i * d1.radix + d1.index) * d2.radix + d2.index);
+}
+CONSR_HOST_DEVICE constexpr std::uint64_t derive_key(std::uint64_t base, std::uint64_t i, key_digit d1, key_digit d2,
+                                                     key_digit d3) noexcept {
+  return base + (((i * d1.radix + d1.index) * d2.radix + d2.index) * d3.radix + d3.index);
+}
+
 namespace detail {
 
 /// The Philox output for `block` of the stream of `key`.
