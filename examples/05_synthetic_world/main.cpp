@@ -15,10 +15,7 @@
 #include <sstream>
 
 #include "consr_world/dataset.hpp"
-#if __has_include("consr_world/evaluate.hpp")
 #include "consr_world/evaluate.hpp"
-#define CONSR_WORLD_HAS_SCORE 1
-#endif
 
 namespace cw = consr_world;
 
@@ -55,10 +52,39 @@ int run_generate(const std::string& out, cw::generate_options& opt, const std::s
 
 }  // namespace
 
-#ifdef CONSR_WORLD_HAS_SCORE
-int run_score(const std::string& questions, const std::string& scenes, const std::string& answers,
-              const std::string& out, const std::string& compare, const std::string& model, const std::string& adapter);
-#endif
+int run_score(const std::string& questions, std::string scenes, const std::string& answers, const std::string& out,
+              const std::string& compare, const std::string& model, const std::string& adapter) {
+  if (scenes.empty()) {
+    // DIR/<split>.jsonl -> DIR/<split>_scenes.jsonl
+    scenes = questions;
+    const auto dot = scenes.rfind(".jsonl");
+    if (dot != std::string::npos) scenes.replace(dot, 6, "_scenes.jsonl");
+    else scenes += "_scenes.jsonl";
+  }
+  const auto qs = cw::read_questions(questions);
+  std::vector<cw::scene> sc;
+  bool has_descriptions = false;
+  for (const auto& q : qs) has_descriptions = has_descriptions || q.type == cw::question_type::description;
+  if (has_descriptions) sc = cw::read_scenes(scenes);
+  cw::evaluate_options opt;
+  opt.model = model;
+  opt.adapter = adapter;
+  auto eval = cw::evaluate(qs, sc, cw::read_answers(answers), opt);
+  if (!compare.empty()) {
+    std::ifstream f(compare);
+    if (!f) throw std::runtime_error("cannot read " + compare);
+    eval = cw::compare(nlohmann::json::parse(f), nlohmann::json::parse(eval.dump()));
+  }
+  std::ofstream o(out);
+  if (!o) throw std::runtime_error("cannot write " + out);
+  o << eval.dump(2) << "\n";
+  if (!o) throw std::runtime_error("write failed: " + out);
+  cw::print_table(std::cout, nlohmann::json::parse(eval.dump()));
+  if (eval["missing"].get<long long>() > 0 || eval["unmatched"].get<long long>() > 0)
+    std::cout << "missing answers: " << eval["missing"] << ", answers without a question: " << eval["unmatched"] << "\n";
+  std::cout << "wrote " << out << "\n";
+  return 0;
+}
 
 int main(int argc, char** argv) {
   CLI::App app{"consr_world: a deterministic synthetic visual world with ground truth"};
@@ -92,14 +118,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*gen) return run_generate(gout, gopt, types);
-#ifdef CONSR_WORLD_HAS_SCORE
     if (*score) return run_score(sq, ss, sa, so, sc, model, adapter);
-#else
-    if (*score) {
-      std::cerr << "consr_world: score is not built\n";
-      return 2;
-    }
-#endif
   } catch (const std::exception& e) {
     std::cerr << "consr_world: " << e.what() << "\n";
     return 1;
