@@ -47,6 +47,10 @@ bool is_no_word(const std::string& w) {
   return in(w, {"no", "not", "nope", "none", "nothing", "isnt", "arent", "doesnt", "dont", "cannot", "cant", "neither",
                 "nor", "absent"});
 }
+bool is_adjective(const std::string& w) {
+  return in(w, {"small", "large", "big", "tiny", "little", "huge", "medium", "bright", "dark", "light", "pale", "solid",
+                "filled", "hollow", "outlined", "smaller", "larger", "bigger"});
+}
 bool is_yes_word(const std::string& w) { return in(w, {"yes", "yeah", "yep", "yup", "correct", "true"}); }
 
 }  // namespace
@@ -148,18 +152,24 @@ description_check check_description(const std::string& text, const scene& s) {
     if (!shape_word(words[i], sh)) continue;
     mention m;
     m.s = sh;
+    // The colour: the nearest colour word of the noun phrase (colour words and size-like
+    // adjectives directly before the shape word).
+    for (std::size_t k = 1; k <= i; ++k) {
+      const auto& w = words[i - k];
+      colour c;
+      if (colour_word(w, c)) {
+        m.has_colour = true;
+        m.c = c;
+        break;
+      }
+      if (!is_adjective(w)) break;
+    }
     bool negated = false;
     for (std::size_t k = 1; k <= 4 && k <= i; ++k) {
       const auto& w = words[i - k];
-      if (w == ".") break;
-      colour c;
-      if (k <= 3 && !m.has_colour && colour_word(w, c)) {
-        m.has_colour = true;
-        m.c = c;
-      }
-      if (in(w, {"no", "not", "without", "nor", "neither"})) negated = true;
       shape other;
-      if (shape_word(w, other)) break;  // the words before belong to the previous mention
+      if (w == "." || shape_word(w, other)) break;  // the words before belong to the previous mention
+      if (in(w, {"no", "not", "without", "nor", "neither"})) negated = true;
     }
     if (negated) continue;
     const bool seen = std::any_of(out.mentions.begin(), out.mentions.end(), [&](const mention& x) {

@@ -20,8 +20,9 @@
 //   reading     the first digit 0-9, as a digit or a word ("seven").
 //   description CHAIR-style object mentions: every shape word (circle/disc/disk/dot, square/
 //               rectangle, triangle, star, cross, ring/donut/doughnut; singular or plural) is a
-//               mention; its colour is a colour word among the three words before it (size words and
-//               "and" are skipped over naturally by the window); a mention with "no", "not",
+//               mention; its colour is the nearest colour word of its noun phrase (colour words and
+//               size-like adjectives — small, large, big, tiny, bright, dark, ... — directly before
+//               it: "a large red circle", "a red small circle"); a mention with "no", "not",
 //               "without", "nor" or "neither" among the four words before it is negated and not
 //               counted ("there is no green triangle"). Mentions are de-duplicated per description
 //               by (shape, colour or none). A coloured mention is hallucinated when no object of that
