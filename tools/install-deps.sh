@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   catch2 libbenchmark-dev libeigen3-dev libxtensor-dev libxsimd-dev xtl-dev
   libtorch-dev libopenblas-dev python3 python3-torch python3-numpy
-  nlohmann-json3-dev libstb-dev libpcre2-dev libutf8proc-dev libcli11-dev python3-matplotlib
+  nlohmann-json3-dev libstb-dev libpcre2-dev libutf8proc-dev libcli11-dev python3-matplotlib libjpeg62-turbo-dev libpng-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,6 @@
 // Image decoding and PIL-exact resampling against Pillow's own outputs, saved by
-// tools/make_model_fixtures.py in tests/fixtures/models/images/.
+// tools/make_model_fixtures.py in tests/fixtures/models/images/ and tools/make_pil_image_fixtures.py
+// in tests/fixtures/images_pil/.
 #include <torch/torch.h>
 // LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
 #undef CHECK
@@ -57,17 +58,52 @@ TEST_CASE("decoded PNGs equal transformers' convert_to_rgb(PIL.Image.open(file))
   }
 }
 
-TEST_CASE("a decoded JPEG is within a few levels of PIL's libjpeg decode", "[image]") {
-  // JPEG decoders may differ in IDCT rounding and chroma upsampling (the standard allows it), so this
-  // is a tolerance, not an equality: stb_image vs libjpeg-turbo on a 4:2:0, quality-90 file.
+TEST_CASE("every kind of JPEG and PNG decodes bit-identically to PIL (transformers' convert_to_rgb)", "[image]") {
+  // tests/fixtures/images_pil/ from tools/make_pil_image_fixtures.py (Pillow 13, libjpeg-turbo 3.x):
+  // baseline / progressive JPEG in 4:4:4, 4:2:2, 4:2:0, grayscale, CMYK; PNG in 1/2/4/8/16-bit gray,
+  // 16-bit RGB / RGBA / gray+alpha, palettes with alpha, tRNS colour keys.
+  const std::string dir = std::string(CONSR_FIXTURES_DIR) + "/images_pil";
+  const auto meta = read_json(dir + "/images.json");
+  consr_runtime::safetensors_file ref(dir + "/reference.safetensors");
+  REQUIRE(meta["images"].size() >= 25);
+  for (const auto& item : meta["images"].items()) {
+    const auto& info = item.value();
+    INFO(item.key() << ": " << info["kind"].get<std::string>() << " (PIL mode " << info["pil_mode"].get<std::string>()
+                    << ", " << info["file"].get<std::string>() << ")");
+    const auto img = consr_runtime::load_image(dir + "/" + info["file"].get<std::string>());
+    const auto expected = ref.load(item.key());
+    REQUIRE(img.pixels.sizes() == expected.sizes());
+    const auto diff = max_abs_diff(img.pixels, expected);
+    INFO("max abs difference " << diff << "/255");
+    CHECK(diff == 0);
+  }
+}
+
+TEST_CASE("the older fixtures' JPEG decodes bit-identically to PIL", "[image]") {
   const auto meta = read_json(images_dir + "/images.json");
   consr_runtime::safetensors_file ref(images_dir + "/pil_reference.safetensors");
   const auto img = consr_runtime::load_image(images_dir + "/" + meta["images"]["jpeg"].get<std::string>());
   const auto expected = ref.load("decoded.jpeg");
   REQUIRE(img.pixels.sizes() == expected.sizes());
-  const auto diff = (img.pixels.to(torch::kInt32) - expected.to(torch::kInt32)).abs();
-  CHECK(diff.max().item<std::int32_t>() <= 3);
-  CHECK(diff.to(torch::kDouble).mean().item<double>() < 0.5);
+  CHECK(max_abs_diff(img.pixels, expected) == 0);
+}
+
+TEST_CASE("decode_image refuses images over the pixel limit before decoding them", "[image]") {
+  const std::string dir = std::string(CONSR_FIXTURES_DIR) + "/images_pil";
+  for (const char* file : {"baseline_420_q85.jpg", "palette8_trns.png"}) {
+    INFO(file);
+    const auto bytes = read_bytes(dir + "/" + file);
+    const auto img = consr_runtime::decode_image(bytes.data(), bytes.size(), file);
+    const std::int64_t pixels = img.height() * img.width();
+    CHECK(consr_runtime::decode_image(bytes.data(), bytes.size(), file, pixels).height() == img.height());
+    try {
+      consr_runtime::decode_image(bytes.data(), bytes.size(), file, pixels - 1);
+      FAIL("no exception");
+    } catch (const consr_runtime::runtime_error& e) {
+      CHECK(message_contains(e, file));
+      CHECK(message_contains(e, "limit"));
+    }
+  }
 }
 
 TEST_CASE("decode_image works from memory and names the source on failure", "[image]") {
@@ -106,12 +142,13 @@ TEST_CASE("decode_image works from memory and names the source on failure", "[im
   } catch (const consr_runtime::runtime_error& e) {
     CHECK(message_contains(e, "does_not_exist.png"));
   }
-  // A truncated JPEG: stb either fails or decodes the part it has; never reads out of bounds (ASan).
+  // A truncated JPEG is an error naming the file, as in PIL ("image file is truncated"), at any cut.
   const auto jpeg = read_bytes(images_dir + "/" + meta["images"]["jpeg"].get<std::string>());
-  for (std::size_t cut : {std::size_t{2}, std::size_t{20}, jpeg.size() / 3}) {
+  for (std::size_t cut : {std::size_t{2}, std::size_t{20}, jpeg.size() / 3, jpeg.size() - 2}) {
+    INFO("cut at " << cut << " of " << jpeg.size());
     try {
-      const auto partial = consr_runtime::decode_image(jpeg.data(), cut, "cut.jpg");
-      CHECK(partial.pixels.size(2) == 3);
+      consr_runtime::decode_image(jpeg.data(), cut, "cut.jpg");
+      FAIL("no exception");
     } catch (const consr_runtime::runtime_error& e) {
       CHECK(message_contains(e, "cut.jpg"));
     }

@@ -1,7 +1,11 @@
-// Image decoding (stb_image) and PIL-exact resampling. See consr_runtime/image.hpp.
+// Image decoding as PIL does it (libjpeg-turbo with PIL's settings, libpng with PIL's mode rules and
+// transformers' convert_to_rgb) and PIL-exact resampling. See consr_runtime/image.hpp.
 #include "consr_runtime/image.hpp"
 
+#include <array>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -12,33 +16,13 @@
 
 #include <torch/torch.h>
 
-#include "consr_runtime/error.hpp"
+// libjpeg's and libpng's C headers; both report errors by longjmp, so every function below that
+// calls them keeps only trivially destructible locals between its setjmp and the library calls.
+#include <jpeglib.h>
+#include <jerror.h>
+#include <png.h>
 
-// stb_image is compiled here, once, with internal linkage (STB_IMAGE_STATIC) so it cannot clash with
-// another copy in the process; only the two formats the runtime accepts are built in.
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_STATIC
-#define STBI_ONLY_PNG
-#define STBI_ONLY_JPEG
-#define STBI_NO_STDIO
-#define STBI_FAILURE_USERMSG
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wconversion"
-#pragma GCC diagnostic ignored "-Wshadow"
-#pragma GCC diagnostic ignored "-Wdouble-promotion"
-#pragma GCC diagnostic ignored "-Wcast-qual"
-#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
-#pragma GCC diagnostic ignored "-Wold-style-cast"
-#pragma GCC diagnostic ignored "-Wuseless-cast"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#endif
-#include <stb/stb_image.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+#include "consr_runtime/error.hpp"
 
 namespace consr_runtime {
 namespace {
@@ -61,6 +45,288 @@ inline std::uint8_t composite_on_white(std::uint32_t value, std::uint32_t alpha)
   return static_cast<std::uint8_t>(div255 >> precision_bits);
 }
 
+// ---- JPEG: libjpeg(-turbo) exactly as Pillow's JpegDecode.c drives it ------------------------------
+// Pillow reads the header, sets out_color_space from the mode it derived from the frame's component
+// count (1 -> L, 3 -> RGB, 4 -> CMYK, the last with Adobe's inverted convention), and leaves the
+// library defaults otherwise: dct_method JDCT_ISLOW, do_fancy_upsampling TRUE, block smoothing on.
+// A file that ends early is an error (PIL: "image file is truncated"); other warnings are ignored.
+
+constexpr int max_jpeg_scans = 1000;  // a progressive file with more scans is refused (CPU bomb)
+
+struct jpeg_error_state {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+extern "C" void consr_jpeg_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<jpeg_error_state*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+extern "C" void consr_jpeg_emit_message(j_common_ptr cinfo, int msg_level) {
+  if (msg_level == -1 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    auto* err = reinterpret_cast<jpeg_error_state*>(cinfo->err);
+    std::snprintf(err->message, sizeof err->message, "the file is truncated");
+    std::longjmp(err->jump, 1);
+  }
+}
+
+extern "C" void consr_jpeg_progress(j_common_ptr cinfo) {
+  if (cinfo->is_decompressor) {
+    auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
+    if (d->input_scan_number > max_jpeg_scans) {
+      auto* err = reinterpret_cast<jpeg_error_state*>(cinfo->err);
+      std::snprintf(err->message, sizeof err->message, "more than %d progressive scans", max_jpeg_scans);
+      std::longjmp(err->jump, 1);
+    }
+  }
+}
+
+struct raw_image {
+  int width = 0, height = 0, channels = 0;
+  std::vector<std::uint8_t> samples;  // interleaved, `channels` bytes per pixel (JPEG) or as noted (PNG)
+  std::vector<std::uint8_t*> rows;     // PNG: row pointers into `samples`
+};
+
+// Returns false with `message` set on any decoding error. `out` lives in the caller's frame so that a
+// longjmp skips no destructor.
+bool decode_jpeg_raw(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, raw_image& out,
+                     char (&message)[JMSG_LENGTH_MAX]) {
+  jpeg_decompress_struct cinfo;
+  jpeg_error_state err;
+  jpeg_progress_mgr progress;
+  cinfo.err = jpeg_std_error(&err.pub);
+  err.pub.error_exit = consr_jpeg_error_exit;
+  err.pub.emit_message = consr_jpeg_emit_message;
+  err.message[0] = '\0';
+  if (setjmp(err.jump)) {
+    std::memcpy(message, err.message, sizeof message);
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  progress.progress_monitor = consr_jpeg_progress;
+  cinfo.progress = &progress;
+  jpeg_mem_src(&cinfo, const_cast<unsigned char*>(data), static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  switch (cinfo.num_components) {
+    case 1: cinfo.out_color_space = JCS_GRAYSCALE; break;
+    case 3: cinfo.out_color_space = JCS_RGB; break;
+    case 4: cinfo.out_color_space = JCS_CMYK; break;
+    default:
+      std::snprintf(message, sizeof message, "a JPEG with %d components (PIL reads 1, 3 or 4)", cinfo.num_components);
+      jpeg_destroy_decompress(&cinfo);
+      return false;
+  }
+  if (static_cast<std::int64_t>(cinfo.image_width) * cinfo.image_height > max_pixels) {
+    std::snprintf(message, sizeof message, "%ux%u pixels is more than the limit of %lld (PIL's decompression-bomb limit)",
+                  cinfo.image_width, cinfo.image_height, static_cast<long long>(max_pixels));
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_start_decompress(&cinfo);
+  out.width = static_cast<int>(cinfo.output_width);
+  out.height = static_cast<int>(cinfo.output_height);
+  out.channels = cinfo.output_components;
+  const std::size_t stride = static_cast<std::size_t>(out.width) * static_cast<std::size_t>(out.channels);
+  out.samples.resize(stride * static_cast<std::size_t>(out.height));
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = out.samples.data() + stride * cinfo.output_scanline;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
+rgb_image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name) {
+  raw_image raw;
+  char message[JMSG_LENGTH_MAX] = {};
+  if (!decode_jpeg_raw(data, size, max_pixels, raw, message))
+    fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (JPEG: " + message + ")");
+  auto out = torch::empty({raw.height, raw.width, 3}, torch::kUInt8);
+  std::uint8_t* dst = out.data_ptr<std::uint8_t>();
+  const std::size_t n = static_cast<std::size_t>(raw.width) * static_cast<std::size_t>(raw.height);
+  const std::uint8_t* src = raw.samples.data();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint8_t* d = dst + 3 * i;
+    if (raw.channels == 1) {
+      d[0] = d[1] = d[2] = src[i];
+    } else if (raw.channels == 3) {
+      std::memcpy(d, src + 3 * i, 3);
+    } else {
+      // Adobe CMYK is stored inverted: PIL unpacks it as "CMYK;I" (255 - v), then convert("RGBA")
+      // applies Convert.c's cmyk2rgb: nk = 255 - k; v = CLIP8(nk - MULDIV255(c, nk)).
+      const std::uint8_t* p = src + 4 * i;
+      const int nk = 255 - (255 - p[3]);
+      for (int c = 0; c < 3; ++c) {
+        const int tmp = (255 - p[c]) * nk + 128;
+        const int v = nk - (((tmp >> 8) + tmp) >> 8);
+        d[c] = static_cast<std::uint8_t>(v <= 0 ? 0 : v < 256 ? v : 255);
+      }
+    }
+  }
+  return rgb_image{out};
+}
+
+// ---- PNG: libpng without colour transformations, then PIL's mode rules ---------------------------
+// PngImagePlugin maps (bit depth, colour type) to a mode: gray 1 -> "1" (0/255), gray 2/4/8 -> "L"
+// (samples scaled by 0x55 / 0x11 / 1), gray 16 -> "I;16", RGB 8/16 -> "RGB" (16-bit: high byte),
+// palette -> "P", gray+alpha 8 -> "LA", gray+alpha 16 -> "RGBA", RGBA 8/16 -> "RGBA" (16-bit: high
+// bytes). tRNS: palette -> per-entry alpha; gray -> a colour key (raw 16-bit value; for 1-bit 255 if
+// non-zero); RGB -> a key that transformers ignores (it keeps "RGB" images as they are). Then
+// convert_to_rgb: convert("RGBA") (I;16 clipped to 255, key matches made transparent by comparing
+// with `key & 0xff`, palette entries past PLTE black), composite onto white, drop alpha.
+
+struct png_read_state {
+  const std::uint8_t* data;
+  std::size_t size;
+  std::size_t pos;
+  char message[200];
+};
+
+extern "C" void consr_png_read(png_structp png, png_bytep out, png_size_t length) {
+  auto* st = static_cast<png_read_state*>(png_get_io_ptr(png));
+  if (length > st->size - st->pos) png_error(png, "the file is truncated");
+  std::memcpy(out, st->data + st->pos, length);
+  st->pos += length;
+}
+
+extern "C" void consr_png_error(png_structp png, png_const_charp msg) {
+  auto* st = static_cast<png_read_state*>(png_get_error_ptr(png));
+  std::snprintf(st->message, sizeof st->message, "%s", msg ? msg : "unknown error");
+  png_longjmp(png, 1);
+}
+
+extern "C" void consr_png_warning(png_structp, png_const_charp) {}
+
+struct png_meta {
+  int bit_depth = 0, color_type = 0;
+  std::array<std::uint8_t, 256 * 4> palette{};  // RGBA, past PLTE: black, opaque unless tRNS says
+  bool has_key = false;
+  int key = 0;  // the gray tRNS value as PIL stores it
+};
+
+// Rows are unpacked to one sample per byte for bit depths < 8 (values unscaled) and kept big-endian for
+// 16 bits.
+bool decode_png_raw(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, raw_image& out,
+                    png_meta& meta, char (&message)[200]) {
+  png_read_state st{data, size, 0, {}};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, consr_png_error, consr_png_warning);
+  if (png == nullptr) {
+    std::snprintf(message, sizeof message, "cannot create a PNG reader");
+    return false;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (info == nullptr || setjmp(png_jmpbuf(png))) {
+    std::memcpy(message, st.message, sizeof message);
+    png_destroy_read_struct(&png, &info, nullptr);
+    return false;
+  }
+  png_set_read_fn(png, &st, consr_png_read);
+  png_read_info(png, info);
+  png_uint_32 width = 0, height = 0;
+  int interlace = 0;
+  png_get_IHDR(png, info, &width, &height, &meta.bit_depth, &meta.color_type, &interlace, nullptr, nullptr);
+  if (static_cast<std::int64_t>(width) * static_cast<std::int64_t>(height) > max_pixels) {
+    std::snprintf(message, sizeof message, "%ux%u pixels is more than the limit of %lld (PIL's decompression-bomb limit)",
+                  width, height, static_cast<long long>(max_pixels));
+    png_destroy_read_struct(&png, &info, nullptr);
+    return false;
+  }
+  if (meta.color_type == PNG_COLOR_TYPE_PALETTE) {
+    for (int i = 0; i < 256; ++i) meta.palette[static_cast<std::size_t>(4 * i + 3)] = 255;
+    png_colorp plte = nullptr;
+    int n = 0;
+    if (png_get_PLTE(png, info, &plte, &n) != 0)
+      for (int i = 0; i < n && i < 256; ++i) {
+        meta.palette[static_cast<std::size_t>(4 * i + 0)] = plte[i].red;
+        meta.palette[static_cast<std::size_t>(4 * i + 1)] = plte[i].green;
+        meta.palette[static_cast<std::size_t>(4 * i + 2)] = plte[i].blue;
+      }
+  }
+  png_bytep trans_alpha = nullptr;
+  int num_trans = 0;
+  png_color_16p trans_color = nullptr;
+  if (png_get_tRNS(png, info, &trans_alpha, &num_trans, &trans_color) != 0) {
+    if (meta.color_type == PNG_COLOR_TYPE_PALETTE && trans_alpha != nullptr) {
+      for (int i = 0; i < num_trans && i < 256; ++i) meta.palette[static_cast<std::size_t>(4 * i + 3)] = trans_alpha[i];
+    } else if (meta.color_type == PNG_COLOR_TYPE_GRAY && trans_color != nullptr) {
+      meta.has_key = true;
+      meta.key = meta.bit_depth == 1 ? (trans_color->gray != 0 ? 255 : 0) : trans_color->gray;
+    }
+  }
+  if (meta.bit_depth < 8) png_set_packing(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  out.width = static_cast<int>(width);
+  out.height = static_cast<int>(height);
+  out.channels = png_get_channels(png, info);
+  const std::size_t rowbytes = png_get_rowbytes(png, info);
+  out.samples.resize(rowbytes * height);
+  out.rows.resize(height);
+  for (png_uint_32 y = 0; y < height; ++y) out.rows[y] = out.samples.data() + rowbytes * y;
+  png_read_image(png, out.rows.data());
+  png_destroy_read_struct(&png, &info, nullptr);
+  return true;
+}
+
+rgb_image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name) {
+  raw_image raw;
+  png_meta meta;
+  char message[200] = {};
+  if (!decode_png_raw(data, size, max_pixels, raw, meta, message))
+    fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (PNG: " + message + ")");
+  auto out = torch::empty({raw.height, raw.width, 3}, torch::kUInt8);
+  std::uint8_t* dst = out.data_ptr<std::uint8_t>();
+  const bool wide = meta.bit_depth == 16;
+  const std::size_t bytes_per_sample = wide ? 2 : 1;
+  const std::size_t row_samples = static_cast<std::size_t>(raw.width) * static_cast<std::size_t>(raw.channels);
+  const int scale = meta.bit_depth == 1 ? 255 : meta.bit_depth == 2 ? 0x55 : meta.bit_depth == 4 ? 0x11 : 1;
+  const int key = meta.key & 0xff;
+  for (int y = 0; y < raw.height; ++y) {
+    const std::uint8_t* row = raw.samples.data() + static_cast<std::size_t>(y) * row_samples * bytes_per_sample;
+    // sample c of pixel x: the 8-bit value PIL keeps (high byte of a 16-bit sample).
+    auto hi = [&](int x, int c) { return row[(static_cast<std::size_t>(x) * raw.channels + c) * bytes_per_sample]; };
+    std::uint8_t* d = dst + static_cast<std::size_t>(y) * static_cast<std::size_t>(raw.width) * 3;
+    for (int x = 0; x < raw.width; ++x, d += 3) {
+      switch (meta.color_type) {
+        case PNG_COLOR_TYPE_GRAY: {
+          int v;
+          if (wide) {  // I;16 -> RGB(A): values above 255 clip to 255
+            const std::size_t at = static_cast<std::size_t>(x) * 2;
+            v = row[at] != 0 ? 255 : row[at + 1];
+          } else {
+            v = row[x] * scale;
+          }
+          const bool transparent = meta.has_key && v == key;
+          d[0] = d[1] = d[2] = transparent ? 255 : static_cast<std::uint8_t>(v);
+          break;
+        }
+        case PNG_COLOR_TYPE_RGB:
+          d[0] = hi(x, 0);
+          d[1] = hi(x, 1);
+          d[2] = hi(x, 2);
+          break;
+        case PNG_COLOR_TYPE_PALETTE: {
+          const std::uint8_t* e = meta.palette.data() + 4 * static_cast<std::size_t>(row[x]);
+          for (int c = 0; c < 3; ++c) d[c] = composite_on_white(e[c], e[3]);
+          break;
+        }
+        case PNG_COLOR_TYPE_GRAY_ALPHA:
+          d[0] = d[1] = d[2] = composite_on_white(hi(x, 0), hi(x, 1));
+          break;
+        default:  // RGBA
+          for (int c = 0; c < 3; ++c) d[c] = composite_on_white(hi(x, c), hi(x, 3));
+          break;
+      }
+    }
+  }
+  return rgb_image{out};
+}
+
 }  // namespace
 
 rgb_image make_rgb_image(const torch::Tensor& pixels, const std::string& arg) {
@@ -74,43 +340,16 @@ rgb_image make_rgb_image(const torch::Tensor& pixels, const std::string& arg) {
   return rgb_image{pixels.contiguous()};
 }
 
-rgb_image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name) {
+rgb_image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name,
+                       std::int64_t max_pixels) {
   if (data == nullptr || size == 0) fail("decode_image", "'" + name + "': no data (empty file or buffer)");
-  if (size > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+  if (size > static_cast<std::size_t>(std::numeric_limits<long>::max()))
     fail("decode_image", "'" + name + "': " + std::to_string(size) + " bytes is too large to decode");
-  int width = 0, height = 0, channels = 0;
-  const int len = static_cast<int>(size);
-  std::unique_ptr<stbi_uc, void (*)(void*)> raw(stbi_load_from_memory(data, len, &width, &height, &channels, 0),
-                                                stbi_image_free);
-  if (!raw) {
-    const char* why = stbi_failure_reason();
-    fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (" + (why ? why : "unknown error") + ")");
-  }
-  if (width <= 0 || height <= 0 || channels < 1 || channels > 4)
-    fail("decode_image", "'" + name + "': decoder returned " + std::to_string(width) + "x" + std::to_string(height) +
-                             " with " + std::to_string(channels) + " channels");
-  auto out = torch::empty({height, width, 3}, torch::kUInt8);
-  std::uint8_t* dst = out.data_ptr<std::uint8_t>();
-  const stbi_uc* src = raw.get();
-  const std::size_t n = static_cast<std::size_t>(width) * static_cast<std::size_t>(height);
-  for (std::size_t i = 0; i < n; ++i) {
-    const stbi_uc* p = src + i * static_cast<std::size_t>(channels);
-    std::uint8_t r, g, b;
-    switch (channels) {
-      case 1: r = g = b = p[0]; break;
-      case 2: r = g = b = composite_on_white(p[0], p[1]); break;
-      case 3: r = p[0]; g = p[1]; b = p[2]; break;
-      default:
-        r = composite_on_white(p[0], p[3]);
-        g = composite_on_white(p[1], p[3]);
-        b = composite_on_white(p[2], p[3]);
-        break;
-    }
-    dst[3 * i + 0] = r;
-    dst[3 * i + 1] = g;
-    dst[3 * i + 2] = b;
-  }
-  return rgb_image{out};
+  static constexpr std::uint8_t png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (size >= 8 && std::memcmp(data, png_signature, 8) == 0) return decode_png(data, size, max_pixels, name);
+  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
+    return decode_jpeg(data, size, max_pixels, name);
+  fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (no PNG or JPEG signature)");
 }
 
 rgb_image load_image(const std::string& path) {

@@ -1,4 +1,4 @@
-// consr_runtime/image.hpp — decoding PNG/JPEG images into 8-bit RGB tensors, and resizing them
+// consr_runtime/image.hpp — decoding PNG/JPEG images into 8-bit RGB tensors as PIL does, and resizing them
 // exactly as Pillow does (Hugging Face's slow image processors resize uint8 images with PIL, so a
 // pixel-exact port of PIL's resampler is what makes our pixel_values equal to theirs).
 #pragma once
@@ -23,13 +23,30 @@ struct rgb_image {
 /// Throws runtime_error naming `arg` for another dtype, rank, channel count, device or an empty image.
 rgb_image make_rgb_image(const torch::Tensor& pixels, const std::string& arg = "pixels");
 
-/// Decodes a PNG or JPEG held in memory (stb_image from Debian's libstb-dev). Grayscale is replicated
-/// to RGB; an alpha channel (RGBA, gray+alpha, palette with transparency) is composited onto white
-/// with PIL's integer `alpha_composite` arithmetic, as transformers' `convert_to_rgb` does before
-/// every image processor. 16-bit PNGs are reduced to their high byte.
-/// `name` is used in error messages. Throws runtime_error naming `name` (and stb's reason) when the
-/// bytes are not a decodable PNG/JPEG, or when `data` is null / `size` is 0.
-rgb_image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name = "<memory>");
+/// PIL's decompression-bomb limit: `Image.open` refuses images of more than twice
+/// `Image.MAX_IMAGE_PIXELS` (89,478,485) pixels.
+constexpr std::int64_t pil_max_image_pixels = 2 * std::int64_t{89478485};
+
+/// Decodes a PNG or JPEG held in memory to the pixels transformers' models see:
+/// `convert_to_rgb(PIL.Image.open(file))` (bit-identical; tests/runtime/test_image.cpp checks it against
+/// Pillow 13 on every kind of file in tests/fixtures/images_pil).
+/// - JPEG: libjpeg-turbo with PIL's settings (JpegDecode.c: the library defaults, i.e. the accurate
+///   integer IDCT JDCT_ISLOW and fancy (triangle) chroma upsampling; baseline and progressive; 4:4:4,
+///   4:2:2, 4:2:0; grayscale replicated; Adobe CMYK converted with PIL's cmyk2rgb). A file that ends
+///   early is an error (PIL: "image file is truncated"); more than 1000 progressive scans is refused.
+/// - PNG: libpng, then PIL's mode rules (PngImagePlugin) and conversions: 1/2/4-bit gray scaled to
+///   0..255, 16-bit samples reduced to their high byte except 16-bit grayscale ("I;16"), which PIL
+///   clips to 255; palette with per-entry alpha (tRNS); gray tRNS colour keys made transparent;
+///   Adam7 interlacing. Gamma, sRGB and ICC chunks are not applied (PIL does not apply them either).
+/// - Transparency (RGBA, gray+alpha, palette alpha, gray keys) is composited onto white with PIL's
+///   integer `alpha_composite`; an "RGB" image (8/16-bit truecolour, even with a tRNS key) is kept
+///   as decoded, as convert_to_rgb does.
+/// EXIF orientation is not applied (`PIL.Image.open` does not either).
+/// `name` is used in error messages. Throws runtime_error naming `name` (and the decoder's reason) when
+/// the bytes are not a decodable PNG/JPEG, when `data` is null / `size` is 0, or when the image has
+/// more than `max_pixels` pixels.
+rgb_image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name = "<memory>",
+                       std::int64_t max_pixels = pil_max_image_pixels);
 
 /// Reads and decodes the image file `path` (see decode_image). Throws runtime_error naming the file
 /// when it cannot be read or decoded.
