@@ -520,4 +520,90 @@ llava_onevision_packed llava_onevision_image_processor::operator()(const std::ve
   return pack(normalized, sizes);
 }
 
+// ---------------------------------------------------------------------------------------------
+// One interface over the families
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+class qwen2_vl_family final : public image_processor {
+ public:
+  qwen2_vl_family(const model_config& config, qwen2_vl_processor_config pc)
+      : model_type_(config.model_type),
+        image_token_(config.qwen2_5_vl->image_token_id),
+        video_token_(config.qwen2_5_vl->video_token_id),
+        processor_(std::move(pc)) {}
+
+  const std::string& model_type() const noexcept override { return model_type_; }
+  std::optional<pixel_bounds> bounds() const override {
+    return pixel_bounds{processor_.config().min_pixels, processor_.config().max_pixels};
+  }
+  void check_size(std::int64_t height, std::int64_t width) const override {
+    (void)processor_.resized_size(height, width);
+  }
+  torch::Tensor normalize(const rgb_image& image) const override { return processor_.normalize(image); }
+  packed_image pack(const torch::Tensor& normalized, std::int64_t, std::int64_t) const override {
+    qwen2_vl_packed p = processor_.pack(normalized);
+    packed_image out;
+    out.pixel_values = p.pixel_values;
+    out.image_grid_thw = p.image_grid_thw;
+    out.num_image_tokens = p.num_image_tokens.at(0);
+    return out;
+  }
+  std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
+
+ private:
+  std::string model_type_;
+  std::int64_t image_token_, video_token_;
+  qwen2_vl_image_processor processor_;
+};
+
+class llava_onevision_family final : public image_processor {
+ public:
+  llava_onevision_family(const model_config& config, llava_onevision_image_processor processor)
+      : model_type_(config.model_type),
+        image_token_(config.llava_onevision->image_token_index),
+        video_token_(config.llava_onevision->video_token_index),
+        processor_(std::move(processor)) {}
+
+  const std::string& model_type() const noexcept override { return model_type_; }
+  std::optional<pixel_bounds> bounds() const override { return std::nullopt; }
+  void check_size(std::int64_t, std::int64_t) const override {}  // anyres takes any size
+  torch::Tensor normalize(const rgb_image& image) const override { return processor_.normalize(image); }
+  packed_image pack(const torch::Tensor& normalized, std::int64_t height, std::int64_t width) const override {
+    llava_onevision_packed p = processor_.pack({normalized}, {{height, width}});
+    packed_image out;
+    out.pixel_values = p.pixel_values;
+    out.image_sizes = p.image_sizes;
+    out.num_image_tokens = p.num_image_tokens.at(0);
+    return out;
+  }
+  std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
+
+ private:
+  std::string model_type_;
+  std::int64_t image_token_, video_token_;
+  llava_onevision_image_processor processor_;
+};
+
+}  // namespace
+
+std::unique_ptr<image_processor> make_image_processor(const model_config& config, const std::string& model_dir,
+                                                      const pixel_bounds& overrides) {
+  const bool override_bounds = overrides.min_pixels > 0 || overrides.max_pixels > 0;
+  if (config.qwen2_5_vl) {
+    qwen2_vl_processor_config pc = qwen2_vl_image_processor::from_file(model_dir).config();
+    if (overrides.min_pixels > 0) pc.min_pixels = overrides.min_pixels;
+    if (overrides.max_pixels > 0) pc.max_pixels = overrides.max_pixels;
+    return std::make_unique<qwen2_vl_family>(config, std::move(pc));
+  }
+  if (config.llava_onevision) {
+    if (override_bounds)
+      fail("make_image_processor", "argument 'overrides': " + config.model_type +
+                                       " has no pixel bounds (it tiles at a fixed size)");
+    return std::make_unique<llava_onevision_family>(config, llava_onevision_image_processor::from_directory(model_dir));
+  }
+  fail("make_image_processor", "argument 'config': model_type '" + config.model_type + "' has no image processor");
+}
+
 }  // namespace consr_runtime

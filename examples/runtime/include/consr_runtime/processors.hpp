@@ -7,10 +7,15 @@
 //   pack(normalized) -> the model inputs (Qwen: frame duplication to temporal_patch_size and the patch
 //                       flattening to pixel_values [t*h*w, C*T*P*P] plus image_grid_thw; LLaVA: the
 //                       tiles as pixel_values plus image_sizes) and the number of LLM image tokens.
+//
+// image_processor is the same two stages behind one interface for code that handles every family
+// alike (the ConSR pipeline); make_image_processor picks the family from the model config.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -167,5 +172,58 @@ class llava_onevision_image_processor {
  private:
   llava_onevision_processor_config config_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// One interface over the families
+// ---------------------------------------------------------------------------------------------
+
+struct model_config;
+
+/// Resize bounds in pixels of a processor that resizes to a pixel budget (Qwen2-VL's smart_resize).
+struct pixel_bounds {
+  std::int64_t min_pixels = 0;
+  std::int64_t max_pixels = 0;
+};
+
+/// The model inputs of one image, whichever family (the fields a family does not use stay undefined).
+struct packed_image {
+  torch::Tensor pixel_values;    ///< as the family's pack
+  torch::Tensor image_grid_thw;  ///< Qwen2-VL: int64 [1, 3]
+  torch::Tensor image_sizes;     ///< LLaVA-OneVision: int64 [1, 2] original (height, width)
+  std::int64_t num_image_tokens = 0;  ///< LLM image placeholder tokens of the image
+};
+
+/// A model family's image processing behind one interface, for code that handles every family the
+/// same way: the processor's two stages for one image (normalize → e.g. the corruption of spec §3 →
+/// pack), the size check, the pixel bounds where the family has them, and the ids of the tokens that
+/// stand for image / video features. Made by make_image_processor from the model config;
+/// implemented by Qwen2.5-VL (qwen2_vl_image_processor) and LLaVA-OneVision
+/// (llava_onevision_image_processor).
+class image_processor {
+ public:
+  virtual ~image_processor() = default;
+
+  /// The model_type of the family ("qwen2_5_vl", "llava_onevision").
+  virtual const std::string& model_type() const noexcept = 0;
+  /// The pixel bounds in effect, or nullopt when the family has none (LLaVA-OneVision tiles at a
+  /// fixed size).
+  virtual std::optional<pixel_bounds> bounds() const = 0;
+  /// Throws runtime_error when normalize would reject an image of this size (without resizing).
+  virtual void check_size(std::int64_t height, std::int64_t width) const = 0;
+  /// Stage 1: the rescaled and normalized float tensor of one image (the family's normalize).
+  virtual torch::Tensor normalize(const rgb_image& image) const = 0;
+  /// Stage 2 of one image; `height` and `width` are the decoded image's (LLaVA's anyres needs them).
+  virtual packed_image pack(const torch::Tensor& normalized, std::int64_t height, std::int64_t width) const = 0;
+  /// The image and the video placeholder token ids of the model config.
+  virtual std::vector<std::int64_t> feature_token_ids() const = 0;
+};
+
+/// The image processor of the family `config` describes, read from `model_dir`
+/// (qwen2_vl_image_processor::from_file / llava_onevision_image_processor::from_directory).
+/// Non-zero fields of `overrides` replace the file's pixel bounds. Throws runtime_error naming
+/// 'overrides' when they are given to a family without pixel bounds, and 'config' for a config
+/// of no known family.
+std::unique_ptr<image_processor> make_image_processor(const model_config& config, const std::string& model_dir,
+                                                      const pixel_bounds& overrides = {});
 
 }  // namespace consr_runtime
