@@ -248,8 +248,11 @@ void check_disjoint(const strided_view<A, RA, S>& in, const strided_view<B, RB, 
 
 /// An output must hold one element per logical position: no zero (broadcast)
 /// stride on a dimension of extent > 1, which would also race between threads.
+/// A zero-size output has no elements to alias, whatever its strides (numpy and
+/// PyTorch give some empty arrays stride 0), and is accepted.
 template <class T, int R, class S>
 void check_no_broadcast(const strided_view<T, R, S>& out, const char* fn, const char* arg = "out") {
+  if (out.size() == 0) return;
   for (int d = 0; d < R; ++d)
     CONSR_CHECK_ARG(out.extent(d) <= 1 || out.stride(d) != 0, fn, arg, "dimension ", d,
                     " has stride 0 (a broadcast view); an output needs distinct elements");

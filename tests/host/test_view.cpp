@@ -81,6 +81,25 @@ TEST_CASE("check_view and check_extent name the argument", "[view][errors]") {
   REQUIRE_THROWS_AS(consr::detail::check_contiguous(cm, "consr::f", "x"), std::invalid_argument);
 }
 
+TEST_CASE("check_no_broadcast: stride 0 is refused on a real output, accepted on an empty one", "[view][errors]") {
+  float buf[6] = {};
+  // A broadcast row: 3 x 2 positions over 2 floats.
+  auto broadcast = consr::make_strided_view(buf, std::array<index_t, 2>{3, 2}, std::array<index_t, 2>{0, 1});
+  REQUIRE_THROWS_WITH(consr::detail::check_no_broadcast(broadcast, "consr::f", "out"),
+                      Catch::Contains("'out'") && Catch::Contains("stride 0"));
+  // Extent 1 with stride 0 is fine (one element per position).
+  auto single = consr::make_strided_view(buf, std::array<index_t, 2>{1, 6}, std::array<index_t, 2>{0, 1});
+  REQUIRE_NOTHROW(consr::detail::check_no_broadcast(single, "consr::f", "out"));
+  // Zero-size outputs with stride 0 on the other dimensions, as numpy lays out e.g.
+  // np.broadcast_to(x, (0, 5)) (strides (0, 0)) or PyTorch's expand of an empty tensor: no element
+  // can alias, so they are accepted.
+  auto empty_rows = consr::make_strided_view(buf, std::array<index_t, 2>{0, 5}, std::array<index_t, 2>{0, 0});
+  REQUIRE_NOTHROW(consr::detail::check_no_broadcast(empty_rows, "consr::f", "out"));
+  auto empty_cols = consr::make_strided_view(static_cast<float*>(nullptr), std::array<index_t, 3>{4, 0, 3},
+                                             std::array<index_t, 3>{0, 3, 0});
+  REQUIRE_NOTHROW(consr::detail::check_no_broadcast(empty_cols, "consr::f", "out"));
+}
+
 TEST_CASE("as_view over std::vector, std::array and views", "[traits]") {
   std::vector<double> v = {1, 2, 3};
   auto vv = consr::as_view<1>(v, "v");
