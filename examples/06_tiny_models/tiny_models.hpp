@@ -1,0 +1,104 @@
+// tiny_models.hpp — training the two small vision-language models of the project from random
+// initialisation (issue 13): a Qwen2.5-VL-like and a LLaVA-OneVision-like model, the runtime's real
+// architectures (consr_runtime::qwen2_5_vl_model / llava_onevision_model) at small sizes, with a
+// byte-level BPE tokenizer trained on the world's text, full-parameter SFT on (image, question) ->
+// answer and image -> description, saved as ordinary Hugging Face checkpoint directories.
+//
+// Data contract (consr_world, examples/world/include/consr_world/dataset.hpp): DIR/<split>.jsonl, one
+// question per line {"id", "image" (relative to DIR), "prompt", "answer", "type", ...}; the images are
+// PNGs decoded with consr_runtime::load_image. Nothing else of the world is read.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace consr_tiny {
+
+/// One line of a <split>.jsonl.
+struct example {
+  std::string id;
+  std::string image;   ///< absolute (or DIR-relative resolved) path of the PNG
+  std::string prompt;
+  std::string answer;
+  std::string type;    ///< existence | colour | count | position | reading | description
+  std::string label;   ///< existence only: "yes" / "no" (may be empty)
+  std::string pope;    ///< existence only: "random" / "popular" / "adversarial" (may be empty)
+};
+
+/// Reads DIR/<split>.jsonl (image paths resolved against DIR). Throws std::runtime_error naming the
+/// file and line for unreadable files, invalid JSON or a missing/mistyped required field.
+std::vector<example> read_split(const std::string& world_dir, const std::string& split);
+
+/// Architecture sizes (the defaults are the committed models').
+struct model_sizes {
+  std::int64_t hidden = 128;
+  std::int64_t layers = 2;
+  std::int64_t heads = 4;
+  std::int64_t kv_heads = 2;
+  std::int64_t intermediate = 384;
+  std::int64_t vision_hidden = 64;
+  std::int64_t vision_layers = 2;
+  std::int64_t vision_heads = 2;
+  std::int64_t vision_intermediate = 128;
+  std::int64_t image_size = 112;   ///< LLaVA-OV: SigLIP image_size = tile size = the only pinpoint
+  std::int64_t patch_size = 14;    ///< both: vision patch size
+};
+
+struct train_options {
+  std::string world;             ///< the world directory
+  std::string family = "qwen2_5_vl";
+  std::string out;               ///< the checkpoint directory to write
+  bool force = false;            ///< replace an existing `out`
+  model_sizes sizes;
+  std::int64_t vocab_size = 512; ///< BPE vocabulary (bytes + merges); special tokens come on top
+  std::int64_t steps = 600;
+  std::int64_t batch_size = 16;
+  double lr = 2e-3;
+  double min_lr_ratio = 0.05;    ///< cosine decays to lr * min_lr_ratio
+  std::int64_t warmup = 40;
+  double weight_decay = 0.01;
+  double beta1 = 0.9, beta2 = 0.98;
+  double clip = 1.0;             ///< gradient-norm clipping
+  std::uint64_t seed = 0;
+  int threads = 2;
+  std::int64_t train_limit = 0;  ///< use only the first N training questions (0: all)
+  std::int64_t log_every = 25;
+  std::int64_t eval_every = 0;   ///< validation during training every N steps (0: only at the end)
+  std::int64_t eval_per_type = 40;        ///< validation questions per type during training
+  std::int64_t final_eval_per_type = 150; ///< validation questions per type at the end
+  std::int64_t eval_batch_size = 32;
+  bool write_reference = true;   ///< write runtime_reference.safetensors for the transformers check
+};
+
+/// Validation result: exact-match accuracy per type, and the hallucination measures.
+struct evaluation {
+  std::int64_t step = 0;
+  std::map<std::string, std::pair<std::int64_t, std::int64_t>> per_type;  ///< type -> (correct, total)
+  double short_answer_accuracy = 0;  ///< all non-description questions (micro)
+  double existence_false_yes = 0;    ///< P("yes" | label no): object hallucination (POPE)
+  std::map<std::string, double> false_yes_by_pope;  ///< the same per POPE split
+  double description_precision = 0;  ///< generated description sentences that are true (sentence in the reference)
+  double description_recall = 0;     ///< reference sentences the generated description contains
+  std::int64_t descriptions = 0;
+  double seconds = 0;
+  std::vector<std::pair<std::string, std::string>> samples;  ///< a few (reference, generated) pairs
+};
+
+struct train_summary {
+  double first_loss = 0, last_loss = 0;  ///< mean over the first / last `log_every` steps
+  double train_seconds = 0;
+  std::int64_t parameters = 0;
+  std::int64_t checkpoint_bytes = 0;
+  double reload_max_abs_diff = -1;       ///< logits of the saved and reloaded model
+  evaluation final_eval;
+  std::vector<evaluation> evals;
+};
+
+/// Trains one model and writes the checkpoint directory. Progress goes to `log`.
+/// Throws std::runtime_error on bad options or data.
+train_summary train(const train_options& options, std::ostream& log);
+
+}  // namespace consr_tiny
