@@ -1,0 +1,318 @@
+// Stage 5, train: LoRA on the language model with the ConSR loss (spec §7, eq. 14) through
+// consr::libtorch::dpo_loss and AdamW, on the pairs of report.json; the adapter in PEFT's format
+// → train_log.json + adapter/.
+#include <cmath>
+#include <iomanip>
+
+#include <consr/adapters/torch.hpp>
+
+#include "consr_runtime/lora.hpp"
+#include "stages.hpp"
+
+namespace consr_pipeline {
+namespace {
+
+namespace lt = consr::libtorch;
+
+json train_settings(const run_context& ctx) {
+  const options& o = ctx.o;
+  json j = artefact_store::settings_base(stage::train);
+  j["upstream"] = {{"report", ctx.store.content_hash(files::report)}};
+  j["model"] = ctx.model_identity;
+  j["seed"] = o.seed;
+  j["lora"] = {{"rank", o.lora_rank}, {"alpha", o.lora_alpha}, {"targets", o.lora_targets}, {"naming", o.lora_naming}};
+  j["learning_rate"] = o.learning_rate;
+  j["weight_decay"] = o.weight_decay;
+  j["epochs"] = o.epochs;
+  j["max_steps"] = o.max_steps;
+  j["batch_size"] = o.batch_size;
+  j["loss"] = {{"type", o.loss_type},
+               {"beta", o.beta},
+               {"length_normalize", o.length_normalize},
+               {"visual_weights", o.visual_weights},
+               {"visual_alpha", o.visual_alpha},
+               {"clip_lo", o.clip_lo},
+               {"clip_hi", o.clip_hi}};
+  return j;
+}
+
+struct train_pair {
+  std::size_t item = 0;
+  std::vector<std::int64_t> chosen, rejected;  // scored tokens (end-of-turn included)
+  torch::Tensor chosen_weights, rejected_weights;  // visual weights (eqs. 12-13), float [T]
+  torch::Tensor chosen_reference, rejected_reference;  // policy at LoRA init, float [T]
+};
+
+// Token log-probs of `responses` after the prompt, with autograd when enabled: one left-padded
+// forward, hidden states of the response positions only through lm_head, then consr's
+// token_logprobs (spec §4; fused backward). On a CUDA device without consr's CUDA kernels linked
+// in, ATen's log_softmax + gather.
+std::vector<torch::Tensor> response_logprobs(model_context& m, const cr::prompt_input& prompt,
+                                             const std::vector<std::vector<std::int64_t>>& responses) {
+  std::vector<cr::prompt_input> rows;
+  for (const auto& r : responses) {
+    cr::prompt_input p = prompt;
+    p.input_ids.insert(p.input_ids.end(), r.begin(), r.end());
+    rows.push_back(std::move(p));
+  }
+  cr::model_inputs in = cr::collate(rows, 0);
+  const std::int64_t len = in.input_ids.size(1);
+  std::vector<std::int64_t> index, targets;
+  for (std::size_t b = 0; b < responses.size(); ++b) {
+    const std::int64_t t = static_cast<std::int64_t>(responses[b].size());
+    for (std::int64_t k = 0; k < t; ++k) {
+      index.push_back(static_cast<std::int64_t>(b) * len + (len - t) + k - 1);  // position t−1 predicts t
+      targets.push_back(responses[b][static_cast<std::size_t>(k)]);
+    }
+  }
+  const torch::Device device = m.model->device();
+  torch::Tensor hidden = m.model->forward_hidden(in);
+  torch::Tensor picked = hidden.reshape({-1, hidden.size(2)}).index_select(0, torch::tensor(index).to(device));
+  torch::Tensor logits = m.model->logits(picked);
+  torch::Tensor labels = torch::tensor(targets).to(device);
+  torch::Tensor logp;
+  if (logits.is_cuda() && lt::cuda_backend_registry().token_logprobs == nullptr) {
+    logp = torch::log_softmax(logits.to(torch::kFloat32), -1).gather(1, labels.unsqueeze(1)).squeeze(1);
+  } else {
+    logp = lt::token_logprobs(logits, labels);
+  }
+  logp = logp.to(torch::kCPU);  // the DPO loss runs on the host (per-token vectors only)
+  std::vector<torch::Tensor> out;
+  std::int64_t start = 0;
+  for (const auto& r : responses) {
+    out.push_back(logp.narrow(0, start, static_cast<std::int64_t>(r.size())));
+    start += static_cast<std::int64_t>(r.size());
+  }
+  return out;
+}
+
+cr::prompt_input train_prompt(run_context& ctx, std::size_t item_index) {
+  const item& it = ctx.items.at(item_index);
+  const normalized_image image = ctx.normalize(it.image);
+  std::int64_t tokens = 0;
+  cr::prompt_input p;
+  p.images = ctx.with_features(ctx.pack(image.pixels, image.hw, tokens));  // the vision tower is frozen
+  p.input_ids = ctx.encode_prompt(it.prompt, tokens);
+  return p;
+}
+
+consr::dpo_options dpo_opts(const options& o) {
+  consr::dpo_options d;
+  d.loss = lt::parse_dpo_loss_type(o.loss_type);
+  d.beta = o.beta;
+  d.length_normalize = o.length_normalize;
+  d.visual_weights = o.visual_weights;
+  return d;
+}
+
+// The ConSR / DPO loss of one pair (padded [1, T] sides) and its 8 metrics.
+lt::dpo_result pair_loss(const options& o, const train_pair& p, const torch::Tensor& chosen_logp,
+                         const torch::Tensor& rejected_logp) {
+  lt::dpo_side c, r;
+  c.policy_logp = chosen_logp.unsqueeze(0);
+  c.reference_logp = p.chosen_reference.unsqueeze(0);
+  c.weights = p.chosen_weights.unsqueeze(0);
+  r.policy_logp = rejected_logp.unsqueeze(0);
+  r.reference_logp = p.rejected_reference.unsqueeze(0);
+  r.weights = p.rejected_weights.unsqueeze(0);
+  return lt::dpo_loss(c, r, dpo_opts(o));
+}
+
+json metric_means(const std::vector<std::array<double, lt::dpo_metric_count>>& rows) {
+  json j;
+  for (int k = 0; k < lt::dpo_metric_count; ++k) {
+    double s = 0;
+    for (const auto& row : rows) s += row[static_cast<std::size_t>(k)];
+    j[lt::to_string(static_cast<lt::dpo_metric>(k))] = rows.empty() ? std::nan("") : s / static_cast<double>(rows.size());
+  }
+  return j;
+}
+
+std::array<double, lt::dpo_metric_count> metric_row(const lt::dpo_result& res) {
+  std::array<double, lt::dpo_metric_count> row{};
+  torch::Tensor m = res.metrics.to(torch::kCPU, torch::kFloat64).contiguous();
+  for (int k = 0; k < lt::dpo_metric_count; ++k) row[static_cast<std::size_t>(k)] = m[0][k].item<double>();
+  return row;
+}
+
+std::vector<std::array<double, lt::dpo_metric_count>> evaluate(run_context& ctx, std::vector<train_pair>& pairs) {
+  const options& o = ctx.o;
+  model_context& m = ctx.model();
+  torch::NoGradGuard no_grad;
+  std::vector<std::array<double, lt::dpo_metric_count>> rows;
+  for (auto& p : pairs) {
+    const cr::prompt_input prompt = train_prompt(ctx, p.item);
+    auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
+    rows.push_back(metric_row(pair_loss(o, p, lp[0], lp[1])));
+  }
+  return rows;
+}
+
+std::string train(run_context& ctx, const stage_run& run) {
+  const options& o = ctx.o;
+  const json report = ctx.store.read(files::report);
+  const json& report_pairs = report.at("pairs");
+  if (report_pairs.empty())
+    fail("stage 'train': report.json has no preference pairs to train on (see its selection_report)");
+  model_context& m = ctx.model();
+
+  // Visual weights (eqs. 12-13) from the clean vs corrupt token log-probs of stage 3, no gradient.
+  consr::visual_weight_options wopt;
+  wopt.alpha = o.visual_alpha;
+  wopt.clip_lo = o.clip_lo;
+  wopt.clip_hi = o.clip_hi;
+  std::vector<train_pair> pairs;
+  for (const auto& pr : report_pairs) {
+    train_pair p;
+    p.item = pr.at("item").get<std::size_t>();
+    const auto side = [&](const json& s, std::vector<std::int64_t>& ids, torch::Tensor& weights, consr::weight_side ws) {
+      ids = s.at("token_ids").get<std::vector<std::int64_t>>();
+      const torch::Tensor clean = torch::tensor(s.at("logp_clean").get<std::vector<float>>());
+      const torch::Tensor corrupt = torch::tensor(s.at("logp_corrupt").get<std::vector<float>>());
+      weights = lt::visual_weights(clean, corrupt, ws, wopt);
+    };
+    side(pr.at("chosen"), p.chosen, p.chosen_weights, consr::weight_side::chosen);
+    side(pr.at("rejected"), p.rejected, p.rejected_weights, consr::weight_side::rejected);
+    pairs.push_back(std::move(p));
+  }
+
+  cr::lora_config lora;
+  lora.rank = o.lora_rank;
+  lora.alpha = o.lora_alpha;
+  lora.target_modules = o.lora_targets;
+  lora.seed = o.seed;
+  const std::vector<std::string> wrapped = cr::apply_lora(*m.model, lora);
+  cr::mark_only_lora_trainable(*m.model);
+
+  // Reference = the policy at LoRA init (B = 0: the base model), precomputed without gradient.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : pairs) {
+      const cr::prompt_input prompt = train_prompt(ctx, p.item);
+      auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
+      p.chosen_reference = lp[0].clone();
+      p.rejected_reference = lp[1].clone();
+    }
+  }
+  std::vector<std::array<double, lt::dpo_metric_count>> initial;
+  for (auto& p : pairs) initial.push_back(metric_row(pair_loss(o, p, p.chosen_reference, p.rejected_reference)));
+
+  // AdamW on fp32 master copies of the LoRA factors: with bf16 parameters an update of lr·O(1) =
+  // 2e-7 would round away against weights of magnitude > 1e-4.
+  std::vector<torch::Tensor> params = cr::lora_parameters(*m.model);
+  std::vector<torch::Tensor> masters;
+  const bool use_masters = m.model->dtype() != torch::kFloat32;
+  for (auto& p : params) {
+    if (use_masters) masters.push_back(p.detach().to(torch::kFloat32).clone().set_requires_grad(true));
+  }
+  torch::optim::AdamW optimizer(use_masters ? masters : params,
+                                torch::optim::AdamWOptions(o.learning_rate).weight_decay(o.weight_decay));
+
+  const std::int64_t num_pairs = static_cast<std::int64_t>(pairs.size());
+  const std::int64_t steps_per_epoch = (num_pairs + o.batch_size - 1) / o.batch_size;
+  std::int64_t total_steps = steps_per_epoch * o.epochs;
+  if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
+  ctx.log << "  LoRA rank " << o.lora_rank << ", alpha " << o.lora_alpha << " on " << wrapped.size()
+          << " linear layers; " << num_pairs << " pair(s), batch " << o.batch_size << ", " << total_steps
+          << " step(s), AdamW lr " << o.learning_rate << ", loss " << o.loss_type << " (beta " << o.beta << ")\n";
+
+  json steps = json::array();
+  std::int64_t step = 0;
+  for (std::int64_t epoch = 0; epoch < o.epochs && step < total_steps; ++epoch) {
+    // A seeded shuffle per epoch (Fisher-Yates on the counter-based uniform).
+    std::vector<std::size_t> order(pairs.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    for (std::size_t i = order.size(); i > 1; --i) {
+      const double u = cr::counter_uniform(o.seed, shuffle_stream(epoch), i);
+      std::swap(order[i - 1], order[std::min(i - 1, static_cast<std::size_t>(u * static_cast<double>(i)))]);
+    }
+    for (std::int64_t start = 0; start < num_pairs && step < total_steps; start += o.batch_size, ++step) {
+      const std::int64_t end = std::min(num_pairs, start + o.batch_size);
+      optimizer.zero_grad();
+      for (auto& p : params)
+        if (p.grad().defined()) p.mutable_grad().zero_();
+      std::vector<std::array<double, lt::dpo_metric_count>> rows;
+      json batch = json::array();
+      for (std::int64_t k = start; k < end; ++k) {
+        train_pair& p = pairs[order[static_cast<std::size_t>(k)]];
+        const cr::prompt_input prompt = train_prompt(ctx, p.item);
+        auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
+        lt::dpo_result res = pair_loss(o, p, lp[0], lp[1]);
+        // Mean over the batch, accumulated one pair at a time (one pair's activations in memory).
+        (res.loss / static_cast<double>(end - start)).backward();
+        rows.push_back(metric_row(res));
+        batch.push_back(order[static_cast<std::size_t>(k)]);
+      }
+      if (use_masters) {
+        for (std::size_t k = 0; k < params.size(); ++k)
+          masters[k].mutable_grad() = params[k].grad().defined() ? params[k].grad().to(torch::kFloat32)
+                                                                 : torch::zeros_like(masters[k]);
+      }
+      optimizer.step();
+      if (use_masters) {
+        torch::NoGradGuard no_grad;
+        for (std::size_t k = 0; k < params.size(); ++k) params[k].copy_(masters[k]);
+      }
+      json s = metric_means(rows);
+      json entry;
+      entry["step"] = step + 1;
+      entry["epoch"] = epoch + 1;
+      entry["pairs"] = batch;
+      for (auto it = s.begin(); it != s.end(); ++it) entry[it.key()] = it.value();
+      steps.push_back(entry);
+      ctx.log << "  step " << (step + 1) << "/" << total_steps << " (epoch " << (epoch + 1) << "): dpo_loss "
+           << fixed(s["dpo_loss"].get<double>(), 6) << ", objective " << fixed(s["loss"].get<double>(), 6)
+           << ", reward margin " << std::scientific << std::setprecision(3) << s["reward_margin"].get<double>()
+           << std::defaultfloat << ", accuracy " << fixed(s["accuracy"].get<double>(), 2) << "\n";
+    }
+  }
+  for (const auto& s : steps)
+    for (const char* k : {"loss", "dpo_loss", "reward_margin"})
+      if (!std::isfinite(s[k].get<double>())) fail("stage 'train': step " + std::to_string(s["step"].get<int>()) + ": " + k + " is not finite");
+
+  const auto final_rows = evaluate(ctx, pairs);
+  json fin = metric_means(final_rows);
+  json per_pair = json::array();
+  for (const auto& row : final_rows) {
+    json e;
+    for (int k = 0; k < lt::dpo_metric_count; ++k) e[lt::to_string(static_cast<lt::dpo_metric>(k))] = row[static_cast<std::size_t>(k)];
+    per_pair.push_back(e);
+  }
+  fin["per_pair"] = per_pair;
+
+  // The adapter in PEFT's format, moved into place as a whole directory.
+  const std::filesystem::path tmp = ctx.store.begin_directory(files::adapter);
+  cr::save_lora_adapter(*m.model, lora, tmp.string(), ctx.model_dir,
+                        o.lora_naming == "transformers5" ? cr::lora_naming::transformers5 : cr::lora_naming::checkpoint);
+  ctx.store.commit_directory(files::adapter);
+
+  json log = run.header();
+  log["pairs"] = num_pairs;
+  log["lora_modules"] = wrapped.size();
+  log["initial"] = metric_means(initial);
+  log["steps"] = steps;
+  log["final"] = fin;
+  log["adapter"] = {{"dir", files::adapter}, {"files", {"adapter_model.safetensors", "adapter_config.json"}}};
+  ctx.store.write(files::train_log, log);
+  ctx.log << "  after training (all pairs): dpo_loss " << fixed(fin["dpo_loss"].get<double>(), 6) << " (initial "
+          << fixed(log["initial"]["dpo_loss"].get<double>(), 6) << "), reward margin " << std::scientific
+          << std::setprecision(3) << fin["reward_margin"].get<double>() << std::defaultfloat << ", accuracy "
+          << fixed(fin["accuracy"].get<double>(), 2) << "\n";
+  return std::to_string(steps.size()) + " step(s) on " + std::to_string(num_pairs) + " pair(s); final dpo_loss " +
+         fixed(fin["dpo_loss"].get<double>(), 6) + ", reward margin " + fixed(fin["reward_margin"].get<double>(), 6) +
+         "; adapter -> " + files::adapter + "/";
+}
+
+}  // namespace
+
+const stage_definition& train_stage() {
+  static const stage_definition s{stage::train,
+                                  files::train_log,
+                                  {std::string(files::adapter) + "/adapter_model.safetensors",
+                                   std::string(files::adapter) + "/adapter_config.json"},
+                                  train_settings,
+                                  train};
+  return s;
+}
+
+}  // namespace consr_pipeline
