@@ -1,13 +1,20 @@
 // config.json parsing: both layouts of Qwen2.5-VL (flat hub file, nested transformers-5 file),
-// LLaVA-OneVision (nested), RoPE in rope_scaling / rope_parameters, and bad input.
+// LLaVA-OneVision (nested), RoPE in rope_scaling / rope_parameters, and bad input; image-processor
+// settings in preprocessor_config.json or transformers 5.x's processor_config.json.
+// processors.hpp pulls in LibTorch, whose glog CHECK(condition) would shadow Catch's CHECK: Catch must win.
+#include "consr_runtime/processors.hpp"
+#undef CHECK
 #include <catch2/catch.hpp>
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "consr_runtime/config.hpp"
 #include "consr_runtime/error.hpp"
@@ -272,4 +279,126 @@ TEST_CASE("config: load from a directory or a file", "[config]") {
     CHECK_THAT(std::string(e.what()), Catch::Contains(dir + "/config.json"));
   }
   ::rmdir(dir.c_str());
+}
+
+// ---- image-processor settings: preprocessor_config.json (legacy) or processor_config.json (5.x) ----
+
+namespace {
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_file_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  REQUIRE(out.good());
+  out << text;
+}
+
+// What transformers 5.x `ProcessorMixin.save_pretrained` writes: one processor_config.json with each
+// sub-processor's settings nested under its attribute name, and no preprocessor_config.json.
+std::string processor_config_json(const std::string& image_processor_json) {
+  auto j = nlohmann::json::object();
+  j["image_processor"] = nlohmann::json::parse(image_processor_json);
+  j["processor_class"] = "Qwen2_5_VLProcessor";
+  j["video_processor"] = {{"video_processor_type", "Qwen2VLVideoProcessor"}, {"patch_size", 14}};
+  return j.dump(2);
+}
+
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    char tmpl[] = "/tmp/consr_processor_config_XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~temp_dir() {
+    for (const char* f : {"/processor_config.json", "/preprocessor_config.json"}) std::remove((path + f).c_str());
+    ::rmdir(path.c_str());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("image-processor settings load from transformers 5.x processor_config.json as from preprocessor_config.json",
+          "[config]") {
+  using consr_runtime::load_image_processor_settings;
+  const std::string models = std::string(CONSR_FIXTURES_DIR) + "/models";
+
+  SECTION("Qwen2.5-VL: the nested layout gives the same processor config as the legacy file") {
+    const std::string legacy = read_file_text(models + "/qwen2_5_vl_tiny/preprocessor_config.json");
+    temp_dir d;
+    write_file_text(d.path + "/processor_config.json", processor_config_json(legacy));
+    const auto s = load_image_processor_settings(d.path);
+    CHECK_THAT(s.source, Catch::Contains("processor_config.json") && Catch::Contains("image_processor"));
+    const auto got = consr_runtime::parse_qwen2_vl_processor_config(s.json_text, s.source);
+    const auto want = consr_runtime::parse_qwen2_vl_processor_config(legacy);
+    CHECK(got.min_pixels == want.min_pixels);
+    CHECK(got.max_pixels == want.max_pixels);
+    CHECK(got.patch_size == want.patch_size);
+    CHECK(got.merge_size == want.merge_size);
+    CHECK(got.temporal_patch_size == want.temporal_patch_size);
+    CHECK(got.image_mean == want.image_mean);
+    CHECK(got.image_std == want.image_std);
+    CHECK(got.rescale_factor == want.rescale_factor);
+    CHECK(got.resample == want.resample);
+    // A processor_config.json passed as a file works too.
+    const auto f = load_image_processor_settings(d.path + "/processor_config.json");
+    CHECK(consr_runtime::parse_qwen2_vl_processor_config(f.json_text, f.source).max_pixels == want.max_pixels);
+  }
+
+  SECTION("LLaVA-OneVision: the nested layout gives the same processor config as the legacy file") {
+    const std::string legacy = read_file_text(models + "/llava_onevision_tiny/preprocessor_config.json");
+    temp_dir d;
+    write_file_text(d.path + "/processor_config.json", processor_config_json(legacy));
+    const auto s = load_image_processor_settings(d.path);
+    const auto got = consr_runtime::parse_llava_onevision_processor_config(s.json_text, s.source);
+    const auto want = consr_runtime::parse_llava_onevision_processor_config(legacy);
+    CHECK(got.tile_size == want.tile_size);
+    CHECK((got.image_grid_pinpoints == want.image_grid_pinpoints));  // not decomposed: glog's operator<< for vectors cannot print arrays
+    CHECK(got.image_mean == want.image_mean);
+    CHECK(got.image_std == want.image_std);
+    CHECK(got.resample == want.resample);
+  }
+
+  SECTION("the legacy layout still loads, from a directory or the file") {
+    const std::string dir = models + "/qwen2_5_vl_tiny";
+    const auto s = load_image_processor_settings(dir);
+    CHECK(s.source == dir + "/preprocessor_config.json");
+    CHECK(s.json_text == read_file_text(dir + "/preprocessor_config.json"));
+    CHECK(load_image_processor_settings(dir + "/preprocessor_config.json").json_text == s.json_text);
+  }
+
+  SECTION("priority as in transformers: the nested object first, then preprocessor_config.json") {
+    const std::string legacy = read_file_text(models + "/qwen2_5_vl_tiny/preprocessor_config.json");
+    auto changed = nlohmann::json::parse(legacy);
+    changed["max_pixels"] = 123456;
+    changed.erase("size");
+    temp_dir d;
+    write_file_text(d.path + "/preprocessor_config.json", legacy);
+    write_file_text(d.path + "/processor_config.json", processor_config_json(changed.dump()));
+    auto s = load_image_processor_settings(d.path);
+    CHECK(consr_runtime::parse_qwen2_vl_processor_config(s.json_text, s.source).max_pixels == 123456);
+    // A processor_config.json without an image_processor object (older transformers write one with only
+    // processor_class) falls back to preprocessor_config.json.
+    write_file_text(d.path + "/processor_config.json", R"({"processor_class": "Qwen2_5_VLProcessor"})");
+    s = load_image_processor_settings(d.path);
+    CHECK(s.source == d.path + "/preprocessor_config.json");
+  }
+
+  SECTION("errors name the files") {
+    temp_dir d;
+    try {
+      load_image_processor_settings(d.path);
+      FAIL("expected an error");
+    } catch (const runtime_error& e) {
+      CHECK_THAT(std::string(e.what()), Catch::Contains("preprocessor_config.json") && Catch::Contains("processor_config.json"));
+    }
+    write_file_text(d.path + "/processor_config.json", R"({"image_processor": [1, 2]})");
+    CHECK_THROWS_WITH(load_image_processor_settings(d.path), Catch::Contains("image_processor") && Catch::Contains(d.path));
+    write_file_text(d.path + "/processor_config.json", R"({"image_processor": )");
+    CHECK_THROWS_WITH(load_image_processor_settings(d.path), Catch::Contains("not valid JSON"));
+  }
 }

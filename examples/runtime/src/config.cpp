@@ -293,4 +293,67 @@ model_config load_model_config(const std::string& path) {
   return parse_model_config(text.str(), file);
 }
 
+namespace {
+
+bool read_whole_file(const std::string& file, std::string& text) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) throw runtime_error("consr_runtime::load_image_processor_settings: error reading " + file);
+  text = buffer.str();
+  return true;
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The `image_processor` object of a processor_config.json-style text, if it has one. Invalid JSON is
+// an error when `strict`, else "not nested" (the caller's parser then names the file).
+bool nested_image_processor(const std::string& text, const std::string& file, bool strict, std::string& nested) {
+  const json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    if (!strict) return false;
+    throw runtime_error("consr_runtime::load_image_processor_settings: " + file + " is not valid JSON");
+  }
+  if (!root.is_object()) return false;
+  auto it = root.find("image_processor");
+  if (it == root.end() || it->is_null()) return false;
+  if (!it->is_object())
+    throw runtime_error("consr_runtime::load_image_processor_settings: key 'image_processor' in " + file +
+                        ": expected an object, got " + it->dump());
+  nested = it->dump();
+  return true;
+}
+
+}  // namespace
+
+image_processor_settings load_image_processor_settings(const std::string& path) {
+  const std::string where = "consr_runtime::load_image_processor_settings: ";
+  struct stat st {};
+  std::string text;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    const std::string processor_file = path + "/processor_config.json";
+    const std::string legacy_file = path + "/preprocessor_config.json";
+    if (is_regular_file(processor_file)) {
+      if (!read_whole_file(processor_file, text)) throw runtime_error(where + "cannot open " + processor_file);
+      std::string nested;
+      if (nested_image_processor(text, processor_file, /*strict=*/true, nested))
+        return {std::move(nested), processor_file + " (key 'image_processor')"};
+    }
+    if (!read_whole_file(legacy_file, text))
+      throw runtime_error(where + "'" + path + "' has neither " + legacy_file +
+                          " nor a processor_config.json with an 'image_processor' object");
+    return {std::move(text), legacy_file};
+  }
+  if (!read_whole_file(path, text)) throw runtime_error(where + "cannot open " + path);
+  // A flat preprocessor_config.json has no `image_processor` key; a malformed file is left to the
+  // caller's parser, which names the file and the key.
+  std::string nested;
+  if (nested_image_processor(text, path, /*strict=*/false, nested)) return {std::move(nested), path + " (key 'image_processor')"};
+  return {std::move(text), path};
+}
+
 }  // namespace consr_runtime

@@ -119,4 +119,21 @@ model_config parse_model_config(const std::string& json_text, const std::string&
 /// Throws runtime_error naming the path when it cannot be read, else as parse_model_config.
 model_config load_model_config(const std::string& path);
 
+/// A checkpoint's image-processor settings: the JSON object's text and where it was found (for error
+/// messages: a file name, with " (key 'image_processor')" when nested).
+struct image_processor_settings {
+  std::string json_text;
+  std::string source;
+};
+
+/// Finds the image-processor settings of a checkpoint as transformers (5.x,
+/// `PreprocessingMixin._get_config_dict`) does. `path` is a model directory or a JSON file:
+/// - directory: the object under the key `image_processor` of `processor_config.json` (the layout
+///   `ProcessorMixin.save_pretrained` writes in transformers 5.x) when that file has the key, else
+///   `preprocessor_config.json` (the legacy flat layout of the hub checkpoints);
+/// - file: its `image_processor` object when it has one, else the whole file.
+/// Throws runtime_error naming the path when neither file exists (naming both), a file cannot be read,
+/// `processor_config.json` is not valid JSON, or its `image_processor` value is not an object.
+image_processor_settings load_image_processor_settings(const std::string& path);
+
 }  // namespace consr_runtime
