@@ -90,13 +90,21 @@ struct raw_image {
   std::vector<std::uint8_t*> rows;     // PNG: row pointers into `samples`
 };
 
-// Returns false with `message` set on any decoding error. `out` lives in the caller's frame so that a
-// longjmp skips no destructor.
-bool decode_jpeg_raw(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, raw_image& out,
-                     char (&message)[JMSG_LENGTH_MAX]) {
+// The libjpeg objects of one decode. They live in the caller's frame: the C standard leaves locals of
+// the function that called setjmp indeterminate after a longjmp if they changed in between.
+struct jpeg_state {
   jpeg_decompress_struct cinfo;
   jpeg_error_state err;
   jpeg_progress_mgr progress;
+};
+
+// Returns false with `message` set on any decoding error. `out` also lives in the caller's frame, so
+// that a longjmp skips no destructor.
+bool decode_jpeg_raw(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, raw_image& out,
+                     jpeg_state& state, char (&message)[JMSG_LENGTH_MAX]) {
+  jpeg_decompress_struct& cinfo = state.cinfo;
+  jpeg_error_state& err = state.err;
+  jpeg_progress_mgr& progress = state.progress;
   cinfo.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = consr_jpeg_error_exit;
   err.pub.emit_message = consr_jpeg_emit_message;
@@ -143,8 +151,9 @@ bool decode_jpeg_raw(const std::uint8_t* data, std::size_t size, std::int64_t ma
 
 rgb_image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name) {
   raw_image raw;
+  jpeg_state state;
   char message[JMSG_LENGTH_MAX] = {};
-  if (!decode_jpeg_raw(data, size, max_pixels, raw, message))
+  if (!decode_jpeg_raw(data, size, max_pixels, raw, state, message))
     fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (JPEG: " + message + ")");
   auto out = torch::empty({raw.height, raw.width, 3}, torch::kUInt8);
   std::uint8_t* dst = out.data_ptr<std::uint8_t>();
@@ -211,9 +220,9 @@ struct png_meta {
 
 // Rows are unpacked to one sample per byte for bit depths < 8 (values unscaled) and kept big-endian for
 // 16 bits.
-bool decode_png_raw(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, raw_image& out,
-                    png_meta& meta, char (&message)[200]) {
-  png_read_state st{data, size, 0, {}};
+// `st` lives in the caller's frame (see jpeg_state).
+bool decode_png_raw(std::int64_t max_pixels, raw_image& out, png_meta& meta, png_read_state& st,
+                    char (&message)[200]) {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, consr_png_error, consr_png_warning);
   if (png == nullptr) {
     std::snprintf(message, sizeof message, "cannot create a PNG reader");
@@ -276,8 +285,9 @@ bool decode_png_raw(const std::uint8_t* data, std::size_t size, std::int64_t max
 rgb_image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name) {
   raw_image raw;
   png_meta meta;
+  png_read_state st{data, size, 0, {}};
   char message[200] = {};
-  if (!decode_png_raw(data, size, max_pixels, raw, meta, message))
+  if (!decode_png_raw(max_pixels, raw, meta, st, message))
     fail("decode_image", "'" + name + "' is not a decodable PNG or JPEG image (PNG: " + message + ")");
   auto out = torch::empty({raw.height, raw.width, 3}, torch::kUInt8);
   std::uint8_t* dst = out.data_ptr<std::uint8_t>();
