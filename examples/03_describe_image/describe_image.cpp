@@ -1,14 +1,16 @@
 // Example 03: describe an image with a vision-language model loaded from a Hugging Face checkpoint
 // directory (Qwen2.5-VL or LLaVA-OneVision, as published), using the paper's description prompt
 // (ConSR App. B.1), the model's chat template, its image processor and the runtime's generation.
-// Prints the description and the decoding speed.
+// Prints the description and the decoding speed. With --adapter, a LoRA adapter in PEFT's format is
+// attached first (the `adapter/` the pipeline's train stage writes, or one saved by PEFT).
 //
-//   example_03_describe_image [model_dir] [image] [--max-new-tokens N] [--temperature T] [--top-p P]
-//                             [--seed S] [--dtype float32|bfloat16] [--device cpu|cuda]
+//   example_03_describe_image [model_dir] [image] [--adapter DIR] [--max-new-tokens N] [--temperature T]
+//                             [--top-p P] [--seed S] [--dtype float32|bfloat16] [--device cpu|cuda]
 //
 // Defaults: the tiny Qwen2.5-VL test fixture and its test image, greedy decoding, 64 tokens, fp32.
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/generation.hpp"
 #include "consr_runtime/image.hpp"
+#include "consr_runtime/lora.hpp"
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/tokenizer.hpp"
@@ -36,6 +39,7 @@ const char* description_prompt =
 struct arguments {
   std::string model_dir = CONSR_EXAMPLE_DEFAULT_MODEL;
   std::string image = CONSR_EXAMPLE_DEFAULT_IMAGE;
+  std::string adapter;  ///< PEFT LoRA adapter directory ("" = none)
   consr_runtime::sampling_options sampling;
   torch::Dtype dtype = torch::kFloat32;
   torch::Device device = torch::kCPU;
@@ -64,7 +68,10 @@ arguments parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) throw consr_runtime::runtime_error("argument '" + arg + "': missing value");
     std::string value = argv[++i];
-    if (arg == "--max-new-tokens") {
+    if (arg == "--adapter") {
+      if (value.empty()) throw consr_runtime::runtime_error("argument '--adapter': empty directory name");
+      a.adapter = value;
+    } else if (arg == "--max-new-tokens") {
       a.sampling.max_new_tokens = static_cast<std::int64_t>(parse_number(arg, value));
     } else if (arg == "--temperature") {
       a.sampling.temperature = parse_number(arg, value);
@@ -85,6 +92,9 @@ arguments parse(int argc, char** argv) {
   if (positional.size() > 2) throw consr_runtime::runtime_error("expected at most two positional arguments: model_dir image");
   if (positional.size() >= 1) a.model_dir = positional[0];
   if (positional.size() >= 2) a.image = positional[1];
+  std::error_code ec;
+  if (!a.adapter.empty() && !std::filesystem::is_directory(a.adapter, ec))
+    throw consr_runtime::runtime_error("argument '--adapter': '" + a.adapter + "' is not a directory");
   return a;
 }
 
@@ -94,6 +104,16 @@ int run(const arguments& args) {
   auto t0 = clock::now();
   auto model = load_model(args.model_dir, torch::TensorOptions().dtype(args.dtype).device(args.device));
   model->eval();
+  std::string adapter_info;
+  if (!args.adapter.empty()) {
+    try {
+      const lora_config lora = load_lora_adapter(*model, args.adapter);
+      adapter_info = args.adapter + " (rank " + std::to_string(lora.rank) + ", alpha " + std::to_string(lora.alpha) + ", " +
+                     std::to_string(lora_parameters(*model).size() / 2) + " modules)";
+    } catch (const std::exception& e) {
+      throw runtime_error("argument '--adapter': " + std::string(e.what()));
+    }
+  }
   tokenizer tok = tokenizer::from_directory(args.model_dir);
   const model_config& config = model->config();
   rgb_image image = load_image(args.image);
@@ -129,6 +149,7 @@ int run(const arguments& args) {
   const std::size_t n = result.token_ids.size() + (result.stop_token ? 1 : 0);
   std::cout << "model: " << args.model_dir << " (" << config.model_type << ", " << (args.dtype == torch::kBFloat16 ? "bfloat16" : "float32")
             << ", " << args.device << ")\n"
+            << "adapter: " << (adapter_info.empty() ? "none" : adapter_info) << "\n"
             << "image: " << args.image << " (" << image.width() << "x" << image.height() << ", "
             << tokens_per_image.at(0) << " image tokens)\n"
             << "prompt tokens: " << prompt.input_ids.size() << "\n"
@@ -152,7 +173,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n"
               << "usage: " << argv[0]
-              << " [model_dir] [image] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]"
+              << " [model_dir] [image] [--adapter DIR] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]"
                  " [--dtype float32|bfloat16] [--device cpu|cuda]\n";
     return 1;
   }

@@ -373,6 +373,28 @@ TEST_CASE("answers: bad model, adapter and options name the argument", "[eval][e
   CHECK(msg.find("bad.png") != std::string::npos);
 }
 
+// Not run by default: writes the adapters the example-03 ctests load (ctest fixture
+// consr_eval_adapters): a trained-like one (non-zero B, as the pipeline's train stage writes it:
+// save_lora_adapter with the model's directory as base) and a zero-B one, for the tiny Qwen2.5-VL.
+TEST_CASE("write the adapters of the example-03 ctests", "[.make_adapters]") {
+  for (bool trained : {true, false}) {
+    const fs::path dir = fresh_dir(trained ? "example03_adapter" : "example03_zero_adapter");
+    auto model = cr::load_model(qwen_dir);
+    cr::lora_config c;
+    c.rank = 8;
+    c.alpha = 16;
+    c.seed = 3;
+    cr::apply_lora(*model, c);
+    if (trained) {
+      torch::NoGradGuard no_grad;
+      const auto params = cr::lora_parameters(*model);
+      for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], 0.05));
+    }
+    cr::save_lora_adapter(*model, c, dir.string(), qwen_dir);
+    CHECK(fs::exists(dir / "adapter_model.safetensors"));
+  }
+}
+
 #ifdef CONSR_EVAL_EXE
 namespace {
 
@@ -477,6 +499,42 @@ TEST_CASE("consr_eval: end to end, answers equal the library's", "[eval][cli]") 
   }
   CHECK(n == 4);
 }
+
+#ifdef CONSR_EXAMPLE_03_EXE
+TEST_CASE("example 03: --adapter loads the pipeline's adapter format; B = 0 reproduces the base", "[eval][example03]") {
+  const fs::path d = fresh_dir("example03");
+  const fs::path zero = d / "zero", trained = d / "trained";
+  write_zero_b_adapter(qwen_dir, zero, cr::lora_naming::checkpoint);
+  {
+    auto model = cr::load_model(qwen_dir);
+    cr::lora_config c;
+    c.rank = 4;
+    c.alpha = 8;
+    cr::apply_lora(*model, c);
+    torch::NoGradGuard no_grad;
+    const auto params = cr::lora_parameters(*model);
+    for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], 0.05));
+    cr::save_lora_adapter(*model, c, trained.string(), qwen_dir);
+  }
+  auto describe = [&](const std::string& extra) {
+    const fs::path log = d / "log.txt";
+    const std::string cmd = std::string("'") + CONSR_EXAMPLE_03_EXE + "' '" + qwen_dir + "' '" +
+                            (fixtures / "models/images/qwen_a_101x159.png").string() + "' --max-new-tokens 12" + extra +
+                            " > '" + log.string() + "' 2>&1";
+    const int raw = std::system(cmd.c_str());
+    const std::string out = slurp(log);
+    INFO(out);
+    CHECK((WIFEXITED(raw) ? WEXITSTATUS(raw) : -1) == (extra.find("absent") == std::string::npos ? 0 : 1));
+    const auto at = out.find("description: ");
+    return at == std::string::npos ? out : out.substr(at, out.find('\n', at) - at);
+  };
+  const std::string base = describe("");
+  CHECK(base.rfind("description: ", 0) == 0);
+  CHECK(describe(" --adapter '" + zero.string() + "'") == base);
+  CHECK(describe(" --adapter '" + trained.string() + "'") != base);
+  CHECK(describe(" --adapter '" + (d / "absent").string() + "'").find("argument '--adapter'") != std::string::npos);
+}
+#endif
 
 #if CONSR_EVAL_TEST_WORLD
 TEST_CASE("consr_eval: a generated world scored, and a zero-B adapter compared with the base", "[eval][cli][world]") {
