@@ -72,7 +72,7 @@ auto as_view(Tensor&& tensor, const char* argument = "tensor", const char* funct
   using Bare = std::remove_cv_t<std::remove_reference_t<Tensor>>;
   static_assert(detail::has_tensor_traits<Bare>::value,
                 "consr::as_view: no consr::tensor_traits specialisation for this type; include the adapter "
-                "header for its library (consr/adapters/eigen.hpp, xtensor.hpp, span.hpp, torch.hpp)");
+                "header for its library (consr/adapters/eigen.hpp, xtensor.hpp, span.hpp; LibTorch tensors use consr::libtorch::view_of)");
   using traits = tensor_traits<Bare>;
   using T = detail::view_element_t<Tensor>;
   using view_t = strided_view<T, Rank, typename traits::space>;
