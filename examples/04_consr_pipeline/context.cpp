@@ -245,7 +245,7 @@ torch::Tensor run_context::add_noise(const torch::Tensor& normalized, consr::rng
   torch::NoGradGuard no_grad;
   consr::diffusion_noise_options noise;
   noise.step = step;
-  noise.schedule = lt::parse_noise_schedule(o.noise_schedule);
+  noise.schedule = consr::parse_noise_schedule(o.noise_schedule);  // validated by validate_options
   return lt::add_diffusion_noise(normalized, key, noise);
 }
 

@@ -1,11 +1,18 @@
 // Options of the ConSR pipeline: the paper's prompts and defaults, the demo profile, validation and
-// the command line (see pipeline.hpp).
+// the command line (CLI11; see pipeline.hpp).
 #include <cmath>
-#include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
+#include <consr/corruption.hpp>
+#include <consr/dpo.hpp>
+#include <consr/error.hpp>
+#include <consr/reward.hpp>
 
 #include "pipeline.hpp"
 
@@ -24,6 +31,48 @@ std::string number_string(double x) {
 
 void require(bool ok, const std::string& arg, const std::string& message) {
   if (!ok) fail_arg(arg, message);
+}
+
+// ---- the names string-valued options accept ---------------------------------------------------------
+// The library's enums are checked with its parse_* and named with its to_string (corruption.hpp,
+// reward.hpp, dpo.hpp); the pipeline's own choices (dtype, LoRA naming, profile) are listed here.
+
+std::vector<std::string> dtype_names() { return {"float32", "bfloat16"}; }
+std::vector<std::string> lora_naming_names() { return {"checkpoint", "transformers5"}; }
+std::vector<std::string> profile_names() { return {"paper", "demo"}; }
+
+// "a, b or c".
+std::string one_of(const std::vector<std::string>& names) {
+  std::string s;
+  for (std::size_t k = 0; k < names.size(); ++k) s += (k == 0 ? "" : k + 1 == names.size() ? " or " : ", ") + names[k];
+  return s;
+}
+
+// `value` must be accepted by the library's parse (which throws consr::error otherwise); the
+// message lists to_string of `all`.
+template <class Enum, class Parse>
+void require_enum(const std::string& value, Parse parse, std::initializer_list<Enum> all, const std::string& arg) {
+  try {
+    (void)parse(value);
+    return;
+  } catch (const consr::error&) {
+  }
+  std::vector<std::string> names;
+  for (const Enum e : all) names.emplace_back(consr::to_string(e));
+  fail_arg(arg, "is '" + value + "' but must be " + one_of(names));
+}
+
+void require_one_of(const std::string& value, const std::vector<std::string>& names, const std::string& arg) {
+  for (const auto& n : names)
+    if (value == n) return;
+  fail_arg(arg, "is '" + value + "' but must be " + one_of(names));
+}
+
+// A 0-based diffusion step of the schedule's num_steps (corruption.hpp).
+void require_step(int step, const std::string& arg) {
+  const int steps = consr::diffusion_noise_options{}.num_steps;
+  require(step >= 0 && step < steps, arg,
+          "must be a 0-based step in [0, " + std::to_string(steps) + "), got " + std::to_string(step));
 }
 
 }  // namespace
@@ -90,14 +139,13 @@ options default_options(profile p) {
 void validate_options(const options& o) {
   require(!o.model_dir.empty(), "--model", "no model directory given");
   require(!o.output_dir.empty(), "--out", "empty output directory");
-  require(o.dtype == "float32" || o.dtype == "bfloat16", "--dtype", "is '" + o.dtype + "' but must be float32 or bfloat16");
+  require_one_of(o.dtype, dtype_names(), "--dtype");
   require(o.device == "cpu" || o.device.rfind("cuda", 0) == 0, "--device", "is '" + o.device + "' but must be cpu or cuda[:n]");
   require(o.image_max_pixels >= 0, "--image-max-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
                                                           std::to_string(o.image_max_pixels));
   require(o.image_min_pixels >= 0, "--image-min-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
                                                           std::to_string(o.image_min_pixels));
-  require(o.lora_naming == "checkpoint" || o.lora_naming == "transformers5", "--lora-naming",
-          "is '" + o.lora_naming + "' but must be checkpoint or transformers5");
+  require_one_of(o.lora_naming, lora_naming_names(), "--lora-naming");
   require(o.description_max_new_tokens >= 1, "--description-max-new-tokens",
           "must be >= 1, got " + std::to_string(o.description_max_new_tokens));
   require(std::isfinite(o.description_temperature) && o.description_temperature >= 0, "--description-temperature",
@@ -115,17 +163,16 @@ void validate_options(const options& o) {
           "must be finite and >= 0, got " + number_string(o.revision_temperature));
   require(o.top_p > 0 && o.top_p <= 1, "--top-p", "must be in (0, 1], got " + number_string(o.top_p));
   require(o.max_new_tokens >= 1, "--max-new-tokens", "must be >= 1, got " + std::to_string(o.max_new_tokens));
-  require(o.noisy_sampling_step >= 0 && o.noisy_sampling_step < 1000, "--noisy-sampling-step",
-          "must be a 0-based step in [0, 1000), got " + std::to_string(o.noisy_sampling_step));
-  require(o.reward_noise_step >= 0 && o.reward_noise_step < 1000, "--reward-noise-step",
-          "must be a 0-based step in [0, 1000), got " + std::to_string(o.reward_noise_step));
-  require(o.noise_schedule == "sigmoid" || o.noise_schedule == "linear" || o.noise_schedule == "scaled_linear" ||
-              o.noise_schedule == "cosine",
-          "--noise-schedule", "is '" + o.noise_schedule + "' but must be sigmoid, linear, scaled_linear or cosine");
+  require_step(o.noisy_sampling_step, "--noisy-sampling-step");
+  require_step(o.reward_noise_step, "--reward-noise-step");
+  require_enum(o.noise_schedule, consr::parse_noise_schedule,
+               {consr::noise_schedule::sigmoid, consr::noise_schedule::linear, consr::noise_schedule::scaled_linear,
+                consr::noise_schedule::cosine},
+               "--noise-schedule");
   require(std::isfinite(o.lambda) && o.lambda >= 0 && o.lambda <= 1, "--lambda",
           "must be in [0, 1] (eq. 6), got " + number_string(o.lambda));
-  require(o.reward_space == "probability" || o.reward_space == "log", "--reward-space",
-          "is '" + o.reward_space + "' but must be probability or log");
+  require_enum(o.reward_space, consr::parse_reward_space, {consr::reward_space::probability, consr::reward_space::log},
+               "--reward-space");
   require(o.score_batch_size >= 1, "--score-batch-size", "must be >= 1, got " + std::to_string(o.score_batch_size));
   require(o.pairs_per_group >= 1, "--pairs-per-group", "must be >= 1, got " + std::to_string(o.pairs_per_group));
   require(std::isfinite(o.min_margin) && o.min_margin >= 0, "--min-margin",
@@ -142,7 +189,8 @@ void validate_options(const options& o) {
   require(o.epochs >= 1, "--epochs", "must be >= 1, got " + std::to_string(o.epochs));
   require(o.max_steps >= 0, "--max-steps", "must be >= 0 (0 = no limit), got " + std::to_string(o.max_steps));
   require(o.batch_size >= 1, "--batch-size", "must be >= 1, got " + std::to_string(o.batch_size));
-  require(o.loss_type == "consr" || o.loss_type == "standard", "--loss", "is '" + o.loss_type + "' but must be consr or standard");
+  require_enum(o.loss_type, consr::parse_dpo_loss_type, {consr::dpo_loss_type::consr, consr::dpo_loss_type::standard},
+               "--loss");
   require(std::isfinite(o.beta) && o.beta > 0, "--beta", "must be finite and > 0, got " + number_string(o.beta));
   require(std::isfinite(o.visual_alpha), "--visual-alpha", "must be finite");
   require(std::isfinite(o.clip_lo) && std::isfinite(o.clip_hi) && o.clip_lo <= o.clip_hi, "--clip-lo",
@@ -216,91 +264,146 @@ std::vector<std::string> split_list(const std::string& arg, const std::string& v
   return out;
 }
 
+// ---- the command line's options: name → field ----------------------------------------------------------
+
+struct value_option {
+  std::string name;
+  std::function<void(options&, const std::string& value)> set;
+};
+
+value_option text(std::string name, std::string options::*field) {
+  return {name, [field](options& o, const std::string& v) { o.*field = v; }};
+}
+value_option integer(std::string name, std::int64_t options::*field) {
+  return {name, [name, field](options& o, const std::string& v) { o.*field = parse_int(name, v); }};
+}
+value_option step(std::string name, int options::*field) {
+  return {name, [name, field](options& o, const std::string& v) { o.*field = static_cast<int>(parse_int(name, v)); }};
+}
+value_option real(std::string name, double options::*field) {
+  return {name, [name, field](options& o, const std::string& v) { o.*field = parse_double(name, v); }};
+}
+value_option prompt_file(std::string name, std::string prompt_templates::*field) {
+  return {name, [name, field](options& o, const std::string& v) { o.prompts.*field = read_text_file(name, v); }};
+}
+
+// Every option that takes a value, in the order of usage(); --profile is read before the others
+// (it chooses the defaults they override).
+const std::vector<value_option>& value_options() {
+  static const std::vector<value_option> list{
+      text("--input", &options::input),
+      text("--model", &options::model_dir),
+      text("--out", &options::output_dir),
+      {"--profile", [](options&, const std::string&) {}},
+      {"--seed", [](options& o, const std::string& v) { o.seed = parse_uint("--seed", v); }},
+      text("--dtype", &options::dtype),
+      text("--device", &options::device),
+      integer("--image-max-pixels", &options::image_max_pixels),
+      integer("--image-min-pixels", &options::image_min_pixels),
+      integer("--description-max-new-tokens", &options::description_max_new_tokens),
+      real("--description-temperature", &options::description_temperature),
+      integer("--num-sampled", &options::num_sampled),
+      integer("--num-revised", &options::num_revised),
+      integer("--num-noisy", &options::num_noisy),
+      real("--temperature", &options::temperature),
+      real("--top-p", &options::top_p),
+      integer("--max-new-tokens", &options::max_new_tokens),
+      real("--revision-temperature", &options::revision_temperature),
+      step("--noisy-sampling-step", &options::noisy_sampling_step),
+      text("--noise-schedule", &options::noise_schedule),
+      prompt_file("--description-prompt-file", &prompt_templates::description),
+      prompt_file("--revision-prompt-file", &prompt_templates::revision),
+      prompt_file("--enriched-prompt-file", &prompt_templates::enriched),
+      step("--reward-noise-step", &options::reward_noise_step),
+      real("--lambda", &options::lambda),
+      text("--reward-space", &options::reward_space),
+      integer("--score-batch-size", &options::score_batch_size),
+      integer("--pairs-per-group", &options::pairs_per_group),
+      real("--min-margin", &options::min_margin),
+      integer("--lora-rank", &options::lora_rank),
+      real("--lora-alpha", &options::lora_alpha),
+      {"--lora-targets", [](options& o, const std::string& v) { o.lora_targets = split_list("--lora-targets", v); }},
+      real("--lr", &options::learning_rate),
+      real("--weight-decay", &options::weight_decay),
+      integer("--epochs", &options::epochs),
+      integer("--max-steps", &options::max_steps),
+      integer("--batch-size", &options::batch_size),
+      text("--loss", &options::loss_type),
+      real("--beta", &options::beta),
+      real("--visual-alpha", &options::visual_alpha),
+      real("--clip-lo", &options::clip_lo),
+      real("--clip-hi", &options::clip_hi),
+      text("--lora-naming", &options::lora_naming),
+  };
+  return list;
+}
+
+// The options without a value: each sets a bool field.
+struct flag_option {
+  const char* name;
+  bool options::*field;
+  bool value;
+};
+constexpr flag_option flag_options[] = {
+    {"--force", &options::force, true},
+    {"--fresh", &options::fresh, true},
+    {"--skip-duplicates", &options::skip_duplicates, true},
+    {"--no-length-normalize", &options::length_normalize, false},
+    {"--no-visual-weights", &options::visual_weights, false},
+};
+
 }  // namespace
 
 options parse_command_line(int argc, const char* const* argv, bool* help) {
   if (help) *help = false;
-  std::vector<std::string> args(argv + 1, argv + argc);
-  // Pass 1: the profile decides the defaults that the other options override.
-  bool have_model = false;
-  std::string profile_name;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--help" || args[i] == "-h") {
-      if (help) *help = true;
-      return default_options(profile::demo);
-    }
-    if (args[i] == "--model") have_model = true;
-    if (args[i] == "--profile" && i + 1 < args.size()) profile_name = args[i + 1];
+  CLI::App app("consr_pipeline");
+  app.set_help_flag();  // usage() is the help text
+  app.allow_extras();   // unknown options are reported below, by name
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last one wins
+  bool want_help = false;
+  app.add_flag("-h,--help", want_help);
+  std::vector<std::string> stages;
+  app.add_option("stage", stages);
+  std::map<std::string, std::string> values;
+  for (const auto& v : value_options()) app.add_option(v.name, values[v.name]);
+  std::map<std::string, bool> flags;
+  for (const auto& f : flag_options) app.add_flag(f.name, flags[f.name])->disable_flag_override();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ArgumentMismatch& e) {
+    // An option takes the next argument whatever it is, so only the last one can lack its value.
+    const std::string last = argc > 1 ? argv[argc - 1] : "";
+    for (const auto& v : value_options())
+      if (v.name == last) fail_arg(last, "missing value");
+    for (int k = 1; k < argc; ++k)
+      for (const auto& f : flag_options)
+        if (std::string(argv[k]).rfind(std::string(f.name) + "=", 0) == 0) fail_arg(f.name, "takes no value");
+    throw pipeline_error(std::string("consr_pipeline: ") + e.what());
+  } catch (const CLI::ParseError& e) {
+    throw pipeline_error(std::string("consr_pipeline: ") + e.what());
   }
-  profile p = have_model ? profile::paper : profile::demo;
-  if (!profile_name.empty()) {
-    if (profile_name == "paper") p = profile::paper;
-    else if (profile_name == "demo") p = profile::demo;
-    else fail_arg("--profile", "is '" + profile_name + "' but must be paper or demo");
+  if (want_help) {
+    if (help) *help = true;
+    return default_options(profile::demo);
+  }
+  for (const std::string& extra : app.remaining()) {
+    if (extra.rfind("-", 0) == 0) fail_arg(extra.substr(0, extra.find('=')), "unknown option (see --help)");
+    fail_arg(extra, "unexpected argument (see --help)");
+  }
+  if (stages.size() > 1) fail_arg("stage", "given twice ('" + stages[1] + "')");
+
+  // The profile decides the defaults that the other options override.
+  profile p = app.count("--model") > 0 ? profile::paper : profile::demo;
+  if (app.count("--profile") > 0) {
+    require_one_of(values["--profile"], profile_names(), "--profile");
+    p = values["--profile"] == "paper" ? profile::paper : profile::demo;
   }
   options o = default_options(p);
-  bool have_stage = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a.rfind("--", 0) != 0) {
-      if (have_stage) fail_arg("stage", "given twice ('" + a + "')");
-      o.target = parse_stage(a);
-      have_stage = true;
-      continue;
-    }
-    // Flags without a value.
-    if (a == "--force") { o.force = true; continue; }
-    if (a == "--fresh") { o.fresh = true; continue; }
-    if (a == "--skip-duplicates") { o.skip_duplicates = true; continue; }
-    if (a == "--no-length-normalize") { o.length_normalize = false; continue; }
-    if (a == "--no-visual-weights") { o.visual_weights = false; continue; }
-    if (i + 1 >= args.size()) fail_arg(a, "missing value");
-    const std::string v = args[++i];
-    if (a == "--input") o.input = v;
-    else if (a == "--model") o.model_dir = v;
-    else if (a == "--out") o.output_dir = v;
-    else if (a == "--profile") continue;  // pass 1
-    else if (a == "--seed") o.seed = parse_uint(a, v);
-    else if (a == "--dtype") o.dtype = v;
-    else if (a == "--device") o.device = v;
-    else if (a == "--image-max-pixels") o.image_max_pixels = parse_int(a, v);
-    else if (a == "--image-min-pixels") o.image_min_pixels = parse_int(a, v);
-    else if (a == "--lora-naming") o.lora_naming = v;
-    else if (a == "--description-max-new-tokens") o.description_max_new_tokens = parse_int(a, v);
-    else if (a == "--description-temperature") o.description_temperature = parse_double(a, v);
-    else if (a == "--num-sampled") o.num_sampled = parse_int(a, v);
-    else if (a == "--num-revised") o.num_revised = parse_int(a, v);
-    else if (a == "--num-noisy") o.num_noisy = parse_int(a, v);
-    else if (a == "--temperature") o.temperature = parse_double(a, v);
-    else if (a == "--top-p") o.top_p = parse_double(a, v);
-    else if (a == "--max-new-tokens") o.max_new_tokens = parse_int(a, v);
-    else if (a == "--revision-temperature") o.revision_temperature = parse_double(a, v);
-    else if (a == "--noisy-sampling-step") o.noisy_sampling_step = static_cast<int>(parse_int(a, v));
-    else if (a == "--reward-noise-step") o.reward_noise_step = static_cast<int>(parse_int(a, v));
-    else if (a == "--noise-schedule") o.noise_schedule = v;
-    else if (a == "--lambda") o.lambda = parse_double(a, v);
-    else if (a == "--reward-space") o.reward_space = v;
-    else if (a == "--score-batch-size") o.score_batch_size = parse_int(a, v);
-    else if (a == "--pairs-per-group") o.pairs_per_group = parse_int(a, v);
-    else if (a == "--min-margin") o.min_margin = parse_double(a, v);
-    else if (a == "--lora-rank") o.lora_rank = parse_int(a, v);
-    else if (a == "--lora-alpha") o.lora_alpha = parse_double(a, v);
-    else if (a == "--lora-targets") o.lora_targets = split_list(a, v);
-    else if (a == "--lr") o.learning_rate = parse_double(a, v);
-    else if (a == "--weight-decay") o.weight_decay = parse_double(a, v);
-    else if (a == "--epochs") o.epochs = parse_int(a, v);
-    else if (a == "--max-steps") o.max_steps = parse_int(a, v);
-    else if (a == "--batch-size") o.batch_size = parse_int(a, v);
-    else if (a == "--loss") o.loss_type = v;
-    else if (a == "--beta") o.beta = parse_double(a, v);
-    else if (a == "--visual-alpha") o.visual_alpha = parse_double(a, v);
-    else if (a == "--clip-lo") o.clip_lo = parse_double(a, v);
-    else if (a == "--clip-hi") o.clip_hi = parse_double(a, v);
-    else if (a == "--description-prompt-file") o.prompts.description = read_text_file(a, v);
-    else if (a == "--revision-prompt-file") o.prompts.revision = read_text_file(a, v);
-    else if (a == "--enriched-prompt-file") o.prompts.enriched = read_text_file(a, v);
-    else fail_arg(a, "unknown option (see --help)");
-  }
+  if (!stages.empty()) o.target = parse_stage(stages[0]);
+  for (const auto& v : value_options())
+    if (app.count(v.name) > 0) v.set(o, values[v.name]);
+  for (const auto& f : flag_options)
+    if (flags[f.name]) o.*(f.field) = f.value;
   validate_options(o);
   return o;
 }

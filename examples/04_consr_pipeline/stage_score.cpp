@@ -156,7 +156,7 @@ std::string score(run_context& ctx, const stage_run& run) {
   outs.reward = consr::make_view(r.data(), C);
   consr::reward_options ropt;
   ropt.lambda = o.lambda;
-  ropt.space = o.reward_space == "log" ? consr::reward_space::log : consr::reward_space::probability;
+  ropt.space = consr::parse_reward_space(o.reward_space);
   const consr::index_t N = static_cast<consr::index_t>(logp.size());
   const consr::reward_report rrep = consr::contrastive_reward(
       consr::make_view(static_cast<const float*>(logp.data()), N),

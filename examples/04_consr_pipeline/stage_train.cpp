@@ -98,7 +98,7 @@ cr::prompt_input train_prompt(run_context& ctx, std::size_t item_index) {
 
 consr::dpo_options dpo_opts(const options& o) {
   consr::dpo_options d;
-  d.loss = lt::parse_dpo_loss_type(o.loss_type);
+  d.loss = consr::parse_dpo_loss_type(o.loss_type);
   d.beta = o.beta;
   d.length_normalize = o.length_normalize;
   d.visual_weights = o.visual_weights;
