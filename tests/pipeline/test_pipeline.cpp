@@ -2,7 +2,8 @@
 // tests/fixtures/models: the artefacts and their documented fields, byte-identical reruns, the
 // rewards and pairs of the report against an independent double-precision recomputation from the
 // saved token log-probs, resuming (whole stages and single items), bad input through the library
-// and the command line, bfloat16 training, and LLaVA-OneVision end to end.
+// and the command line, bfloat16 training, and LLaVA-OneVision end to end; and, without running a
+// model, the command line (CLI11), consr::derive_key's stream keys and the image-processor interface.
 // LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
 #include <torch/torch.h>
 #undef CHECK
@@ -23,6 +24,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <consr/random.hpp>
+
+#include "consr_runtime/config.hpp"
+#include "consr_runtime/image.hpp"
+#include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
 #include "pipeline.hpp"
 
@@ -587,4 +593,128 @@ TEST_CASE("pipeline: LLaVA-OneVision end to end", "[pipeline][llava]") {
   CHECK(train["steps"].size() == 2);
   CHECK(train["final"]["dpo_loss"].get<double>() < train["initial"]["dpo_loss"].get<double>());
   check_adapter(dir, 8, train["lora_modules"].get<std::size_t>());
+}
+
+// ---- command line, keys and the image-processor interface (no model run) ---------------------------
+
+namespace {
+
+namespace cr = consr_runtime;
+
+cp::options parse(std::vector<std::string> args, bool* help = nullptr) {
+  args.insert(args.begin(), "consr_pipeline");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return cp::parse_command_line(static_cast<int>(argv.size()), argv.data(), help);
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: the command line — profiles, overrides, flags and named errors", "[pipeline][options]") {
+  // The profile: demo without --model, paper with it; explicit options override either.
+  const cp::options demo = parse({});
+  CHECK(demo.defaults == cp::profile::demo);
+  CHECK(demo.target == cp::stage::train);
+  CHECK(demo.lora_rank == 8);
+  CHECK(demo.learning_rate == 1e-3);
+  const cp::options paper = parse({"--model", "/m", "--lora-rank", "16"});
+  CHECK(paper.defaults == cp::profile::paper);
+  CHECK(paper.model_dir == "/m");
+  CHECK(paper.lora_rank == 16);
+  CHECK(paper.learning_rate == 2e-7);
+  CHECK(parse({"--profile", "demo", "--model", "/m"}).lora_rank == 8);
+
+  const cp::options o = parse({"score", "--seed=7", "--min-margin", "-0.0", "--visual-alpha", "-1.5", "--force",
+                               "--no-visual-weights", "--lora-targets", "q_proj,v_proj", "--noise-schedule", "cosine",
+                               "--epochs", "2", "--epochs", "4"});
+  CHECK(o.target == cp::stage::score);
+  CHECK(o.seed == 7);
+  CHECK(o.visual_alpha == -1.5);  // negative numbers are values
+  CHECK(o.force);
+  CHECK_FALSE(o.fresh);
+  CHECK_FALSE(o.visual_weights);
+  CHECK(o.length_normalize);
+  CHECK(o.lora_targets == std::vector<std::string>{"q_proj", "v_proj"});
+  CHECK(o.noise_schedule == "cosine");
+  CHECK(o.epochs == 4);  // the last one wins
+
+  bool help = false;
+  parse({"--frobnicate", "--help"}, &help);
+  CHECK(help);
+  parse({"describe"}, &help);
+  CHECK_FALSE(help);
+
+  using Catch::Contains;
+  CHECK_THROWS_WITH(parse({"--frobnicate", "1"}), Contains("argument '--frobnicate': unknown option"));
+  CHECK_THROWS_WITH(parse({"--frobnicate=1"}), Contains("argument '--frobnicate': unknown option"));
+  CHECK_THROWS_WITH(parse({"--seed"}), Contains("argument '--seed': missing value"));
+  CHECK_THROWS_WITH(parse({"--fresh=2"}), Contains("argument '--fresh': takes no value"));
+  CHECK_THROWS_WITH(parse({"--seed", "-1"}), Contains("argument '--seed': not a non-negative integer: '-1'"));
+  CHECK_THROWS_WITH(parse({"--top-p", "x"}), Contains("argument '--top-p': not a number: 'x'"));
+  CHECK_THROWS_WITH(parse({"--epochs", "1.5"}), Contains("argument '--epochs': not an integer: '1.5'"));
+  CHECK_THROWS_WITH(parse({"--profile", "fast"}), Contains("argument '--profile': is 'fast' but must be paper or demo"));
+  CHECK_THROWS_WITH(parse({"--noise-schedule", "cubic"}),
+                    Contains("is 'cubic' but must be sigmoid, linear, scaled_linear or cosine"));
+  CHECK_THROWS_WITH(parse({"--reward-noise-step", "1000"}), Contains("must be a 0-based step in [0, 1000), got 1000"));
+  CHECK_THROWS_WITH(parse({"--reward-space", "logit"}), Contains("must be probability or log"));
+  CHECK_THROWS_WITH(parse({"--loss", "ipo"}), Contains("must be consr or standard"));
+  CHECK_THROWS_WITH(parse({"--dtype", "float16"}), Contains("must be float32 or bfloat16"));
+  CHECK_THROWS_WITH(parse({"--lora-targets", "q_proj,"}), Contains("empty entry"));
+  CHECK_THROWS_WITH(parse({"--revision-prompt-file", "/no/such/file"}), Contains("cannot read '/no/such/file'"));
+  CHECK_THROWS_WITH(parse({"describe", "write"}), Contains("argument 'stage': given twice ('write')"));
+  CHECK_THROWS_WITH(parse({"finetune"}), Contains("is 'finetune' but must be one of all, describe"));
+}
+
+TEST_CASE("pipeline: consr::derive_key gives the documented stream keys", "[pipeline][keys]") {
+  // The pipeline's keys (docs/pipeline.md): artefacts of a seed must not change with the refactor.
+  for (std::uint64_t i : {0ull, 1ull, 2ull, 1000ull, 123456789ull}) {
+    for (std::uint64_t use : {0ull, 1ull}) CHECK(consr::derive_key(0, i, {use, 2}) == 2 * i + use);
+    for (std::uint64_t kind = 0; kind < 4; ++kind)
+      for (std::uint64_t k : {0ull, 1ull, 4ull, (1ull << 24) - 1})
+        CHECK(consr::derive_key(0, i, {kind, 4}, {k, 1ull << 24}) == (((i * 4 + kind) << 24) | k));
+    CHECK(consr::derive_key(0x747261696eull, i) == 0x747261696eull + i);
+  }
+  static_assert(consr::derive_key(5, 1, {2, 3}, {3, 4}, {1, 2}) == 5 + ((1 * 3 + 2) * 4 + 3) * 2 + 1);
+}
+
+TEST_CASE("pipeline: the image-processor interface equals each family's processor", "[pipeline][processors]") {
+  const std::string qwen_dir = fixtures + "/models/qwen2_5_vl_tiny";
+  const std::string llava_dir = fixtures + "/models/llava_onevision_tiny";
+  const cr::rgb_image image = cr::load_image(fixtures + "/models/images/photo_48x64.jpg");
+
+  const cr::model_config qc = cr::load_model_config(qwen_dir);
+  const auto q = cr::make_image_processor(qc, qwen_dir);
+  const cr::qwen2_vl_image_processor qref = cr::qwen2_vl_image_processor::from_file(qwen_dir);
+  CHECK(q->model_type() == "qwen2_5_vl");
+  REQUIRE(q->bounds().has_value());
+  CHECK(q->bounds()->max_pixels == qref.config().max_pixels);
+  CHECK(q->feature_token_ids() == std::vector<std::int64_t>{qc.qwen2_5_vl->image_token_id, qc.qwen2_5_vl->video_token_id});
+  const torch::Tensor qn = q->normalize(image);
+  CHECK(torch::equal(qn, qref.normalize(image)));
+  const cr::packed_image qp = q->pack(qn, image.height(), image.width());
+  const cr::qwen2_vl_packed qr = qref.pack(qn);
+  CHECK(torch::equal(qp.pixel_values, qr.pixel_values));
+  CHECK(torch::equal(qp.image_grid_thw, qr.image_grid_thw));
+  CHECK_FALSE(qp.image_sizes.defined());
+  CHECK(qp.num_image_tokens == qr.num_image_tokens.at(0));
+  const cr::pixel_bounds b{qref.config().min_pixels, qref.config().min_pixels * 2};
+  CHECK(cr::make_image_processor(qc, qwen_dir, b)->bounds()->max_pixels == b.max_pixels);
+  CHECK_THROWS(q->check_size(5, 5));  // below smart_resize's minimum side
+
+  const cr::model_config lc = cr::load_model_config(llava_dir);
+  const auto l = cr::make_image_processor(lc, llava_dir);
+  const cr::llava_onevision_image_processor lref = cr::llava_onevision_image_processor::from_directory(llava_dir);
+  CHECK(l->model_type() == "llava_onevision");
+  CHECK_FALSE(l->bounds().has_value());
+  CHECK(l->feature_token_ids() ==
+        std::vector<std::int64_t>{lc.llava_onevision->image_token_index, lc.llava_onevision->video_token_index});
+  const torch::Tensor ln = l->normalize(image);
+  CHECK(torch::equal(ln, lref.normalize(image)));
+  const cr::packed_image lp = l->pack(ln, image.height(), image.width());
+  const cr::llava_onevision_packed lr = lref.pack({ln}, {{image.height(), image.width()}});
+  CHECK(torch::equal(lp.pixel_values, lr.pixel_values));
+  CHECK(torch::equal(lp.image_sizes, lr.image_sizes));
+  CHECK_FALSE(lp.image_grid_thw.defined());
+  CHECK(lp.num_image_tokens == lr.num_image_tokens.at(0));
+  CHECK_THROWS_WITH(cr::make_image_processor(lc, llava_dir, b), Catch::Contains("no pixel bounds"));
 }
