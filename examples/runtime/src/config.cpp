@@ -263,7 +263,7 @@ model_config parse_model_config(const std::string& json_text, const std::string&
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     throw runtime_error("consr_runtime::parse_model_config: " + source + " is not valid JSON: " + e.what());
   }
   if (!root.is_object()) throw runtime_error("consr_runtime::parse_model_config: " + source + " is not a JSON object");
