@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed: initialisation and data order")->capture_default_str();
   app.add_option("--threads", o.threads, "LibTorch intra-op threads (results depend on seed and this)")->capture_default_str();
   app.add_option("--train-limit", o.train_limit, "use only the first N training questions (0: all)")->capture_default_str();
+  app.add_option("--type-temperature", o.type_temperature,
+                 "draw a question type with probability ∝ count^T, then a question of it (1: the data's mix)")
+      ->capture_default_str();
   app.add_option("--vocab-size", o.vocab_size, "BPE vocabulary: 256 bytes + merges (special tokens on top)")->capture_default_str();
   app.add_option("--log-every", o.log_every, "print the mean loss every N steps")->capture_default_str();
   app.add_option("--eval-every", o.eval_every, "validate every N steps during training (0: only at the end)")->capture_default_str();
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
   app.add_option("--vision-intermediate", o.sizes.vision_intermediate, "vision MLP width")->capture_default_str();
   app.add_option("--image-size", o.sizes.image_size, "LLaVA-OV: SigLIP image size (the tile and the only pinpoint)")->capture_default_str();
   app.add_option("--patch-size", o.sizes.patch_size, "vision patch size")->capture_default_str();
+  app.add_option("--rope-theta", o.sizes.rope_theta, "decoder RoPE base")->capture_default_str();
   bool no_reference = false;
   app.add_flag("--no-reference", no_reference, "do not write runtime_reference.safetensors");
   CLI11_PARSE(app, argc, argv);

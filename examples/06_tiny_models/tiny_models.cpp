@@ -147,7 +147,7 @@ ojson build_config_json(bool qwen, const model_sizes& s, std::int64_t vocab, con
   t.num_key_value_heads = s.kv_heads;
   t.head_dim = head_dim;
   t.rms_norm_eps = 1e-6;
-  t.rope_theta = 1e6;
+  t.rope_theta = s.rope_theta;
   t.max_position_embeddings = 2048;
   t.bos_token_id = ids.at("<|endoftext|>");
   t.eos_token_ids = {ids.at("<|im_end|>")};
@@ -314,14 +314,20 @@ std::vector<std::string> tokenizer_corpus(const std::vector<example>& train, cr:
   return texts;
 }
 
-/// The validation questions evaluated: up to `per_type` of each type, spread evenly over the file.
+/// The validation questions evaluated: up to `per_type` of each type, drawn by a fixed permutation
+/// (the same subset for every run, model and seed), in file order.
 std::vector<std::size_t> eval_subset(const std::vector<example>& val, std::int64_t per_type) {
   std::map<std::string, std::vector<std::size_t>> by_type;
   for (std::size_t i = 0; i < val.size(); ++i) by_type[val[i].type].push_back(i);
   std::vector<std::size_t> out;
+  std::uint64_t stream = 0;
   for (const auto& [type, idx] : by_type) {
-    const std::size_t n = idx.size(), k = std::min<std::size_t>(n, static_cast<std::size_t>(std::max<std::int64_t>(per_type, 0)));
-    for (std::size_t j = 0; j < k; ++j) out.push_back(idx[j * n / k]);
+    const std::size_t k = std::min<std::size_t>(idx.size(), static_cast<std::size_t>(std::max<std::int64_t>(per_type, 0)));
+    const std::vector<std::size_t> p = permutation(idx.size(), 0xE7A1u, stream++);
+    std::vector<std::size_t> picked;
+    for (std::size_t j = 0; j < k; ++j) picked.push_back(idx[p[j]]);
+    std::sort(picked.begin(), picked.end());
+    out.insert(out.end(), picked.begin(), picked.end());
   }
   return out;
 }
@@ -387,7 +393,22 @@ evaluation evaluate(model_context& m, const std::vector<example>& val, const std
       }
     }
   }
-  ev.short_answer_accuracy = short_total ? static_cast<double>(short_correct) / static_cast<double>(short_total) : 0.0;
+  (void)short_correct;
+  (void)short_total;
+  std::map<std::string, std::int64_t> type_counts;
+  for (const auto& e : val) ++type_counts[e.type];
+  double weighted = 0, weight = 0, macro = 0;
+  std::int64_t types = 0;
+  for (const auto& [type, ct] : ev.per_type) {
+    if (type == "description" || ct.second == 0) continue;
+    const double acc = static_cast<double>(ct.first) / static_cast<double>(ct.second);
+    weighted += acc * static_cast<double>(type_counts[type]);
+    weight += static_cast<double>(type_counts[type]);
+    macro += acc;
+    ++types;
+  }
+  ev.accuracy = weight > 0 ? weighted / weight : 0.0;
+  ev.macro_accuracy = types ? macro / static_cast<double>(types) : 0.0;
   ev.existence_false_yes = no_total ? static_cast<double>(no_yes) / static_cast<double>(no_total) : 0.0;
   for (const auto& [k, v] : pope) ev.false_yes_by_pope[k] = v.second ? static_cast<double>(v.first) / static_cast<double>(v.second) : 0.0;
   if (ev.descriptions) {
@@ -400,8 +421,8 @@ evaluation evaluate(model_context& m, const std::vector<example>& val, const std
 }
 
 void print_eval(std::ostream& log, const evaluation& ev, const char* what) {
-  log << what << " step " << ev.step << ": accuracy " << std::fixed << std::setprecision(3) << ev.short_answer_accuracy
-      << " (short answers)";
+  log << what << " step " << ev.step << ": accuracy " << std::fixed << std::setprecision(3) << ev.accuracy
+      << " (question-weighted), " << ev.macro_accuracy << " (mean over types)";
   for (const auto& [type, ct] : ev.per_type)
     log << " | " << type << " " << ct.first << "/" << ct.second;
   log << " | existence false-yes " << ev.existence_false_yes;
@@ -414,7 +435,8 @@ void print_eval(std::ostream& log, const evaluation& ev, const char* what) {
 ojson eval_json(const evaluation& ev) {
   ojson j;
   j["step"] = ev.step;
-  j["short_answer_accuracy"] = ev.short_answer_accuracy;
+  j["accuracy_question_weighted"] = ev.accuracy;
+  j["accuracy_mean_over_types"] = ev.macro_accuracy;
   ojson types = ojson::object();
   for (const auto& [type, ct] : ev.per_type)
     types[type] = ojson{{"correct", ct.first}, {"total", ct.second},
@@ -625,33 +647,83 @@ train_summary train(const train_options& o, std::ostream& log) {
 
   const std::vector<std::size_t> eval_small = eval_subset(val_set, o.eval_per_type);
   std::vector<double> losses;
-  std::uint64_t epoch = 0;
-  std::vector<std::size_t> order = permutation(train_set.size(), o.seed, epoch);
-  std::size_t cursor = 0;
+  // Data order (a pure function of the seed): each draw picks a question type with probability
+  // ∝ count^type_temperature, then the next question of that type in a per-type permutation (a new
+  // one each time a type is used up). The draws are cut into groups of 8 batches; within a group the
+  // questions are sorted by answer length and cut into batches (so a description does not pad 15
+  // one-word answers to its length), and the group's batches are taken in an order drawn from the seed.
+  std::map<std::string, std::vector<std::size_t>> by_type;
+  for (std::size_t i = 0; i < train_set.size(); ++i) by_type[train_set[i].type].push_back(i);
+  std::vector<const std::vector<std::size_t>*> type_members;
+  std::vector<double> type_cdf;
+  double type_total = 0;
+  for (const auto& [type, idx] : by_type) {
+    type_members.push_back(&idx);
+    type_total += std::pow(static_cast<double>(idx.size()), o.type_temperature);
+    type_cdf.push_back(type_total);
+  }
+  std::vector<std::vector<std::size_t>> type_order(type_members.size());
+  std::vector<std::size_t> type_cursor(type_members.size(), 0);
+  std::vector<std::uint64_t> type_epoch(type_members.size(), 0);
+  for (std::size_t t = 0; t < type_members.size(); ++t)
+    type_order[t] = permutation(type_members[t]->size(), o.seed ^ (0x51A7000000000000ull + t), 0);
+  std::uint64_t draw = 0, group = 0;
+  std::vector<std::vector<std::size_t>> pending;
+  auto next_batch = [&]() {
+    if (pending.empty()) {
+      std::vector<std::size_t> members;
+      for (std::int64_t k = 0; k < o.batch_size * 8; ++k) {
+        const double u = cr::counter_uniform(o.seed, 0x7D1A000000000000ull, draw++) * type_total;
+        std::size_t t = static_cast<std::size_t>(std::upper_bound(type_cdf.begin(), type_cdf.end(), u) - type_cdf.begin());
+        t = std::min(t, type_cdf.size() - 1);
+        if (type_cursor[t] == type_order[t].size()) {
+          type_order[t] = permutation(type_members[t]->size(), o.seed ^ (0x51A7000000000000ull + t), ++type_epoch[t]);
+          type_cursor[t] = 0;
+        }
+        members.push_back((*type_members[t])[type_order[t][type_cursor[t]++]]);
+      }
+      std::stable_sort(members.begin(), members.end(),
+                       [&](std::size_t a, std::size_t b) { return answers[a].size() < answers[b].size(); });
+      std::vector<std::vector<std::size_t>> batches;
+      for (std::size_t k = 0; k < members.size(); k += static_cast<std::size_t>(o.batch_size))
+        batches.emplace_back(members.begin() + static_cast<std::ptrdiff_t>(k),
+                             members.begin() + static_cast<std::ptrdiff_t>(k + static_cast<std::size_t>(o.batch_size)));
+      for (std::size_t k : permutation(batches.size(), o.seed ^ 0xB47C400000000000ull, group++))
+        pending.push_back(std::move(batches[k]));
+      std::reverse(pending.begin(), pending.end());  // taken from the back
+    }
+    std::vector<std::size_t> b = std::move(pending.back());
+    pending.pop_back();
+    return b;
+  };
   const auto t_train = clock_type::now();
   double eval_seconds = 0;
   log << "training: " << o.steps << " steps of " << o.batch_size << ", lr " << o.lr << ", warm-up " << o.warmup
       << ", " << o.threads << " threads, seed " << o.seed << "\n";
+  double t_data = 0, t_forward = 0, t_backward = 0, t_update = 0;  // seconds since the last log line
   for (std::int64_t step = 0; step < o.steps; ++step) {
+    auto t0 = clock_type::now();
     std::vector<cr::prompt_input> prompts;
     std::vector<std::vector<std::int64_t>> responses;
-    for (std::int64_t b = 0; b < o.batch_size; ++b) {
-      if (cursor == order.size()) {
-        order = permutation(train_set.size(), o.seed, ++epoch);
-        cursor = 0;
-      }
-      const std::size_t i = order[cursor++];
+    for (std::size_t i : next_batch()) {
       prompts.push_back(m.prompt(train_set[i]));
       responses.push_back(answers[i]);
     }
     const double lr = lr_at(step);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    t_data += seconds_since(t0);
+    t0 = clock_type::now();
     cr::response_logprobs_batch lp = cr::teacher_forced_logprobs(*m.model, prompts, responses, m.end_of_turn, m.pad);
     torch::Tensor loss = -lp.logprobs.mean();
+    t_forward += seconds_since(t0);
+    t0 = clock_type::now();
     optimizer.zero_grad();
     loss.backward();
+    t_backward += seconds_since(t0);
+    t0 = clock_type::now();
     torch::nn::utils::clip_grad_norm_(all_params, o.clip);
     optimizer.step();
+    t_update += seconds_since(t0);
     losses.push_back(loss.item<double>());
     if ((step + 1) % o.log_every == 0 || step + 1 == o.steps) {
       const std::size_t from = losses.size() - std::min<std::size_t>(losses.size(), static_cast<std::size_t>(o.log_every));
@@ -660,8 +732,11 @@ train_summary train(const train_options& o, std::ostream& log) {
       log << "step " << step + 1 << "/" << o.steps << " loss " << std::fixed << std::setprecision(4) << mean << " lr "
           << std::scientific << std::setprecision(2) << lr << std::defaultfloat << std::setprecision(6) << " ("
           << std::fixed << std::setprecision(1) << seconds_since(t_train) - eval_seconds << " s)" << std::defaultfloat
+          << std::setprecision(6) << " [data " << std::fixed << std::setprecision(2) << t_data << " forward "
+          << t_forward << " backward " << t_backward << " update " << t_update << " s]" << std::defaultfloat
           << std::setprecision(6) << "\n"
           << std::flush;
+      t_data = t_forward = t_backward = t_update = 0;
     }
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < o.steps) {
       evaluation ev = evaluate(m, val_set, eval_small, max_tokens_by_type, o.eval_batch_size, step + 1);
@@ -711,7 +786,8 @@ train_summary train(const train_options& o, std::ostream& log) {
   j["options"] = ojson{{"steps", o.steps},          {"batch_size", o.batch_size},   {"lr", o.lr},
                        {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup},     {"weight_decay", o.weight_decay},
                        {"betas", {o.beta1, o.beta2}}, {"clip", o.clip},             {"seed", o.seed},
-                       {"threads", o.threads},       {"train_limit", o.train_limit}, {"vocab_size", o.vocab_size}};
+                       {"threads", o.threads},       {"train_limit", o.train_limit}, {"vocab_size", o.vocab_size},
+                       {"type_temperature", o.type_temperature}};
   j["sizes"] = ojson{{"hidden", o.sizes.hidden},
                      {"layers", o.sizes.layers},
                      {"heads", o.sizes.heads},
@@ -722,7 +798,8 @@ train_summary train(const train_options& o, std::ostream& log) {
                      {"vision_heads", o.sizes.vision_heads},
                      {"vision_intermediate", o.sizes.vision_intermediate},
                      {"image_size", o.sizes.image_size},
-                     {"patch_size", o.sizes.patch_size}};
+                     {"patch_size", o.sizes.patch_size},
+                     {"rope_theta", o.sizes.rope_theta}};
   j["parameters"] = summary.parameters;
   j["training_questions"] = train_set.size();
   j["train_seconds"] = summary.train_seconds;

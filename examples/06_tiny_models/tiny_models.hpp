@@ -45,6 +45,7 @@ struct model_sizes {
   std::int64_t vision_intermediate = 128;
   std::int64_t image_size = 112;   ///< LLaVA-OV: SigLIP image_size = tile size = the only pinpoint
   std::int64_t patch_size = 14;    ///< both: vision patch size
+  double rope_theta = 1e6;         ///< the decoder's RoPE base
 };
 
 struct train_options {
@@ -63,8 +64,11 @@ struct train_options {
   double beta1 = 0.9, beta2 = 0.98;
   double clip = 1.0;             ///< gradient-norm clipping
   std::uint64_t seed = 0;
-  int threads = 2;
+  int threads = 1;               ///< LibTorch intra-op threads (1 is fastest on a shared machine)
   std::int64_t train_limit = 0;  ///< use only the first N training questions (0: all)
+  /// Type-balanced sampling: a question type is drawn with probability ∝ (its number of training
+  /// questions)^type_temperature, then a question of that type (1: the data's own mix).
+  double type_temperature = 1.0;
   std::int64_t log_every = 25;
   std::int64_t eval_every = 0;   ///< validation during training every N steps (0: only at the end)
   std::int64_t eval_per_type = 40;        ///< validation questions per type during training
@@ -77,7 +81,12 @@ struct train_options {
 struct evaluation {
   std::int64_t step = 0;
   std::map<std::string, std::pair<std::int64_t, std::int64_t>> per_type;  ///< type -> (correct, total)
-  double short_answer_accuracy = 0;  ///< all non-description questions (micro)
+  /// Accuracy over the short-answer questions (all but descriptions) of the validation split: the
+  /// per-type accuracies of the evaluated subset weighted by each type's share of the split's
+  /// questions (existence is about 60 % of them).
+  double accuracy = 0;
+  /// The mean of the per-type accuracies (short-answer types).
+  double macro_accuracy = 0;
   double existence_false_yes = 0;    ///< P("yes" | label no): object hallucination (POPE)
   std::map<std::string, double> false_yes_by_pope;  ///< the same per POPE split
   double description_precision = 0;  ///< generated description sentences that are true (sentence in the reference)
