@@ -189,6 +189,16 @@ void validate_options(const options& o) {
   require(o.epochs >= 1, "--epochs", "must be >= 1, got " + std::to_string(o.epochs));
   require(o.max_steps >= 0, "--max-steps", "must be >= 0 (0 = no limit), got " + std::to_string(o.max_steps));
   require(o.batch_size >= 1, "--batch-size", "must be >= 1, got " + std::to_string(o.batch_size));
+  require(o.lr_schedule == "cosine" || o.lr_schedule == "constant", "--lr-schedule",
+          "is '" + o.lr_schedule + "' but must be cosine or constant");
+  require(std::isfinite(o.warmup_ratio) && o.warmup_ratio >= 0 && o.warmup_ratio < 1, "--warmup-ratio",
+          "must be in [0, 1), got " + number_string(o.warmup_ratio));
+  require(std::isfinite(o.max_grad_norm) && o.max_grad_norm >= 0, "--max-grad-norm",
+          "must be finite and >= 0 (0 = no clipping), got " + number_string(o.max_grad_norm));
+  require(o.early_stop_patience >= 0, "--early-stop-patience",
+          "must be >= 0 (0 = off), got " + std::to_string(o.early_stop_patience));
+  require(o.early_stop_patience == 0 || !o.validation_report.empty(), "--early-stop-patience",
+          "needs --validation-report (the validation loss decides when to stop)");
   require_enum(o.loss_type, consr::parse_dpo_loss_type, {consr::dpo_loss_type::consr, consr::dpo_loss_type::standard},
                "--loss");
   require(std::isfinite(o.beta) && o.beta > 0, "--beta", "must be finite and > 0, got " + number_string(o.beta));
@@ -334,6 +344,11 @@ const std::vector<value_option>& value_options() {
       real("--clip-lo", &options::clip_lo),
       real("--clip-hi", &options::clip_hi),
       text("--lora-naming", &options::lora_naming),
+      text("--lr-schedule", &options::lr_schedule),
+      real("--warmup-ratio", &options::warmup_ratio),
+      real("--max-grad-norm", &options::max_grad_norm),
+      text("--validation-report", &options::validation_report),
+      integer("--early-stop-patience", &options::early_stop_patience),
   };
   return list;
 }
@@ -350,6 +365,7 @@ constexpr flag_option flag_options[] = {
     {"--skip-duplicates", &options::skip_duplicates, true},
     {"--no-length-normalize", &options::length_normalize, false},
     {"--no-visual-weights", &options::visual_weights, false},
+    {"--scale-by-beta", &options::scale_by_beta, true},
 };
 
 }  // namespace
@@ -434,7 +450,9 @@ std::string usage(const std::string& program) {
      << "  --lora-rank R (128; demo 8)  --lora-alpha A (256; demo 16)  --lora-targets q_proj,k_proj,...\n"
      << "  --lr LR (2e-7; demo 1e-3)  --weight-decay W (0)  --epochs E (1; demo 3)  --max-steps N (0 = all)\n"
      << "  --batch-size B (1)  --loss consr|standard  --beta B (0.1)  --no-length-normalize  --no-visual-weights\n"
-     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --lora-naming checkpoint|transformers5\n";
+     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --scale-by-beta  --lora-naming checkpoint|transformers5\n"
+     << "  --lr-schedule cosine|constant (cosine)  --warmup-ratio R (0.1)  --max-grad-norm G (1; 0 = off)\n"
+     << "  --validation-report FILE (another run's report.json: validation loss per epoch)  --early-stop-patience N (0 = off)\n";
   return os.str();
 }
 

@@ -123,6 +123,21 @@ struct options {
   double visual_alpha = 0.5;  ///< α of eq. 13
   double clip_lo = 0.0;
   double clip_hi = 0.2;
+  /// Scale the eq. 14 surrogate (and its gradient) by β (spec §7 decision; default: eq. 14 as written).
+  bool scale_by_beta = false;
+  /// Learning-rate schedule over the optimizer steps, as transformers' schedulers (LLaMA-Factory's
+  /// defaults): a linear warmup over ceil(warmup_ratio · steps) steps from 0, then "cosine" decay to 0
+  /// or "constant".
+  std::string lr_schedule = "cosine";
+  double warmup_ratio = 0.1;
+  /// Clip the global L2 norm of the LoRA gradients before each step (0 = off; transformers' default 1).
+  double max_grad_norm = 1.0;
+  /// A report.json of another run (e.g. the pipeline on validation items, up to `write`) whose pairs
+  /// give a validation DPO loss after every epoch ("" = none). Must come from the same model.
+  std::string validation_report;
+  /// Stop after this many epochs without a lower validation loss and keep the adapter of the best
+  /// epoch (0 = off; needs validation_report).
+  std::int64_t early_stop_patience = 0;
   /// Module paths in the saved adapter: "checkpoint" (the checkpoint's own naming, e.g.
   /// model.layers.* for the Qwen2.5-VL hub files) or "transformers5" (model.language_model.layers.*,
   /// what peft.PeftModel.from_pretrained needs for Qwen2.5-VL with transformers >= 4.52); lora.hpp.

@@ -1,8 +1,12 @@
 // Stage 5, train: LoRA on the language model with the ConSR loss (spec §7, eq. 14) through
-// consr::libtorch::dpo_loss and AdamW, on the pairs of report.json; the adapter in PEFT's format
+// consr::libtorch::dpo_loss and AdamW (warmup + cosine/constant schedule, gradient-norm clipping), on
+// the pairs of report.json; optionally a validation loss per epoch on the pairs of another run's
+// report (--validation-report) with early stopping; the adapter in PEFT's format
 // → train_log.json + adapter/.
 #include <cmath>
+#include <filesystem>
 #include <iomanip>
+#include <limits>
 
 #include <consr/adapters/torch.hpp>
 
@@ -26,18 +30,24 @@ json train_settings(const run_context& ctx) {
   j["epochs"] = o.epochs;
   j["max_steps"] = o.max_steps;
   j["batch_size"] = o.batch_size;
+  j["schedule"] = {{"lr_schedule", o.lr_schedule}, {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm}};
+  if (!o.validation_report.empty())
+    j["validation"] = {{"report", fnv1a_hex(read_file(o.validation_report, "--validation-report"))},
+                       {"early_stop_patience", o.early_stop_patience}};
   j["loss"] = {{"type", o.loss_type},
                {"beta", o.beta},
                {"length_normalize", o.length_normalize},
                {"visual_weights", o.visual_weights},
                {"visual_alpha", o.visual_alpha},
                {"clip_lo", o.clip_lo},
-               {"clip_hi", o.clip_hi}};
+               {"clip_hi", o.clip_hi},
+               {"scale_by_beta", o.scale_by_beta}};
   return j;
 }
 
 struct train_pair {
-  std::size_t item = 0;
+  std::string image;   // absolute path
+  std::string prompt;  // the user prompt (placeholders removed)
   std::vector<std::int64_t> chosen, rejected;  // scored tokens (end-of-turn included)
   torch::Tensor chosen_weights, rejected_weights;  // visual weights (eqs. 12-13), float [T]
   torch::Tensor chosen_reference, rejected_reference;  // policy at LoRA init, float [T]
@@ -86,14 +96,59 @@ std::vector<torch::Tensor> response_logprobs(model_context& m, const cr::prompt_
   return out;
 }
 
-cr::prompt_input train_prompt(run_context& ctx, std::size_t item_index) {
-  const item& it = ctx.items.at(item_index);
-  const normalized_image image = ctx.normalize(it.image);
+cr::prompt_input train_prompt(run_context& ctx, const train_pair& pair) {
+  const normalized_image image = ctx.normalize(pair.image);
   std::int64_t tokens = 0;
   cr::prompt_input p;
   p.images = ctx.with_features(ctx.pack(image.pixels, image.hw, tokens));  // the vision tower is frozen
-  p.input_ids = ctx.encode_prompt(it.prompt, tokens);
+  p.input_ids = ctx.encode_prompt(pair.prompt, tokens);
   return p;
+}
+
+// The pairs of a report (this run's, or --validation-report's), with their visual weights (eqs.
+// 12-13) from the clean vs corrupt token log-probs of stage 3, computed without gradient.
+std::vector<train_pair> pairs_of_report(const json& report, const options& o, const std::vector<item>* items,
+                                     const std::string& what) {
+  consr::visual_weight_options wopt;
+  wopt.alpha = o.visual_alpha;
+  wopt.clip_lo = o.clip_lo;
+  wopt.clip_hi = o.clip_hi;
+  std::vector<train_pair> pairs;
+  for (const auto& pr : report.at("pairs")) {
+    train_pair p;
+    const std::size_t i = pr.at("item").get<std::size_t>();
+    if (items) {
+      p.image = items->at(i).image;
+      p.prompt = items->at(i).prompt;
+    } else {
+      const json& it = report.at("items").at(i);
+      p.image = it.at("image").get<std::string>();
+      p.prompt = it.at("prompt").get<std::string>();
+      if (!std::filesystem::is_regular_file(p.image))
+        fail("argument '" + what + "': pair of item " + std::to_string(i) + ": image '" + p.image + "' does not exist");
+    }
+    const auto side = [&](const json& s, std::vector<std::int64_t>& ids, torch::Tensor& weights, consr::weight_side ws) {
+      ids = s.at("token_ids").get<std::vector<std::int64_t>>();
+      const torch::Tensor clean = torch::tensor(s.at("logp_clean").get<std::vector<float>>());
+      const torch::Tensor corrupt = torch::tensor(s.at("logp_corrupt").get<std::vector<float>>());
+      weights = lt::visual_weights(clean, corrupt, ws, wopt);
+    };
+    side(pr.at("chosen"), p.chosen, p.chosen_weights, consr::weight_side::chosen);
+    side(pr.at("rejected"), p.rejected, p.rejected_weights, consr::weight_side::rejected);
+    pairs.push_back(std::move(p));
+  }
+  return pairs;
+}
+
+// transformers' get_{cosine,constant}_schedule_with_warmup factor at optimizer step `step` (0-based):
+// step / W during the W warmup steps, then ½(1 + cos(π·progress)) or 1.
+double lr_factor(const options& o, std::int64_t step, std::int64_t total) {
+  const auto warmup = static_cast<std::int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
+  if (step < warmup) return static_cast<double>(step) / static_cast<double>(std::max<std::int64_t>(1, warmup));
+  if (o.lr_schedule == "constant") return 1.0;
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(std::max<std::int64_t>(1, total - warmup));
+  return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
 }
 
 consr::dpo_options dpo_opts(const options& o) {
@@ -102,6 +157,7 @@ consr::dpo_options dpo_opts(const options& o) {
   d.beta = o.beta;
   d.length_normalize = o.length_normalize;
   d.visual_weights = o.visual_weights;
+  d.scale_by_beta = o.scale_by_beta;
   return d;
 }
 
@@ -141,7 +197,7 @@ std::vector<std::array<double, lt::dpo_metric_count>> evaluate(run_context& ctx,
   torch::NoGradGuard no_grad;
   std::vector<std::array<double, lt::dpo_metric_count>> rows;
   for (auto& p : pairs) {
-    const cr::prompt_input prompt = train_prompt(ctx, p.item);
+    const cr::prompt_input prompt = train_prompt(ctx, p);
     auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
     rows.push_back(metric_row(pair_loss(o, p, lp[0], lp[1])));
   }
@@ -155,25 +211,17 @@ std::string train(run_context& ctx, const stage_run& run) {
   if (report_pairs.empty())
     fail("stage 'train': report.json has no preference pairs to train on (see its selection_report)");
   model_context& m = ctx.model();
-
-  // Visual weights (eqs. 12-13) from the clean vs corrupt token log-probs of stage 3, no gradient.
-  consr::visual_weight_options wopt;
-  wopt.alpha = o.visual_alpha;
-  wopt.clip_lo = o.clip_lo;
-  wopt.clip_hi = o.clip_hi;
-  std::vector<train_pair> pairs;
-  for (const auto& pr : report_pairs) {
-    train_pair p;
-    p.item = pr.at("item").get<std::size_t>();
-    const auto side = [&](const json& s, std::vector<std::int64_t>& ids, torch::Tensor& weights, consr::weight_side ws) {
-      ids = s.at("token_ids").get<std::vector<std::int64_t>>();
-      const torch::Tensor clean = torch::tensor(s.at("logp_clean").get<std::vector<float>>());
-      const torch::Tensor corrupt = torch::tensor(s.at("logp_corrupt").get<std::vector<float>>());
-      weights = lt::visual_weights(clean, corrupt, ws, wopt);
-    };
-    side(pr.at("chosen"), p.chosen, p.chosen_weights, consr::weight_side::chosen);
-    side(pr.at("rejected"), p.rejected, p.rejected_weights, consr::weight_side::rejected);
-    pairs.push_back(std::move(p));
+  std::vector<train_pair> pairs = pairs_of_report(report, o, &ctx.items, "report.json");
+  std::vector<train_pair> val_pairs;
+  if (!o.validation_report.empty()) {
+    const json vr = json::parse(read_file(o.validation_report, "--validation-report"), nullptr, false);
+    if (vr.is_discarded() || !vr.is_object() || !vr.contains("pairs") || !vr.contains("items"))
+      fail("argument '--validation-report': '" + o.validation_report + "' is not a pipeline report.json");
+    if (vr.value("model", json()) != ctx.model_identity)
+      fail("argument '--validation-report': '" + o.validation_report +
+                                          "' was scored by another model (its 'model' differs from this run's)");
+    val_pairs = pairs_of_report(vr, o, nullptr, "--validation-report");
+    if (val_pairs.empty()) fail("argument '--validation-report': '" + o.validation_report + "' has no pairs");
   }
 
   cr::lora_config lora;
@@ -187,12 +235,13 @@ std::string train(run_context& ctx, const stage_run& run) {
   // Reference = the policy at LoRA init (B = 0: the base model), precomputed without gradient.
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : pairs) {
-      const cr::prompt_input prompt = train_prompt(ctx, p.item);
-      auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
-      p.chosen_reference = lp[0].clone();
-      p.rejected_reference = lp[1].clone();
-    }
+    for (auto* set : {&pairs, &val_pairs})
+      for (auto& p : *set) {
+        const cr::prompt_input prompt = train_prompt(ctx, p);
+        auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
+        p.chosen_reference = lp[0].clone();
+        p.rejected_reference = lp[1].clone();
+      }
   }
   std::vector<std::array<double, lt::dpo_metric_count>> initial;
   for (auto& p : pairs) initial.push_back(metric_row(pair_loss(o, p, p.chosen_reference, p.rejected_reference)));
@@ -214,11 +263,40 @@ std::string train(run_context& ctx, const stage_run& run) {
   if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
   ctx.log << "  LoRA rank " << o.lora_rank << ", alpha " << o.lora_alpha << " on " << wrapped.size()
           << " linear layers; " << num_pairs << " pair(s), batch " << o.batch_size << ", " << total_steps
-          << " step(s), AdamW lr " << o.learning_rate << ", loss " << o.loss_type << " (beta " << o.beta << ")\n";
+          << " step(s), AdamW lr " << o.learning_rate << " (" << o.lr_schedule << ", warmup " << o.warmup_ratio
+          << ", max grad norm " << o.max_grad_norm << "), loss " << o.loss_type << " (beta " << o.beta << ")"
+          << (val_pairs.empty() ? "" : "; " + std::to_string(val_pairs.size()) + " validation pair(s)") << "\n";
+
+  // Validation after every epoch (and before the first): the pairs' mean metrics, no gradient.
+  json validation = json::array();
+  double best_val = std::numeric_limits<double>::infinity();
+  std::int64_t best_epoch = 0, since_best = 0;
+  std::vector<torch::Tensor> best_params;
+  const auto validate = [&](std::int64_t epoch, std::int64_t at_step) {
+    if (val_pairs.empty()) return;
+    json v = metric_means(evaluate(ctx, val_pairs));
+    v["epoch"] = epoch;
+    v["step"] = at_step;
+    const double loss = v["dpo_loss"].get<double>();
+    ctx.log << "  validation after epoch " << epoch << ": dpo_loss " << fixed(loss, 6) << ", accuracy "
+            << fixed(v["accuracy"].get<double>(), 2) << " (" << val_pairs.size() << " pairs)\n";
+    validation.push_back(v);
+    if (loss < best_val) {
+      best_val = loss;
+      best_epoch = epoch;
+      since_best = 0;
+      best_params.clear();
+      for (auto& p : params) best_params.push_back(p.detach().clone());
+    } else {
+      ++since_best;
+    }
+  };
+  validate(0, 0);
 
   json steps = json::array();
   std::int64_t step = 0;
-  for (std::int64_t epoch = 0; epoch < o.epochs && step < total_steps; ++epoch) {
+  bool stopped_early = false;
+  for (std::int64_t epoch = 0; epoch < o.epochs && step < total_steps && !stopped_early; ++epoch) {
     // A seeded shuffle per epoch (Fisher-Yates on the counter-based uniform).
     std::vector<std::size_t> order(pairs.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -235,7 +313,7 @@ std::string train(run_context& ctx, const stage_run& run) {
       json batch = json::array();
       for (std::int64_t k = start; k < end; ++k) {
         train_pair& p = pairs[order[static_cast<std::size_t>(k)]];
-        const cr::prompt_input prompt = train_prompt(ctx, p.item);
+        const cr::prompt_input prompt = train_prompt(ctx, p);
         auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
         lt::dpo_result res = pair_loss(o, p, lp[0], lp[1]);
         // Mean over the batch, accumulated one pair at a time (one pair's activations in memory).
@@ -248,6 +326,19 @@ std::string train(run_context& ctx, const stage_run& run) {
           masters[k].mutable_grad() = params[k].grad().defined() ? params[k].grad().to(torch::kFloat32)
                                                                  : torch::zeros_like(masters[k]);
       }
+      // Gradient-norm clipping over every LoRA factor, then the scheduled learning rate.
+      double grad_norm = std::nan("");
+      {
+        std::vector<torch::Tensor>& trained = use_masters ? masters : params;
+        std::vector<torch::Tensor> with_grad;
+        for (auto& t : trained)
+          if (t.grad().defined()) with_grad.push_back(t);
+        if (!with_grad.empty())
+          grad_norm = o.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(with_grad, o.max_grad_norm)
+                                          : torch::nn::utils::clip_grad_norm_(with_grad, std::numeric_limits<double>::infinity());
+      }
+      const double lr = o.learning_rate * lr_factor(o, step, total_steps);
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
       optimizer.step();
       if (use_masters) {
         torch::NoGradGuard no_grad;
@@ -258,6 +349,8 @@ std::string train(run_context& ctx, const stage_run& run) {
       entry["step"] = step + 1;
       entry["epoch"] = epoch + 1;
       entry["pairs"] = batch;
+      entry["lr"] = lr;
+      entry["grad_norm"] = grad_norm;
       for (auto it = s.begin(); it != s.end(); ++it) entry[it.key()] = it.value();
       steps.push_back(entry);
       ctx.log << "  step " << (step + 1) << "/" << total_steps << " (epoch " << (epoch + 1) << "): dpo_loss "
@@ -265,6 +358,21 @@ std::string train(run_context& ctx, const stage_run& run) {
            << ", reward margin " << std::scientific << std::setprecision(3) << s["reward_margin"].get<double>()
            << std::defaultfloat << ", accuracy " << fixed(s["accuracy"].get<double>(), 2) << "\n";
     }
+    validate(epoch + 1, step);
+    if (o.early_stop_patience > 0 && since_best >= o.early_stop_patience) {
+      stopped_early = epoch + 1 < o.epochs && step < total_steps;
+      if (stopped_early)
+        ctx.log << "  early stop after epoch " << (epoch + 1) << ": no lower validation loss for "
+                << o.early_stop_patience << " epoch(s)\n";
+    }
+  }
+  // With early stopping, the adapter of the epoch with the lowest validation loss is kept.
+  const std::int64_t last_epoch = validation.empty() ? 0 : validation.back()["epoch"].get<std::int64_t>();
+  if (o.early_stop_patience > 0 && !best_params.empty() && best_epoch != last_epoch) {
+    torch::NoGradGuard no_grad;
+    for (std::size_t k = 0; k < params.size(); ++k) params[k].copy_(best_params[k]);
+    ctx.log << "  keeping the adapter of epoch " << best_epoch << " (lowest validation loss "
+            << fixed(best_val, 6) << ")\n";
   }
   for (const auto& s : steps)
     for (const char* k : {"loss", "dpo_loss", "reward_margin"})
@@ -291,6 +399,12 @@ std::string train(run_context& ctx, const stage_run& run) {
   log["lora_modules"] = wrapped.size();
   log["initial"] = metric_means(initial);
   log["steps"] = steps;
+  if (!val_pairs.empty()) {
+    log["validation"] = validation;
+    log["validation_pairs"] = val_pairs.size();
+    log["best_epoch"] = best_epoch;
+    log["stopped_early"] = stopped_early;
+  }
   log["final"] = fin;
   log["adapter"] = {{"dir", files::adapter}, {"files", {"adapter_model.safetensors", "adapter_config.json"}}};
   ctx.store.write(files::train_log, log);

@@ -142,6 +142,8 @@ consr_pipeline::options pipeline_options(const experiment_options& o, const std:
                                 "16"};
   args.insert(args.end(), extra.begin(), extra.end());
   args.insert(args.end(), o.pipeline_args.begin(), o.pipeline_args.end());
+  // The validation run stops at `write`: its training options must not need a validation report.
+  if (target != "train") args.insert(args.end(), {"--early-stop-patience", "0"});
   std::vector<const char*> argv;
   for (const auto& a : args) argv.push_back(a.c_str());
   bool help = false;

@@ -718,3 +718,64 @@ TEST_CASE("pipeline: the image-processor interface equals each family's processo
   CHECK(lp.num_image_tokens == lr.num_image_tokens.at(0));
   CHECK_THROWS_WITH(cr::make_image_processor(lc, llava_dir, b), Catch::Contains("no pixel bounds"));
 }
+
+TEST_CASE("pipeline: learning-rate schedule, gradient clipping, validation loss and early stopping",
+          "[pipeline][train]") {
+  // The options and their named errors.
+  const cp::options d = parse({});
+  CHECK(d.lr_schedule == "cosine");
+  CHECK(d.warmup_ratio == 0.1);
+  CHECK(d.max_grad_norm == 1.0);
+  CHECK_FALSE(d.scale_by_beta);
+  CHECK(parse({"--scale-by-beta", "--lr-schedule", "constant"}).scale_by_beta);
+  CHECK_THROWS_WITH(parse({"--lr-schedule", "linear"}), Catch::Contains("'--lr-schedule'"));
+  CHECK_THROWS_WITH(parse({"--warmup-ratio", "1"}), Catch::Contains("'--warmup-ratio'"));
+  CHECK_THROWS_WITH(parse({"--max-grad-norm", "-1"}), Catch::Contains("'--max-grad-norm'"));
+  CHECK_THROWS_WITH(parse({"--early-stop-patience", "2"}), Catch::Contains("needs --validation-report"));
+
+  // The default run is the validation set of a second run with another seed: a validation loss per
+  // epoch (epoch 0 = before training, equal to ln 2 since policy = reference), the HF warmup + cosine
+  // learning rates, and gradient norms at most max_grad_norm after clipping (reported before).
+  const fs::path val_report = default_run() / "report.json";
+  cp::options o = tiny_options("validation");
+  o.seed = 3;
+  o.epochs = 3;
+  o.validation_report = val_report.string();
+  o.early_stop_patience = 1;
+  std::string log;
+  run_fresh(o, &log);
+  const json train = load(fs::path(o.output_dir) / "train_log.json");
+  REQUIRE(train.contains("validation"));
+  const json& val = train["validation"];
+  REQUIRE(val.size() >= 2);
+  CHECK(val[0]["epoch"] == 0);
+  CHECK(val[0]["dpo_loss"].get<double>() == Approx(std::log(2.0)).epsilon(1e-6));  // fp32 metrics
+  CHECK(train["validation_pairs"].get<std::size_t>() == load(val_report)["pairs"].size());
+  const std::size_t total = train["steps"].size();
+  REQUIRE(total >= 2);
+  CHECK(train["steps"][0]["lr"].get<double>() == 0.0);  // transformers' warmup starts at 0
+  const auto planned = train["pairs"].get<std::size_t>() * static_cast<std::size_t>(o.epochs);  // batch 1
+  const auto warmup = static_cast<std::size_t>(std::ceil(0.1 * static_cast<double>(planned)));
+  double prev = std::numeric_limits<double>::infinity();
+  for (std::size_t k = 1; k < total; ++k) {  // linear warmup, then the cosine decays
+    const double lr = train["steps"][k]["lr"].get<double>();
+    CHECK(lr <= o.learning_rate);
+    if (k < warmup) CHECK(lr == Approx(o.learning_rate * static_cast<double>(k) / static_cast<double>(warmup)));
+    if (k > warmup) CHECK(lr <= prev);
+    prev = lr;
+    CHECK(std::isfinite(train["steps"][k]["grad_norm"].get<double>()));
+  }
+  // Early stopping keeps the best epoch's adapter: its validation loss is the minimum seen.
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& v : val) best = std::min(best, v["dpo_loss"].get<double>());
+  CHECK(val[train["best_epoch"].get<std::size_t>()]["dpo_loss"].get<double>() == best);
+
+  // A validation report from another model is refused by name.
+  json other = load(val_report);
+  other["model"] = "another model";
+  const fs::path other_path = test_root / "validation_other_model.json";
+  write_text(other_path, other.dump());
+  cp::options bad = tiny_options("validation_bad");
+  bad.validation_report = other_path.string();
+  CHECK_THROWS_WITH(run_fresh(bad), Catch::Contains("'--validation-report'") && Catch::Contains("another model"));
+}
