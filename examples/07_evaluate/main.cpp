@@ -22,6 +22,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -266,7 +269,20 @@ int run(const cli_options& o) {
 
 }  // namespace
 
+// glibc returns every freed block above 128 KiB..32 MiB to the kernel, so each prefill's activations
+// (LLaVA-OV: ~1.5 k image tokens per row) are page-faulted in again: 55 % of the process's time was
+// spent in the kernel on the tiny fixture. Keeping freed memory for reuse and growing the heap in
+// 512 MiB steps (address space; pages are touched only when used) cuts the system time by 2/3.
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 512 << 20);
+#endif
+}
+
 int main(int argc, char** argv) {
+  keep_freed_memory();
   cli_options o;
   CLI::App app{"consr_eval: greedy answers of a vision-language model (+ LoRA adapter) to a questions file, scored"};
   app.add_option("--model", o.model, "Hugging Face model directory (Qwen2.5-VL or LLaVA-OneVision)");

@@ -23,6 +23,7 @@
 #include "consr_eval/answers.hpp"
 #include "consr_eval/error.hpp"
 #include "consr_eval/questions.hpp"
+#include "consr_runtime/chat_template.hpp"
 #include "consr_runtime/lora.hpp"
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/safetensors.hpp"
@@ -273,6 +274,20 @@ TEST_CASE("answers: an adapter directory as PEFT writes it loads (list targets, 
   REQUIRE(adapted.adapter().has_value());
   CHECK(adapted.adapter()->alpha == 8.0);
   require_same_answers(adapted.generate(set.questions, short_options(8)), base.generate(set.questions, short_options(8)));
+}
+
+TEST_CASE("answers: the prompt ids are the pipeline's (render, expand the placeholder, encode)", "[eval][prompt]") {
+  for (const std::string& model_dir : {qwen_dir, llava_dir}) {
+    INFO(model_dir);
+    ce::answer_generator gen(model_dir);
+    const cr::chat_format format = cr::parse_chat_format(gen.model().config().model_type);
+    for (std::int64_t n : {1, 24, 1500}) {
+      const std::string prompt = "Is there a red circle in the image?";
+      const std::string chat = cr::render_chat(
+          format, {cr::chat_message{"user", {cr::content_item::image(), cr::content_item::make_text(prompt)}}});
+      CHECK(gen.encode_prompt(prompt, n) == gen.tokenizer().encode(cr::expand_image_placeholders(format, chat, {n})));
+    }
+  }
 }
 
 TEST_CASE("answers: batched answers equal one-by-one answers", "[eval][batch]") {

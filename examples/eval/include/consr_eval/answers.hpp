@@ -114,8 +114,9 @@ class answer_generator {
   std::vector<answer> generate(const std::vector<question>& questions, const generation_options& options = {},
                                const progress_options& progress = {});
 
-  /// The prompt token ids of one question (the rendered user turn with the placeholder expanded to
-  /// `image_tokens`); exposed for tests and tools.
+  /// The prompt token ids of one question: the rendered user turn with the image placeholder
+  /// expanded to `image_tokens` (equal to the pipeline's encode(expand_image_placeholders(...)),
+  /// expanded after encoding, which is much faster for LLaVA-OV's thousands of image tokens).
   std::vector<std::int64_t> encode_prompt(const std::string& prompt, std::int64_t image_tokens) const;
 
   consr_runtime::vision_language_model& model();
