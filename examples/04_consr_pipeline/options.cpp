@@ -189,6 +189,18 @@ void validate_options(const options& o) {
   require(o.epochs >= 1, "--epochs", "must be >= 1, got " + std::to_string(o.epochs));
   require(o.max_steps >= 0, "--max-steps", "must be >= 0 (0 = no limit), got " + std::to_string(o.max_steps));
   require(o.batch_size >= 1, "--batch-size", "must be >= 1, got " + std::to_string(o.batch_size));
+  require(o.reward_corruption == "noise" || o.reward_corruption == "mask" || o.reward_corruption == "mixup" ||
+              o.reward_corruption == "resized-crop",
+          "--reward-corruption", "is '" + o.reward_corruption + "' but must be noise, mask, mixup or resized-crop");
+  require(std::isfinite(o.mask_probability) && o.mask_probability >= 0 && o.mask_probability <= 1, "--mask-probability",
+          "must be in [0, 1], got " + number_string(o.mask_probability));
+  require(o.mask_patch_size >= 1, "--mask-patch-size", "must be >= 1, got " + std::to_string(o.mask_patch_size));
+  require(std::isfinite(o.mixup_lambda) && o.mixup_lambda >= 0 && o.mixup_lambda <= 1, "--mixup-lambda",
+          "must be in [0, 1], got " + number_string(o.mixup_lambda));
+  require(o.pair_rule == "reward" || o.pair_rule == "povid", "--pair-rule",
+          "is '" + o.pair_rule + "' but must be reward or povid");
+  require(o.pair_rule != "povid" || (o.num_sampled >= 1 && o.num_noisy >= 1), "--pair-rule",
+          "povid needs sampled and noisy candidates (--num-sampled, --num-noisy >= 1)");
   require(o.lr_schedule == "cosine" || o.lr_schedule == "constant", "--lr-schedule",
           "is '" + o.lr_schedule + "' but must be cosine or constant");
   require(std::isfinite(o.warmup_ratio) && o.warmup_ratio >= 0 && o.warmup_ratio < 1, "--warmup-ratio",
@@ -345,6 +357,11 @@ const std::vector<value_option>& value_options() {
       real("--clip-hi", &options::clip_hi),
       text("--lora-naming", &options::lora_naming),
       text("--lr-schedule", &options::lr_schedule),
+      text("--reward-corruption", &options::reward_corruption),
+      real("--mask-probability", &options::mask_probability),
+      integer("--mask-patch-size", &options::mask_patch_size),
+      real("--mixup-lambda", &options::mixup_lambda),
+      text("--pair-rule", &options::pair_rule),
       real("--warmup-ratio", &options::warmup_ratio),
       real("--max-grad-norm", &options::max_grad_norm),
       text("--validation-report", &options::validation_report),
@@ -445,7 +462,9 @@ std::string usage(const std::string& program) {
      << "  --description-prompt-file F  --revision-prompt-file F  --enriched-prompt-file F  (override App. B.1)\n"
      << "score:\n"
      << "  --reward-noise-step S (800)  --lambda L (0.8)  --reward-space probability|log  --score-batch-size N (8)\n"
-     << "  --pairs-per-group K (1)  --min-margin M (0)  --skip-duplicates\n"
+     << "  --pairs-per-group K (1)  --min-margin M (0)  --skip-duplicates  --pair-rule reward|povid (reward)\n"
+     << "  --reward-corruption noise|mask|mixup|resized-crop (noise; Table 7)  --mask-probability P (0.5)\n"
+     << "  --mask-patch-size S (14)  --mixup-lambda L (0.5, with the next item's image)\n"
      << "train:\n"
      << "  --lora-rank R (128; demo 8)  --lora-alpha A (256; demo 16)  --lora-targets q_proj,k_proj,...\n"
      << "  --lr LR (2e-7; demo 1e-3)  --weight-decay W (0)  --epochs E (1; demo 3)  --max-steps N (0 = all)\n"

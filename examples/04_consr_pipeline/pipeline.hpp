@@ -106,6 +106,15 @@ struct options {
   std::int64_t pairs_per_group = 1;
   double min_margin = 0.0;
   bool skip_duplicates = false;
+  /// Ĩ of eq. 2 (Table 7): noise (diffusion noise, reward_noise_step) | mask (random patch mask) |
+  /// mixup (with the next item's image) | resized-crop (random resized crop, resized back).
+  std::string reward_corruption = "noise";
+  double mask_probability = 0.5;     ///< mask: chance that a patch is masked (to the normalized mean, 0)
+  std::int64_t mask_patch_size = 14; ///< mask: patch side in pixels
+  double mixup_lambda = 0.5;         ///< mixup: weight of the item's own image
+  /// How pairs are formed: "reward" (spec §6: best vs worst r) or "povid" (the POVID-style baseline
+  /// of Table 3: the first usable sampled response preferred over the first usable noisy one).
+  std::string pair_rule = "reward";
 
   // ---- 5. train (spec §7, App. B.2) ------------------------------------------------------------------
   std::int64_t lora_rank = 128;

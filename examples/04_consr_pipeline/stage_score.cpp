@@ -1,5 +1,6 @@
 // Stage 3, score: teacher-forced token log-probs of every candidate under (x, I), (x, Ĩ) and (x', I)
 // (spec §5), then consr::contrastive_reward (eqs. 1–6) and consr::select_pairs (spec §6) → scores.json.
+#include <consr/adapters/torch.hpp>
 #include <consr/pairs.hpp>
 #include <consr/reward.hpp>
 
@@ -24,7 +25,38 @@ json score_settings(const run_context& ctx) {
   j["pairs_per_group"] = o.pairs_per_group;
   j["min_margin"] = o.min_margin;
   j["skip_duplicates"] = o.skip_duplicates;
+  // Only when not the defaults, so that the default run's fingerprint is unchanged.
+  if (o.reward_corruption != "noise")
+    j["reward_corruption"] = {{"kind", o.reward_corruption},
+                              {"mask_probability", o.mask_probability},
+                              {"mask_patch_size", o.mask_patch_size},
+                              {"mixup_lambda", o.mixup_lambda}};
+  if (o.pair_rule != "reward") j["pair_rule"] = o.pair_rule;
   return j;
+}
+
+// Ĩ of eq. 2 for item i: the --reward-corruption of the normalized image (Table 7), keyed like the
+// reward noise (seed, 2·i + 1) so every corruption is reproducible.
+torch::Tensor reward_corruption(run_context& ctx, std::size_t i, const normalized_image& image) {
+  const options& o = ctx.o;
+  const consr::rng_key key = noise_key(o.seed, i, noise_use::reward);
+  if (o.reward_corruption == "noise") return ctx.add_noise(image.pixels, key, o.reward_noise_step);
+  torch::NoGradGuard no_grad;
+  if (o.reward_corruption == "mixup") {
+    const std::size_t j = (i + 1) % ctx.items.size();
+    const normalized_image other = ctx.normalize(ctx.items[j].image);
+    if (!other.pixels.sizes().equals(image.pixels.sizes()))
+      fail("argument '--reward-corruption': mixup of item " + std::to_string(i) + " needs item " + std::to_string(j) +
+           "'s image at the same processed size");
+    return consr::libtorch::mixup(image.pixels, other.pixels, o.mixup_lambda);
+  }
+  if (o.reward_corruption == "mask") {
+    consr::patch_mask_options po;
+    po.probability = o.mask_probability;
+    po.patch_size = o.mask_patch_size;
+    return consr::libtorch::random_patch_mask(image.pixels.contiguous(), key, po);
+  }
+  return consr::libtorch::random_resized_crop(image.pixels.contiguous(), key);
 }
 
 // The three token log-prob vectors of every candidate of item i (empty for an unusable one).
@@ -38,8 +70,7 @@ json score_item(run_context& ctx, std::size_t i, const json& cands, const std::m
   const cr::image_inputs clean_images = ctx.with_features(ctx.pack(image.pixels, image.hw, tokens));
   std::int64_t corrupt_tokens = 0;
   const cr::image_inputs corrupt_images = ctx.with_features(
-      ctx.pack(ctx.add_noise(image.pixels, noise_key(o.seed, i, noise_use::reward), o.reward_noise_step), image.hw,
-               corrupt_tokens));
+      ctx.pack(reward_corruption(ctx, i, image), image.hw, corrupt_tokens));
   cr::prompt_input clean, corrupt, semantic;
   clean.input_ids = ctx.encode_prompt(it.prompt, tokens);
   clean.images = clean_images;
@@ -174,6 +205,25 @@ std::string score(run_context& ctx, const stage_run& run) {
       consr::make_view(static_cast<const std::int64_t*>(groups.data()), G + 1),
       consr::make_view(static_cast<const std::int64_t*>(tokens.data()), static_cast<consr::index_t>(tokens.size())),
       consr::make_view(static_cast<const std::int64_t*>(offsets.data()), C + 1), pairs, popt);
+  if (o.pair_rule == "povid") {
+    // The POVID-style baseline (Table 3): no reward, the first usable sampled response preferred over
+    // the first usable noisy one (the reward report above still describes r).
+    pairs.clear();
+    for (std::size_t i = 0; i < cand_items.size(); ++i) {
+      const json& cs = cand_items[i].at("candidates");
+      const auto first_of = [&](const char* kind) -> std::int64_t {
+        for (std::size_t c = 0; c < cs.size(); ++c)
+          if (cs[c].at("kind") == kind && cs[c].at("usable").get<bool>()) return static_cast<std::int64_t>(c);
+        return -1;
+      };
+      const std::int64_t cw = first_of("sampled"), cl = first_of("noisy");
+      if (cw < 0 || cl < 0) continue;
+      const std::int64_t base = groups[i];
+      consr::preference_pair pr{static_cast<consr::index_t>(i), base + cw, base + cl, r[base + cw], r[base + cl],
+                                r[base + cw] - r[base + cl]};
+      pairs.push_back(pr);
+    }
+  }
 
   json items_out = json::array();
   std::size_t g = 0;

@@ -779,3 +779,40 @@ TEST_CASE("pipeline: learning-rate schedule, gradient clipping, validation loss 
   bad.validation_report = other_path.string();
   CHECK_THROWS_WITH(run_fresh(bad), Catch::Contains("'--validation-report'") && Catch::Contains("another model"));
 }
+
+TEST_CASE("pipeline: reward corruptions of Table 7 and the POVID-style pair rule", "[pipeline][ablation]") {
+  CHECK_THROWS_WITH(parse({"--reward-corruption", "blur"}), Catch::Contains("'--reward-corruption'"));
+  CHECK_THROWS_WITH(parse({"--mask-probability", "1.5"}), Catch::Contains("'--mask-probability'"));
+  CHECK_THROWS_WITH(parse({"--pair-rule", "povid", "--num-noisy", "0"}), Catch::Contains("'--pair-rule'"));
+  // Another corruption changes P_corrupt (and so r), reproducibly; the clean and semantic scores stay.
+  cp::options o = tiny_options("mask");
+  o.target = cp::stage::score;
+  o.reward_corruption = "mask";
+  run_fresh(o);
+  const json masked = load(fs::path(o.output_dir) / "scores.json");
+  const json noised = load(default_run() / "scores.json");
+  REQUIRE(masked["items"].size() == noised["items"].size());
+  bool differs = false;
+  for (std::size_t i = 0; i < masked["items"].size(); ++i)
+    for (std::size_t c = 0; c < masked["items"][i]["candidates"].size(); ++c) {
+      const json& a = masked["items"][i]["candidates"][c];
+      const json& b = noised["items"][i]["candidates"][c];
+      CHECK(a["logp"] == b["logp"]);
+      CHECK(a["logp_semantic"] == b["logp_semantic"]);
+      differs = differs || a["logp_corrupt"] != b["logp_corrupt"];
+    }
+  CHECK(differs);
+  // POVID: chosen = the first sampled candidate, rejected = the first noisy one, in every item.
+  cp::options p = tiny_options("povid");
+  p.target = cp::stage::score;
+  p.pair_rule = "povid";
+  run_fresh(p);
+  const json scores = load(fs::path(p.output_dir) / "scores.json");
+  const json cands = load(fs::path(p.output_dir) / "candidates.json");
+  REQUIRE(scores["pairs"].size() == cands["items"].size());
+  for (const auto& pr : scores["pairs"]) {
+    const json& cs = cands["items"][pr["item"].get<std::size_t>()]["candidates"];
+    CHECK(cs[pr["chosen"].get<std::size_t>()]["kind"] == "sampled");
+    CHECK(cs[pr["rejected"].get<std::size_t>()]["kind"] == "noisy");
+  }
+}
