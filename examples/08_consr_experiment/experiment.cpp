@@ -161,6 +161,9 @@ void run_experiment(const experiment_options& o, std::ostream& log) {
   if (!fs::is_directory(model) || !fs::exists(fs::path(model) / "config.json"))
     throw std::invalid_argument("consr_experiment: argument '--model': '" + model +
                                 "' is not a model directory with a config.json");
+  if (o.eval_split != "test" && o.eval_split != "validation")
+    throw std::invalid_argument("consr_experiment: argument '--eval-split': must be test or validation, got '" +
+                                o.eval_split + "'");
   if (o.pipeline_items == 0) throw std::invalid_argument("consr_experiment: argument '--items': must be >= 1");
   if (o.train_images < 1 || o.test_images < 1 || o.validation_images < 0)
     throw std::invalid_argument("consr_experiment: arguments '--train-images' / '--test-images' must be >= 1");
@@ -253,13 +256,14 @@ void run_experiment(const experiment_options& o, std::ostream& log) {
 
   // 4. evaluation before / after -------------------------------------------------------------------
   t0 = clock_type::now();
-  log << "== 4/5 evaluation on the test split: base model\n";
+  log << "== 4/5 evaluation on the " << o.eval_split << " split: base model\n";
   const std::string adapter = (out / "pipeline" / "adapter").string();
-  ojson before = evaluate_model(model, "", world / "test.jsonl", world / "test_scenes.jsonl", o.eval_questions,
-                                o.eval_batch_size, out / "answers_before.jsonl", log);
-  log << "== 4/5 evaluation on the test split: base + ConSR-DPO adapter\n";
-  ojson after = evaluate_model(model, adapter, world / "test.jsonl", world / "test_scenes.jsonl", o.eval_questions,
-                               o.eval_batch_size, out / "answers_after.jsonl", log);
+  const fs::path eval_q = world / (o.eval_split + ".jsonl"), eval_s = world / (o.eval_split + "_scenes.jsonl");
+  ojson before = evaluate_model(model, "", eval_q, eval_s, o.eval_questions, o.eval_batch_size,
+                                out / "answers_before.jsonl", log);
+  log << "== 4/5 evaluation on the " << o.eval_split << " split: base + ConSR-DPO adapter\n";
+  ojson after = evaluate_model(model, adapter, eval_q, eval_s, o.eval_questions, o.eval_batch_size,
+                               out / "answers_after.jsonl", log);
   const ojson after_vs_before = consr_world::compare(before, after);
   write_text(out / "eval_before.json", before.dump(1) + "\n");
   write_text(out / "eval_after.json", after_vs_before.dump(1) + "\n");
@@ -297,6 +301,7 @@ void run_experiment(const experiment_options& o, std::ostream& log) {
 
   ojson full;
   full["config"] = {{"model", model},
+                    {"eval_split", o.eval_split},
                     {"world_seed", o.world_seed},
                     {"images", {o.train_images, o.validation_images, o.test_images}},
                     {"pipeline_items", n_train},
@@ -322,7 +327,8 @@ void run_experiment(const experiment_options& o, std::ostream& log) {
   std::ostringstream md;
   md << "# ConSR experiment on the synthetic world\n\n"
      << "Model `" << model << "`; world seed " << o.world_seed << "; " << n_train << " train questions through the "
-     << "pipeline (" << report.at("pairs").size() << " pairs), " << before.value("n", 0) << " test questions.\n\n"
+     << "pipeline (" << report.at("pairs").size() << " pairs), " << before.value("n", 0) << " " << o.eval_split
+     << " questions.\n\n"
      << "## 1. Does the contrastive reward pick the right answer? (train questions, every candidate checked)\n\n"
      << "Pair agreement: among items with at least one correct and one wrong candidate, the share of the pairs "
      << "selected by the signal whose chosen answer is correct and rejected answer wrong (paper App. D: 81 % vs "
@@ -343,7 +349,7 @@ void run_experiment(const experiment_options& o, std::ostream& log) {
     md << "| " << type << " | " << t["reward"]["items_mixed"].get<std::size_t>() << " | "
        << pct(t["reward"]["pair_agreement"]) << " | " << fmt(num(t["reward"]["auc"])) << " |\n";
 
-  md << "\n## 2. Does ConSR-DPO training help? (held-out test split, base vs base + adapter)\n\n"
+  md << "\n## 2. Does ConSR-DPO training help? (held-out " << o.eval_split << " split, base vs base + adapter)\n\n"
      << "| type | n | base | ConSR-DPO | diff (95 % CI, paired bootstrap) | McNemar p |\n|---|---|---|---|---|---|\n";
   for (const auto& [type, b] : before["per_type"].items()) {
     const ojson& a = after_vs_before["per_type"][type];

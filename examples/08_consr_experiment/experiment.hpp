@@ -38,6 +38,9 @@ struct experiment_options {
   std::size_t pipeline_items = 120;   ///< train questions that go through the pipeline (file order)
   std::size_t validation_items = 40;  ///< validation questions scored for the validation loss (0: none)
   std::size_t eval_questions = 0;     ///< test questions evaluated (file order; 0 = all)
+  /// The split evaluated before/after: "test" (the report's numbers) or "validation" (for choosing
+  /// settings without looking at the test split).
+  std::string eval_split = "test";
   std::int64_t eval_batch_size = 16;
   std::uint64_t seed = 0;             ///< the pipeline's seed
   /// Extra pipeline options (consr_pipeline's command line, e.g. --lambda 0.5 --loss-type standard);

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   app.add_option("--items", o.pipeline_items, "train questions through the pipeline (file order)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--validation-items", o.validation_items, "validation questions scored for the validation loss (0: none)")->capture_default_str();
   app.add_option("--eval-questions", o.eval_questions, "test questions evaluated (0 = all)")->capture_default_str();
+  app.add_option("--eval-split", o.eval_split, "split evaluated before/after: test, or validation to choose settings")
+      ->capture_default_str()->check(CLI::IsMember({"test", "validation"}));
   app.add_option("--eval-batch-size", o.eval_batch_size, "rows per generation batch in the evaluation")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "the pipeline's seed")->capture_default_str();
   app.add_flag("!--no-plots", o.plots, "do not call tools/plot_report.py");
