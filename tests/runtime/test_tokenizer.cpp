@@ -241,3 +241,20 @@ TEST_CASE("tokenizer: unsupported pipeline steps and malformed BPE files are rej
   const tokenizer tok = tokenizer::from_file(path);
   CHECK_THROWS_WITH(tok.encode(std::string("a\0", 2)), Contains("0x00") && Contains(path));
 }
+
+TEST_CASE("tokenizer: a token id too large to index is an error naming the file (fuzz finding)") {
+  // fuzz_tokenizer_json, fuzz/regressions/tokenizer_json/crash-eaa29e73...: a vocab id of
+  // 22222222222221493 made from_file size its id tables by it (an allocation of ~700 PB: bad_alloc,
+  // or an out-of-memory abort under ASan). Ids above 2^24 - 1 are refused; real vocabularies stay far below.
+  temp_dir tmp;
+  const json base = read_json(dir + "/tokenizer.json");
+  json j = base;
+  j["model"]["vocab"]["zzzz"] = 22222222222221493LL;
+  std::string path = tmp.write("huge_vocab_id.json", j.dump());
+  CHECK_THROWS_WITH(tokenizer::from_file(path), Contains(path) && Contains("22222222222221493") && Contains("zzzz"));
+  j = base;
+  j["added_tokens"][0]["id"] = std::int64_t{1} << 40;
+  path = tmp.write("huge_added_id.json", j.dump());
+  CHECK_THROWS_WITH(tokenizer::from_file(path), Contains(path) && Contains(std::to_string(std::int64_t{1} << 40)));
+  CHECK_THROWS_WITH(tokenizer::from_file(path), Contains("16777215"));  // the limit is named
+}

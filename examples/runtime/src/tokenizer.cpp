@@ -447,10 +447,16 @@ tokenizer tokenizer::from_file(const std::string& path) {
     p->ignore_merges = get_bool(model, "ignore_merges", false);
     if (!model.at("vocab").is_object()) fail_file(path, "model.vocab is not an object");
     int64_t max_id = -1;
+    // The id tables are indexed by id: an id far beyond any real vocabulary (a damaged or hostile
+    // file) would size them by it. 2^24 ids is ~100x the largest vocabularies in use.
+    constexpr int64_t largest_id = (int64_t{1} << 24) - 1;
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
       if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0)
         fail_file(path, "vocab id of '" + it.key() + "' is not a non-negative integer");
       const int64_t id = it.value().get<int64_t>();
+      if (id > largest_id)
+        fail_file(path, "vocab id of '" + it.key() + "' is " + std::to_string(id) + ", above the largest supported id " +
+                            std::to_string(largest_id));
       p->vocab.emplace(it.key(), id);
       max_id = std::max(max_id, id);
     }
@@ -464,6 +470,9 @@ tokenizer tokenizer::from_file(const std::string& path) {
           fail_file(path, "an added token is not {id >= 0, content: non-empty string}: " + t.dump());
         a.id = t["id"].get<int64_t>();
         a.content = t["content"].get<std::string>();
+        if (a.id > largest_id)
+          fail_file(path, "added token '" + a.content + "' has id " + std::to_string(a.id) +
+                              ", above the largest supported id " + std::to_string(largest_id));
         a.special = get_bool(t, "special", false);
         a.single_word = get_bool(t, "single_word", false);
         a.lstrip = get_bool(t, "lstrip", false);
