@@ -111,8 +111,9 @@ void run_context::prepare() {
     fail("argument '--model': '" + o.model_dir + "' has no config.json (expected a Hugging Face model directory)");
   const cr::model_config config = cr::load_model_config(model_dir);
   model_type = config.model_type;
-  if (!fs::is_regular_file(fs::path(model_dir) / "preprocessor_config.json", ec))
-    fail("argument '--model': '" + o.model_dir + "' has no preprocessor_config.json");
+  if (!fs::is_regular_file(fs::path(model_dir) / "preprocessor_config.json", ec) &&
+      !fs::is_regular_file(fs::path(model_dir) / "processor_config.json", ec))
+    fail("argument '--model': '" + o.model_dir + "' has no preprocessor_config.json (nor a transformers 5.x processor_config.json)");
   processor = make_processor(o, config, model_dir);
 
   items = load_items(o);

@@ -244,3 +244,35 @@ TEST_CASE("LLaVA-OneVision processor rejects bad arguments with named errors", "
   CHECK_THROWS_AS(consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/qwen2_5_vl_tiny"),
                   consr_runtime::runtime_error);
 }
+
+TEST_CASE("processors load transformers 5.x processor_config.json (settings nested under image_processor)",
+          "[processors]") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / "consr_test_processor_config_layout";
+  for (const char* model : {"qwen2_5_vl_tiny", "llava_onevision_tiny"}) {
+    const fs::path src = fs::path(models_dir) / model, dst = root / model;
+    fs::remove_all(dst);
+    fs::create_directories(dst);
+    fs::copy_file(src / "config.json", dst / "config.json");
+    std::ifstream in(src / "preprocessor_config.json");
+    const nlohmann::json settings = nlohmann::json::parse(in);
+    std::ofstream(dst / "processor_config.json") << nlohmann::json{{"image_processor", settings}}.dump(1);
+    REQUIRE_FALSE(fs::exists(dst / "preprocessor_config.json"));
+  }
+  // Before the fix these threw "cannot read .../preprocessor_config.json".
+  const auto q_new = consr_runtime::qwen2_vl_image_processor::from_file((root / "qwen2_5_vl_tiny").string());
+  const auto q_old = consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/qwen2_5_vl_tiny");
+  CHECK(q_new.config().min_pixels == q_old.config().min_pixels);
+  CHECK(q_new.config().max_pixels == q_old.config().max_pixels);
+  CHECK((q_new.config().image_mean == q_old.config().image_mean));
+  const auto l_new =
+      consr_runtime::llava_onevision_image_processor::from_directory((root / "llava_onevision_tiny").string());
+  const auto l_old = consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/llava_onevision_tiny");
+  CHECK((l_new.config().image_grid_pinpoints == l_old.config().image_grid_pinpoints));
+  CHECK((l_new.config().image_mean == l_old.config().image_mean));
+  // Neither file: one error naming both.
+  fs::remove(root / "qwen2_5_vl_tiny" / "processor_config.json");
+  CHECK_THROWS_WITH(consr_runtime::qwen2_vl_image_processor::from_file((root / "qwen2_5_vl_tiny").string()),
+                    Catch::Contains("preprocessor_config.json") && Catch::Contains("processor_config.json"));
+  fs::remove_all(root);
+}

@@ -185,9 +185,14 @@ answer_generator::answer_generator(const std::string& model_dir, const std::stri
   std::error_code ec;
   if (model_dir.empty()) throw model_error("empty (expected a Hugging Face model directory)");
   if (!fs::is_directory(model_dir, ec)) throw model_error("'" + model_dir + "' is not a directory");
-  for (const char* f : {"config.json", "tokenizer.json", "preprocessor_config.json"})
+  for (const char* f : {"config.json", "tokenizer.json"})
     if (!fs::is_regular_file(fs::path(model_dir) / f, ec))
       throw model_error("'" + model_dir + "' has no " + f + " (expected a Hugging Face model directory)");
+  // the image-processor settings: legacy preprocessor_config.json or transformers 5.x processor_config.json
+  if (!fs::is_regular_file(fs::path(model_dir) / "preprocessor_config.json", ec) &&
+      !fs::is_regular_file(fs::path(model_dir) / "processor_config.json", ec))
+    throw model_error("'" + model_dir +
+                      "' has no preprocessor_config.json (nor a transformers 5.x processor_config.json)");
   if (!adapter_dir.empty()) {
     const fs::path a(adapter_dir);
     if (!fs::is_directory(a, ec)) throw adapter_error("'" + adapter_dir + "' is not a directory");

@@ -198,9 +198,9 @@ qwen2_vl_image_processor::qwen2_vl_image_processor(qwen2_vl_processor_config con
 }
 
 qwen2_vl_image_processor qwen2_vl_image_processor::from_file(const std::string& path) {
-  const std::string file = is_directory(path) ? path + "/preprocessor_config.json" : path;
-  return qwen2_vl_image_processor(
-      parse_qwen2_vl_processor_config(read_text_file(file, "qwen2_vl_image_processor::from_file"), file));
+  // transformers 5.x processor_config.json (nested image_processor) or the legacy preprocessor_config.json
+  const image_processor_settings s = load_image_processor_settings(path);
+  return qwen2_vl_image_processor(parse_qwen2_vl_processor_config(s.json_text, s.source));
 }
 
 std::pair<std::int64_t, std::int64_t> qwen2_vl_image_processor::resized_size(std::int64_t height,
@@ -433,8 +433,8 @@ llava_onevision_image_processor::llava_onevision_image_processor(llava_onevision
 
 llava_onevision_image_processor llava_onevision_image_processor::from_directory(const std::string& model_dir) {
   const std::string where = "llava_onevision_image_processor::from_directory";
-  const std::string file = model_dir + "/preprocessor_config.json";
-  auto c = parse_llava_onevision_processor_config(read_text_file(file, where), file);
+  const image_processor_settings s = load_image_processor_settings(model_dir);
+  auto c = parse_llava_onevision_processor_config(s.json_text, s.source);
   std::ifstream probe(model_dir + "/config.json");
   if (probe.good()) {
     const auto mc = load_model_config(model_dir);
