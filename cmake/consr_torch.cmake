@@ -134,6 +134,18 @@ if(NOT CONSR_ENABLE_TORCH STREQUAL "OFF")
     add_library(consr::torch ALIAS consr_torch)
     set_target_properties(consr_torch PROPERTIES EXPORT_NAME torch)
     target_link_libraries(consr_torch INTERFACE consr ${TORCH_LIBRARIES})
+    # A CUDA wheel's libtorch_cuda.so finds NCCL, cuDNN, cuSPARSELt, ... in the pip packages beside it
+    # (its RPATH: $ORIGIN/../../nvidia/*/lib). Linking an executable resolves those dependencies
+    # through the -rpath directories first, where Caffe2's CUDA targets put the system toolkit
+    # (/usr/local/cuda/lib): an older libnccl.so.2 there fails the link (undefined ncclCommGrow, ...).
+    # Let the linker look where the loader will.
+    file(GLOB consr_torch_wheel_libdirs LIST_DIRECTORIES true "${consr_torch_prefix}/../nvidia/*/lib")
+    foreach(dir IN LISTS consr_torch_wheel_libdirs)
+      if(IS_DIRECTORY "${dir}")
+        get_filename_component(dir "${dir}" REALPATH)
+        target_link_options(consr_torch INTERFACE "LINKER:-rpath-link,${dir}")
+      endif()
+    endforeach()
     message(STATUS "consr: LibTorch ${Torch_VERSION} from ${consr_torch_prefix} (config ${Torch_DIR}; "
                    "libraries in ${consr_torch_libdir}); building the torch adapter")
   else()
