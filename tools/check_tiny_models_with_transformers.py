@@ -22,6 +22,7 @@ safetensors numpy): tokenizer.json through HF tokenizers, the chat template thro
 transformers' `{% generation %}` tag).
 """
 import argparse
+import inspect
 import os
 import sys
 
@@ -147,6 +148,10 @@ def main():
             if config["model_type"] == "qwen2_5_vl":
                 inputs["pixel_values"] = pv
                 inputs["image_grid_thw"] = ref[f"image_grid_thw_{k}"].long()
+                # transformers >= 5.25 computes the 3-D (mrope) positions only from the processor's
+                # mm_token_type_ids (0 text, 1 image); without them it silently uses 1-D positions.
+                if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+                    inputs["mm_token_type_ids"] = (ids == image_token_id).long().view(1, -1)
             else:
                 inputs["pixel_values"] = pv.unsqueeze(0)  # [1, tiles, 3, S, S]
                 inputs["image_sizes"] = ref[f"image_sizes_{k}"].long()
