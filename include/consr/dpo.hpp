@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "config.hpp"
+#include "detail/enum_names.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
 #include "reductions.hpp"
@@ -39,42 +40,29 @@ enum class loss_reduction {
   none,  ///< per-pair values in metrics.loss; dpo_forward returns their sum
 };
 
+namespace detail {
+inline constexpr enum_name<dpo_loss_type> dpo_loss_type_names[] = {{dpo_loss_type::consr, "consr", " (eq. 14)"},
+                                                                   {dpo_loss_type::standard, "standard", " (eq. 7)"}};
+inline constexpr enum_name<loss_reduction> loss_reduction_names[] = {
+    {loss_reduction::mean, "mean"}, {loss_reduction::sum, "sum"}, {loss_reduction::none, "none"}};
+}  // namespace detail
+
 /// Name of a loss type: "standard" or "consr".
-inline const char* to_string(dpo_loss_type t) noexcept {
-  switch (t) {
-    case dpo_loss_type::standard: return "standard";
-    case dpo_loss_type::consr: return "consr";
-  }
-  return "unknown";
-}
+inline const char* to_string(dpo_loss_type t) noexcept { return detail::name_of(t, detail::dpo_loss_type_names); }
 
 /// The dpo_loss_type named `name` ("consr" or "standard", as to_string writes them).
 /// Throws consr::error naming 'loss_type' otherwise.
 inline dpo_loss_type parse_dpo_loss_type(std::string_view name) {
-  if (name == "consr") return dpo_loss_type::consr;
-  if (name == "standard") return dpo_loss_type::standard;
-  detail::throw_error("consr::parse_dpo_loss_type", "loss_type",
-                      "is \"" + std::string(name) + "\" but must be \"consr\" (eq. 14) or \"standard\" (eq. 7)");
+  return detail::parse_name(name, detail::dpo_loss_type_names, "consr::parse_dpo_loss_type", "loss_type");
 }
 
 /// Name of a reduction: "mean", "sum" or "none".
-inline const char* to_string(loss_reduction r) noexcept {
-  switch (r) {
-    case loss_reduction::mean: return "mean";
-    case loss_reduction::sum: return "sum";
-    case loss_reduction::none: return "none";
-  }
-  return "unknown";
-}
+inline const char* to_string(loss_reduction r) noexcept { return detail::name_of(r, detail::loss_reduction_names); }
 
 /// The loss_reduction named `name` ("mean", "sum" or "none", as to_string writes them).
 /// Throws consr::error naming 'reduction' otherwise.
 inline loss_reduction parse_loss_reduction(std::string_view name) {
-  if (name == "mean") return loss_reduction::mean;
-  if (name == "sum") return loss_reduction::sum;
-  if (name == "none") return loss_reduction::none;
-  detail::throw_error("consr::parse_loss_reduction", "reduction",
-                      "is \"" + std::string(name) + "\" but must be \"mean\", \"sum\" or \"none\"");
+  return detail::parse_name(name, detail::loss_reduction_names, "consr::parse_loss_reduction", "reduction");
 }
 
 /// Options of dpo_forward / dpo_backward.
@@ -88,8 +76,11 @@ struct dpo_options {
   std::int64_t ignore_index = default_ignore_index;  ///< tokens with this label are excluded (with labels)
 };
 
-/// One side (chosen or rejected) of P pairs, packed. Non-const views convert
-/// to these members implicitly.
+/// One side (chosen or rejected) of P pairs, packed, in one memory space: the
+/// host algorithms take host_space (the default), the CUDA launchers of
+/// consr/cuda/dpo.cuh device_space (alias consr::cuda::dpo_sequences); one
+/// check (detail::dpo_check) serves both. Non-const views convert to these
+/// members implicitly.
 ///  - policy_logp: per-token policy log-probs (a_t or b_t), n tokens.
 ///  - offsets: P + 1 entries, valid for n (reductions.hpp rules).
 ///  - exactly one reference: reference_logp per token (n values, same
@@ -103,53 +94,52 @@ struct dpo_options {
 ///  - weights: visual weights ω_t per token (visual_weights()); n values,
 ///    required iff loss == consr && visual_weights; otherwise ignored (but
 ///    its size, if non-zero, must still be n).
-template <class T, class Offset, class Label = std::int64_t>
+template <class T, class Offset, class Label = std::int64_t, class Space = host_space>
 struct dpo_sequences {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "consr::dpo_sequences: log-probs must be float or double");
   static_assert(is_index_type_v<Offset>, "consr::dpo_sequences: offsets must be int32 or int64");
   static_assert(is_index_type_v<Label>, "consr::dpo_sequences: labels must be int32 or int64");
-  host_view<const T, 1> policy_logp;
-  host_view<const Offset, 1> offsets;
-  host_view<const T, 1> reference_logp;
-  host_view<const T, 1> reference_logp_sum;
-  host_view<const Label, 1> labels;
-  host_view<const T, 1> weights;
+  using space = Space;
+  strided_view<const T, 1, Space> policy_logp;
+  strided_view<const Offset, 1, Space> offsets;
+  strided_view<const T, 1, Space> reference_logp;
+  strided_view<const T, 1, Space> reference_logp_sum;
+  strided_view<const Label, 1, Space> labels;
+  strided_view<const T, 1, Space> weights;
 };
 
-/// Per-pair values reported by dpo_forward; each view is optional (size 0 =
-/// not written) and otherwise has P elements. Δ' below means Δ for the
-/// standard loss and for consr without length normalization.
-template <class T>
+/// Per-pair values reported by dpo_forward (host or device memory, as
+/// dpo_sequences; alias consr::cuda::dpo_pair_metrics); each view is optional
+/// (size 0 = not written) and otherwise has P elements. Δ' below means Δ for
+/// the standard loss and for consr without length normalization.
+template <class T, class Space = host_space>
 struct dpo_pair_metrics {
-  host_view<T, 1> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
-  host_view<T, 1> sigma_neg;        ///< σ(−Δ')
-  host_view<T, 1> chosen_reward;    ///< β·Σ(a − a_ref) over scored tokens
-  host_view<T, 1> rejected_reward;  ///< β·Σ(b − b_ref) over scored tokens
-  host_view<T, 1> reward_margin;    ///< chosen_reward − rejected_reward
-  host_view<T, 1> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
-  host_view<T, 1> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
-  host_view<T, 1> loss;             ///< the per-pair objective being reduced (L or L')
+  using space = Space;
+  strided_view<T, 1, Space> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
+  strided_view<T, 1, Space> sigma_neg;        ///< σ(−Δ')
+  strided_view<T, 1, Space> chosen_reward;    ///< β·Σ(a − a_ref) over scored tokens
+  strided_view<T, 1, Space> rejected_reward;  ///< β·Σ(b − b_ref) over scored tokens
+  strided_view<T, 1, Space> reward_margin;    ///< chosen_reward − rejected_reward
+  strided_view<T, 1, Space> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
+  strided_view<T, 1, Space> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
+  strided_view<T, 1, Space> loss;             ///< the per-pair objective being reduced (L or L')
 };
 
 /// Which side a visual weight belongs to (eq. 13).
 enum class weight_side { chosen, rejected };
 
+namespace detail {
+inline constexpr enum_name<weight_side> weight_side_names[] = {{weight_side::chosen, "chosen"},
+                                                               {weight_side::rejected, "rejected"}};
+}  // namespace detail
+
 /// Name of a side: "chosen" or "rejected".
-inline const char* to_string(weight_side s) noexcept {
-  switch (s) {
-    case weight_side::chosen: return "chosen";
-    case weight_side::rejected: return "rejected";
-  }
-  return "unknown";
-}
+inline const char* to_string(weight_side s) noexcept { return detail::name_of(s, detail::weight_side_names); }
 
 /// The weight_side named `name` ("chosen" or "rejected"). Throws consr::error naming 'side' otherwise.
 inline weight_side parse_weight_side(std::string_view name) {
-  if (name == "chosen") return weight_side::chosen;
-  if (name == "rejected") return weight_side::rejected;
-  detail::throw_error("consr::parse_weight_side", "side",
-                      "is \"" + std::string(name) + "\" but must be \"chosen\" or \"rejected\"");
+  return detail::parse_name(name, detail::weight_side_names, "consr::parse_weight_side", "side");
 }
 
 /// Options of visual_weights (eq. 13; paper defaults α = 0.5, ε = 0.2).
@@ -322,21 +312,21 @@ CONSR_HOST_DEVICE inline void dpo_store_metrics(const Metrics& m, index_t i, con
   if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
 }
 
-/// Calls check(view, name) for each metric view (host and device checks).
-template <class Metrics, class Check>
-void dpo_check_metrics(const Metrics& m, Check&& check) {
-  check(m.margin_logit, "metrics.margin_logit");
-  check(m.sigma_neg, "metrics.sigma_neg");
-  check(m.chosen_reward, "metrics.chosen_reward");
-  check(m.rejected_reward, "metrics.rejected_reward");
-  check(m.reward_margin, "metrics.reward_margin");
-  check(m.accuracy, "metrics.accuracy");
-  check(m.dpo_loss, "metrics.dpo_loss");
-  check(m.loss, "metrics.loss");
+/// The metrics check (host and device): each view empty or one per pair.
+template <class T, class Space>
+void dpo_check_metrics(const dpo_pair_metrics<T, Space>& m, index_t num_pairs, const char* fn) {
+  check_optional_output(m.margin_logit, num_pairs, fn, "metrics.margin_logit", "one per pair");
+  check_optional_output(m.sigma_neg, num_pairs, fn, "metrics.sigma_neg", "one per pair");
+  check_optional_output(m.chosen_reward, num_pairs, fn, "metrics.chosen_reward", "one per pair");
+  check_optional_output(m.rejected_reward, num_pairs, fn, "metrics.rejected_reward", "one per pair");
+  check_optional_output(m.reward_margin, num_pairs, fn, "metrics.reward_margin", "one per pair");
+  check_optional_output(m.accuracy, num_pairs, fn, "metrics.accuracy", "one per pair");
+  check_optional_output(m.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
+  check_optional_output(m.loss, num_pairs, fn, "metrics.loss", "one per pair");
 }
 
-/// The reference checks of one side of n tokens and P pairs (host and device
-/// sides): exactly one reference, per token (n values) or per sequence (P).
+/// The reference check of one side of n tokens and P pairs: exactly one
+/// reference, per token (n values) or per sequence (P).
 template <class Side>
 void dpo_check_reference(const Side& s, index_t n, index_t num_pairs, const dpo_side_names& names, const char* fn) {
   check_view(s.reference_logp, fn, names.reference_logp);
@@ -353,32 +343,38 @@ void dpo_check_reference(const Side& s, index_t n, index_t num_pairs, const dpo_
   }
 }
 
-/// The weights check of one side of n tokens (host and device sides): one per
-/// token when the loss uses visual weights, else 0 or one per token.
-/// `visual_weights_fn` names the function that computes them.
+/// The function that computes visual weights in memory space S (named by the weights check).
+template <class S>
+constexpr const char* visual_weights_function() noexcept {
+  return std::is_same_v<S, host_space> ? "consr::visual_weights" : "consr::cuda::visual_weights";
+}
+
+/// The weights check of one side of n tokens: one per token when the loss
+/// uses visual weights, else 0 or one per token.
 template <class Side>
-void dpo_check_weights(const Side& s, index_t n, const dpo_options& o, const dpo_side_names& names, const char* fn,
-                       const char* visual_weights_fn) {
+void dpo_check_weights(const Side& s, index_t n, const dpo_options& o, const dpo_side_names& names, const char* fn) {
   check_view(s.weights, fn, names.weights);
   if (dpo_uses_weights(o)) {
     CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
                     " elements but the consr loss with visual_weights needs one per token (", n,
-                    "); compute them with ", visual_weights_fn, " or set visual_weights = false");
+                    "); compute them with ", visual_weights_function<typename Side::space>(),
+                    " or set visual_weights = false");
   } else {
     CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
                     " elements but must have 0 or one per token (", n, ")");
   }
 }
 
-template <class T, class Offset, class Label>
-index_t dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o, const dpo_side_names& names,
-                       const char* fn) {
+/// One side's checks (device offsets by shape only: their values are checked on the device); returns P.
+template <class T, class Offset, class Label, class Space>
+index_t dpo_check_side(const dpo_sequences<T, Offset, Label, Space>& s, const dpo_options& o,
+                       const dpo_side_names& names, const char* fn) {
   check_view(s.policy_logp, fn, names.policy_logp);
   const index_t n = s.policy_logp.size();
-  const index_t num_pairs = check_packed_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
+  const index_t num_pairs = check_segment_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
   dpo_check_reference(s, n, num_pairs, names, fn);
   check_optional_labels(s.labels, n, fn, names.labels);
-  dpo_check_weights(s, n, o, names, fn, "consr::visual_weights");
+  dpo_check_weights(s, n, o, names, fn);
   return num_pairs;
 }
 
@@ -395,10 +391,13 @@ void dpo_check_lengths(const dpo_sequences<T, Offset, Label>& s, index_t num_pai
   }
 }
 
-/// Validates options and both sides; returns P.
-template <class T, class Offset, class Label>
-index_t dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
-                  const dpo_options& o, const char* fn) {
+/// Validates options and both sides, on the host and before any CUDA launch;
+/// returns P. Host data is checked in full (offsets' values, and with length
+/// normalization every pair's scored lengths); the device reports what its
+/// data gets wrong through error_info (consr/cuda/dpo.cuh).
+template <class T, class Offset, class Label, class Space>
+index_t dpo_check(const dpo_sequences<T, Offset, Label, Space>& chosen,
+                  const dpo_sequences<T, Offset, Label, Space>& rejected, const dpo_options& o, const char* fn) {
   CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
                   "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
   CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
@@ -410,9 +409,58 @@ index_t dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_seque
   const index_t num_rejected = dpo_check_side(rejected, o, dpo_rejected_names, fn);
   CONSR_CHECK_ARG(num_rejected == num_chosen, fn, "rejected.offsets", "describes ", num_rejected,
                   " pairs but 'chosen.offsets' describes ", num_chosen, " (both sides must hold the same pairs)");
-  dpo_check_lengths(chosen, num_chosen, o, dpo_chosen_names, fn);
-  dpo_check_lengths(rejected, num_chosen, o, dpo_rejected_names, fn);
+  if constexpr (std::is_same_v<Space, host_space>) {
+    dpo_check_lengths(chosen, num_chosen, o, dpo_chosen_names, fn);
+    dpo_check_lengths(rejected, num_chosen, o, dpo_rejected_names, fn);
+  }
   return num_chosen;
+}
+
+/// The gradient outputs of dpo_backward (host and device): one per token of
+/// their side, distinct elements, overlapping neither the inputs nor each other.
+template <class T, class Offset, class Label, class Space>
+void dpo_check_grads(const dpo_sequences<T, Offset, Label, Space>& chosen,
+                     const dpo_sequences<T, Offset, Label, Space>& rejected,
+                     const strided_view<T, 1, Space>& grad_chosen, const strided_view<T, 1, Space>& grad_rejected,
+                     const char* fn) {
+  check_view(grad_chosen, fn, "grad_chosen_logp");
+  check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
+  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
+  check_view(grad_rejected, fn, "grad_rejected_logp");
+  check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
+  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
+  check_disjoint(chosen.policy_logp, grad_chosen, fn, "chosen.policy_logp", "grad_chosen_logp");
+  check_disjoint(rejected.policy_logp, grad_rejected, fn, "rejected.policy_logp", "grad_rejected_logp");
+  check_disjoint(grad_chosen, grad_rejected, fn, "grad_chosen_logp", "grad_rejected_logp");
+}
+
+/// The checks of visual_weights (host and device); returns the number of tokens.
+template <class V1, class V2, class W, class Space>
+index_t visual_weights_check(const strided_view<V1, 1, Space>& logp_clean,
+                             const strided_view<V2, 1, Space>& logp_corrupt, weight_side side,
+                             const strided_view<W, 1, Space>& weights, const visual_weight_options& options,
+                             const char* fn) {
+  static_assert(is_supported_float_v<V1> && is_supported_float_v<V2>,
+                "consr::visual_weights: log-probs must be float, double, consr::bfloat16 or consr::float16");
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
+                "consr::visual_weights: weights must be a non-const float or double view");
+  CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
+  CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
+                  " but must be finite");
+  CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
+                  " but must be finite");
+  CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
+                  " but must be <= options.clip_hi (", options.clip_hi, ")");
+  CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
+                  "is not a weight_side value (", static_cast<int>(side), ")");
+  check_view(logp_clean, fn, "logp_clean");
+  const index_t n = logp_clean.size();
+  check_view(logp_corrupt, fn, "logp_corrupt");
+  check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
+  check_view(weights, fn, "weights");
+  check_extent(weights, 0, n, fn, "weights", "one weight per token");
+  check_no_broadcast(weights, fn, "weights");
+  return n;
 }
 
 /// ω_t of eq. 13 from one token's log-probs under (x, I) and (x, Ĩ), in
@@ -446,12 +494,7 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
     CONSR_CHECK_ARG(o.reduction != loss_reduction::none, fn, "options.reduction",
                     "is none, which needs a per-pair upstream gradient (grad_loss_per_pair), not a scalar");
   }
-  check_view(grad_chosen, fn, "grad_chosen_logp");
-  check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
-  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
-  check_view(grad_rejected, fn, "grad_rejected_logp");
-  check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
-  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
+  dpo_check_grads(chosen, rejected, grad_chosen, grad_rejected, fn);
 
   const bool weighted = dpo_uses_weights(o);
   const double upstream_all =
@@ -504,9 +547,7 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
                    const dpo_options& options, dpo_pair_metrics<detail::type_identity_t<T>> metrics = {}) {
   constexpr const char* fn = "consr::dpo_forward";
   const index_t num_pairs = detail::dpo_check(chosen, rejected, options, fn);
-  detail::dpo_check_metrics(metrics, [&](const auto& v, const char* name) {
-    detail::check_optional_output(v, num_pairs, fn, name, "one per pair");
-  });
+  detail::dpo_check_metrics(metrics, num_pairs, fn);
 
   // The pairs are cut into at most dpo_sum_blocks blocks whose bounds depend on P alone; each
   // block is summed in pair order (by one thread), then the block sums in block order: the
@@ -541,8 +582,8 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
 /// gradient is computed by the same floating-point operations as the
 /// standard one, so the two are bitwise equal.
 /// Preconditions: as dpo_forward; options.reduction is mean or sum;
-/// grad_*_logp have the sizes of the policy_logp views and do not overlap
-/// the inputs. Throws consr::error as dpo_forward, and names
+/// grad_*_logp have the sizes of the policy_logp views and overlap neither
+/// the inputs nor each other. Throws consr::error as dpo_forward, and names
 /// 'options.reduction' (none), 'grad_chosen_logp' or 'grad_rejected_logp'.
 template <class T, class Offset, class Label>
 void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
@@ -572,32 +613,15 @@ void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_seque
 /// logp_clean / logp_corrupt: the policy's token log-probs under (x, I) and
 /// (x, Ĩ), float, double, bfloat16 or float16. weights: float or double,
 /// same length.
-/// Throws consr::error naming 'logp_corrupt' or 'weights' (length differs),
+/// Throws consr::error naming 'logp_corrupt' or 'weights' (length differs;
+/// weights a broadcast view),
 /// 'options.alpha' (not finite), 'options.clip_lo' / 'options.clip_hi' (not
 /// finite, or clip_lo > clip_hi), 'side'.
 template <class V1, class V2, class W>
 void visual_weights(host_view<V1, 1> logp_clean, host_view<V2, 1> logp_corrupt, weight_side side,
                     host_view<W, 1> weights, const visual_weight_options& options = {}) {
-  constexpr const char* fn = "consr::visual_weights";
-  detail::assert_value_type<V1>();
-  detail::assert_value_type<V2>();
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
-                "consr::visual_weights: weights must be a non-const float or double view");
-  CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
-  CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
-                  " but must be finite");
-  CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
-                  " but must be finite");
-  CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
-                  " but must be <= options.clip_hi (", options.clip_hi, ")");
-  CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
-                  "is not a weight_side value (", static_cast<int>(side), ")");
-  detail::check_view(logp_clean, fn, "logp_clean");
-  const index_t n = logp_clean.size();
-  detail::check_view(logp_corrupt, fn, "logp_corrupt");
-  detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
-  detail::check_view(weights, fn, "weights");
-  detail::check_extent(weights, 0, n, fn, "weights", "one weight per token");
+  const index_t n = detail::visual_weights_check(logp_clean, logp_corrupt, side, weights, options,
+                                                 "consr::visual_weights");
   const double sign = side == weight_side::chosen ? 1.0 : -1.0;
   CONSR_OMP(parallel for schedule(static) if (n >= detail::segment_parallel_threshold))
   for (index_t t = 0; t < n; ++t)

@@ -39,6 +39,17 @@ namespace detail {
 /// (forking costs more than the work).
 inline constexpr index_t segment_parallel_threshold = index_t(1) << 15;
 
+/// Checks an offsets view's shape (well formed, at least one element) in any
+/// memory space and returns the number of segments S = offsets.size() - 1.
+template <class Offset, class S>
+index_t check_offsets_count(const strided_view<Offset, 1, S>& offsets, const char* fn, const char* arg) {
+  static_assert(is_index_type_v<Offset>, "consr: offsets must be int32 or int64");
+  check_view(offsets, fn, arg);
+  CONSR_CHECK_ARG(offsets.size() >= 1, fn, arg,
+                  "is empty; the offsets of S segments have S + 1 elements (a single 0 for no segment)");
+  return offsets.size() - 1;
+}
+
 /// Checks a packed-sequence offsets array against the packed array's length
 /// `packed_size` and returns the number of segments S = offsets.size() - 1.
 /// Throws consr::error naming `fn` / `arg` (and the offending segment) unless
@@ -48,11 +59,7 @@ inline constexpr index_t segment_parallel_threshold = index_t(1) << 15;
 template <class Offset>
 index_t check_packed_offsets(const host_view<Offset, 1>& offsets, index_t packed_size, const char* fn,
                              const char* arg, const char* packed_arg) {
-  static_assert(is_index_type_v<Offset>, "consr: offsets must be int32 or int64");
-  check_view(offsets, fn, arg);
-  CONSR_CHECK_ARG(offsets.size() >= 1, fn, arg,
-                  "is empty; the offsets of S segments have S + 1 elements (a single 0 for no segment)");
-  const index_t num_segments = offsets.size() - 1;
+  const index_t num_segments = check_offsets_count(offsets, fn, arg);
   CONSR_CHECK_ARG(offsets[0] == 0, fn, arg, "offsets[0] is ", offsets[0], " but must be 0");
   for (index_t s = 0; s < num_segments; ++s) {
     CONSR_CHECK_ARG(offsets[s] <= offsets[s + 1], fn, arg, "segment ", s, " has offsets[", s, "] = ", offsets[s],
@@ -64,20 +71,36 @@ index_t check_packed_offsets(const host_view<Offset, 1>& offsets, index_t packed
   return num_segments;
 }
 
-/// Checks that an optional per-token `labels` view is either empty (no
-/// labels: every token is scored) or has exactly `packed_size` elements.
-template <class Label>
-void check_optional_labels(const host_view<Label, 1>& labels, index_t packed_size, const char* fn, const char* arg) {
+/// The offsets check of a family's shared argument checks: host offsets are
+/// checked in full (check_packed_offsets); device offsets only by shape, since
+/// the host cannot read them (the CUDA launchers validate their values on the
+/// device, consr/cuda/common.cuh). Returns S.
+template <class Offset, class S>
+index_t check_segment_offsets(const strided_view<Offset, 1, S>& offsets, index_t packed_size, const char* fn,
+                              const char* arg, const char* packed_arg) {
+  if constexpr (std::is_same_v<S, host_space>) {
+    return check_packed_offsets(offsets, packed_size, fn, arg, packed_arg);
+  } else {
+    return check_offsets_count(offsets, fn, arg);
+  }
+}
+
+/// Checks that an optional per-token `labels` view (any memory space) is either
+/// empty (no labels: every token is scored) or has exactly `packed_size` elements.
+template <class Label, class S>
+void check_optional_labels(const strided_view<Label, 1, S>& labels, index_t packed_size, const char* fn,
+                           const char* arg) {
   static_assert(is_index_type_v<Label>, "consr: labels must be int32 or int64");
   check_view(labels, fn, arg);
   CONSR_CHECK_ARG(labels.size() == 0 || labels.size() == packed_size, fn, arg, "has ", labels.size(),
                   " elements but must have 0 (no labels) or one per token (", packed_size, ")");
 }
 
-/// Checks that an optional per-segment output is either empty (not written)
-/// or has exactly `count` elements.
-template <class T>
-void check_optional_output(const host_view<T, 1>& out, index_t count, const char* fn, const char* arg,
+/// Checks that an optional per-item output (any memory space) is either empty
+/// (not written) or has exactly `count` distinct elements (no broadcast
+/// stride, which would race between threads).
+template <class T, class S>
+void check_optional_output(const strided_view<T, 1, S>& out, index_t count, const char* fn, const char* arg,
                            const char* what) {
   check_view(out, fn, arg);
   check_no_broadcast(out, fn, arg);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/enum_names.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
 #include "reductions.hpp"
@@ -31,21 +32,17 @@ enum class reward_space {
   log,          ///< extension: differences of mean token log-probs (log P) instead
 };
 
+namespace detail {
+inline constexpr enum_name<reward_space> reward_space_names[] = {{reward_space::probability, "probability"},
+                                                                 {reward_space::log, "log"}};
+}  // namespace detail
+
 /// Name of a reward space: "probability" or "log".
-inline const char* to_string(reward_space s) noexcept {
-  switch (s) {
-    case reward_space::probability: return "probability";
-    case reward_space::log: return "log";
-  }
-  return "unknown";
-}
+inline const char* to_string(reward_space s) noexcept { return detail::name_of(s, detail::reward_space_names); }
 
 /// The reward_space named `name` ("probability" or "log"). Throws consr::error naming 'space' otherwise.
 inline reward_space parse_reward_space(std::string_view name) {
-  if (name == "probability") return reward_space::probability;
-  if (name == "log") return reward_space::log;
-  detail::throw_error("consr::parse_reward_space", "space",
-                      "is \"" + std::string(name) + "\" but must be \"probability\" or \"log\"");
+  return detail::parse_name(name, detail::reward_space_names, "consr::parse_reward_space", "space");
 }
 
 /// Options of contrastive_reward.
@@ -61,20 +58,23 @@ struct reward_options {
 };
 
 /// Per-candidate outputs of contrastive_reward, each of length C (the number
-/// of candidates). `reward` is required; every other view is optional: size
-/// 0 means "not written". In reward_space::probability `p*` hold the
-/// probabilities of eqs. 1–3; in reward_space::log they hold the mean token
-/// log-probs (log P) the reward is then computed from.
-template <class T>
+/// of candidates), in one memory space: host_space for consr::
+/// contrastive_reward (the default), device_space for consr::cuda's (alias
+/// consr::cuda::reward_outputs). `reward` is required; every other view is
+/// optional: size 0 means "not written". In reward_space::probability `p*`
+/// hold the probabilities of eqs. 1–3; in reward_space::log they hold the mean
+/// token log-probs (log P) the reward is then computed from.
+template <class T, class Space = host_space>
 struct reward_outputs {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "consr::reward_outputs: the element type must be float or double");
-  host_view<T, 1> p;           ///< P(y | x, I)          eq. 1 (or its log)
-  host_view<T, 1> p_corrupt;   ///< P(y | x, Ĩ)          eq. 2 (or its log)
-  host_view<T, 1> p_semantic;  ///< P(y | x', I)         eq. 3 (or its log)
-  host_view<T, 1> s_semantic;  ///< P_semantic − P       eq. 4
-  host_view<T, 1> s_corrupt;   ///< P − P_corrupt        eq. 5
-  host_view<T, 1> reward;      ///< λ·S_semantic + (1 − λ)·S_corrupt   eq. 6 (required)
+  using space = Space;
+  strided_view<T, 1, Space> p;           ///< P(y | x, I)          eq. 1 (or its log)
+  strided_view<T, 1, Space> p_corrupt;   ///< P(y | x, Ĩ)          eq. 2 (or its log)
+  strided_view<T, 1, Space> p_semantic;  ///< P(y | x', I)         eq. 3 (or its log)
+  strided_view<T, 1, Space> s_semantic;  ///< P_semantic − P       eq. 4
+  strided_view<T, 1, Space> s_corrupt;   ///< P − P_corrupt        eq. 5
+  strided_view<T, 1, Space> reward;      ///< λ·S_semantic + (1 − λ)·S_corrupt   eq. 6 (required)
 };
 
 /// What contrastive_reward found besides the values.
@@ -122,15 +122,32 @@ CONSR_HOST_DEVICE inline reward_terms contrastive_reward_terms(double sum, doubl
   return r;
 }
 
-template <class V1, class V2, class V3, class Offset, class Label, class R>
-reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_view<V2, 1>& logp_corrupt,
-                                      const host_view<V3, 1>& logp_semantic, const host_view<Offset, 1>& offsets,
-                                      const host_view<Label, 1>& labels, bool has_labels,
-                                      const reward_outputs<R>& out, const reward_options& options) {
-  constexpr const char* fn = "consr::contrastive_reward";
+/// Stores candidate c's terms: the reward, and every optional output that is
+/// not empty (host and device, consr/cuda/reward.cuh). Returns the stored reward.
+template <class R, class Space>
+CONSR_HOST_DEVICE inline R store_reward_terms(const reward_outputs<R, Space>& out, index_t c,
+                                              const reward_terms& r) noexcept {
+  const R stored = static_cast<R>(r.reward);
+  out.reward[c] = stored;
+  if (out.p.size() != 0) out.p[c] = static_cast<R>(r.p);
+  if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(r.p_corrupt);
+  if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(r.p_semantic);
+  if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(r.s_semantic);
+  if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(r.s_corrupt);
+  return stored;
+}
+
+/// The checks of contrastive_reward (host and device; device offsets by shape
+/// only, their values are checked on the device); returns C.
+template <class V1, class V2, class V3, class Offset, class Label, class R, class S>
+index_t contrastive_reward_check(const strided_view<V1, 1, S>& logp, const strided_view<V2, 1, S>& logp_corrupt,
+                                 const strided_view<V3, 1, S>& logp_semantic, const strided_view<Offset, 1, S>& offsets,
+                                 const strided_view<Label, 1, S>& labels, bool has_labels,
+                                 const reward_outputs<R, S>& out, const reward_options& options, const char* fn) {
   assert_value_type<V1>();
   assert_value_type<V2>();
   assert_value_type<V3>();
+  static_assert(is_index_type_v<Label>, "consr::contrastive_reward: labels must be int32 or int64");
   CONSR_CHECK_ARG(std::isfinite(options.lambda) && options.lambda >= 0.0 && options.lambda <= 1.0, fn,
                   "options.lambda", "is ", options.lambda, " but must be a finite value in [0, 1] (eq. 6)");
   CONSR_CHECK_ARG(options.space == reward_space::probability || options.space == reward_space::log, fn,
@@ -145,7 +162,7 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
     check_view(labels, fn, "labels");
     check_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
   }
-  const index_t num_candidates = check_packed_offsets(offsets, n, fn, "offsets", "logp");
+  const index_t num_candidates = check_segment_offsets(offsets, n, fn, "offsets", "logp");
   check_view(out.reward, fn, "out.reward");
   check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
   check_no_broadcast(out.reward, fn, "out.reward");
@@ -154,7 +171,17 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
   check_optional_output(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
   check_optional_output(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
   check_optional_output(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
+  return num_candidates;
+}
 
+template <class V1, class V2, class V3, class Offset, class Label, class R>
+reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_view<V2, 1>& logp_corrupt,
+                                      const host_view<V3, 1>& logp_semantic, const host_view<Offset, 1>& offsets,
+                                      const host_view<Label, 1>& labels, bool has_labels,
+                                      const reward_outputs<R>& out, const reward_options& options) {
+  const index_t num_candidates = contrastive_reward_check(logp, logp_corrupt, logp_semantic, offsets, labels,
+                                                          has_labels, out, options, "consr::contrastive_reward");
+  const index_t n = logp.size();
   const double lambda = options.lambda;
   const bool log_space = options.space == reward_space::log;
   const std::int64_t ignore = options.ignore_index;
@@ -165,13 +192,7 @@ reward_report contrastive_reward_impl(const host_view<V1, 1>& logp, const host_v
     const double sum = scored_sum(logp, labels, has_labels, ignore, b, e, count);
     const double sum_corrupt = scored_sum(logp_corrupt, labels, has_labels, ignore, b, e, count);
     const double sum_semantic = scored_sum(logp_semantic, labels, has_labels, ignore, b, e, count);
-    const reward_terms r = contrastive_reward_terms(sum, sum_corrupt, sum_semantic, count, lambda, log_space);
-    out.reward[c] = static_cast<R>(r.reward);
-    if (out.p.size() != 0) out.p[c] = static_cast<R>(r.p);
-    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(r.p_corrupt);
-    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(r.p_semantic);
-    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(r.s_semantic);
-    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(r.s_corrupt);
+    store_reward_terms(out, c, contrastive_reward_terms(sum, sum_corrupt, sum_semantic, count, lambda, log_space));
   }
 
   // The report is built serially so its index list is ordered.

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using consr::index_t;
@@ -53,26 +54,30 @@ struct side_data {
     d_offsets = device_buffer<O>(offsets);
     d_labels = device_buffer<L>(labels);
   }
-  consr::dpo_sequences<T, O, L> host(bool per_sequence_ref, bool use_labels, bool use_weights) const {
-    const auto v = [](const auto& x) { return consr::make_view(x.data(), static_cast<index_t>(x.size())); };
-    consr::dpo_sequences<T, O, L> s;
-    s.policy_logp = v(policy);
-    s.offsets = v(offsets);
-    if (per_sequence_ref) s.reference_logp_sum = v(reference_sum);
-    else s.reference_logp = v(reference);
-    if (use_labels) s.labels = v(labels);
-    if (use_weights) s.weights = v(weights);
+  /// The side as consr::dpo_sequences over the host vectors (host_space) or their device copies.
+  template <class Space>
+  consr::dpo_sequences<T, O, L, Space> sequences(bool per_sequence_ref, bool use_labels, bool use_weights) const {
+    const auto v = [](const auto& host, const auto& device) {
+      if constexpr (std::is_same_v<Space, consr::host_space>) {
+        return consr::make_view(host.data(), static_cast<index_t>(host.size()));
+      } else {
+        return device.cview();
+      }
+    };
+    consr::dpo_sequences<T, O, L, Space> s;
+    s.policy_logp = v(policy, d_policy);
+    s.offsets = v(offsets, d_offsets);
+    if (per_sequence_ref) s.reference_logp_sum = v(reference_sum, d_reference_sum);
+    else s.reference_logp = v(reference, d_reference);
+    if (use_labels) s.labels = v(labels, d_labels);
+    if (use_weights) s.weights = v(weights, d_weights);
     return s;
   }
+  consr::dpo_sequences<T, O, L> host(bool per_sequence_ref, bool use_labels, bool use_weights) const {
+    return sequences<consr::host_space>(per_sequence_ref, use_labels, use_weights);
+  }
   consr::cuda::dpo_sequences<T, O, L> device(bool per_sequence_ref, bool use_labels, bool use_weights) const {
-    consr::cuda::dpo_sequences<T, O, L> s;
-    s.policy_logp = d_policy.cview();
-    s.offsets = d_offsets.cview();
-    if (per_sequence_ref) s.reference_logp_sum = d_reference_sum.cview();
-    else s.reference_logp = d_reference.cview();
-    if (use_labels) s.labels = d_labels.cview();
-    if (use_weights) s.weights = d_weights.cview();
-    return s;
+    return sequences<consr::device_space>(per_sequence_ref, use_labels, use_weights);
   }
 };
 

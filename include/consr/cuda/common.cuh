@@ -36,6 +36,7 @@
 #include "../config.hpp"
 #include "../error.hpp"
 #include "../numeric.hpp"
+#include "../reductions.hpp"
 #include "../view.hpp"
 
 namespace consr {
@@ -150,14 +151,9 @@ void check_optional_size(const strided_view<T, 1, S>& v, index_t count, const ch
                   "not used) or ", count, " (", what, ")");
 }
 
-/// An optional per-item output: empty (not written) or exactly `count`
-/// distinct elements (no broadcast stride, which would race between threads).
-template <class T, class S>
-void check_optional_output(const strided_view<T, 1, S>& v, index_t count, const char* fn, const char* arg,
-                           const char* what) {
-  check_optional_size(v, count, fn, arg, what);
-  ::consr::detail::check_no_broadcast(v, fn, arg);
-}
+/// An optional per-item output: empty (not written) or exactly `count` distinct elements (the
+/// host library's check, for any memory space).
+using ::consr::detail::check_optional_output;
 
 // ------------------------------------------------------------------------------------------------
 // Temporary storage (CUB's two-phase convention)
@@ -301,14 +297,11 @@ template <class Offset>
 packed_segments<std::remove_cv_t<Offset>> make_packed_segments(const device_view<Offset, 1>& offsets,
                                                                 index_t packed_size, const char* fn,
                                                                 const char* arg) {
-  static_assert(is_index_type_v<std::remove_cv_t<Offset>>, "consr: offsets must be int32 or int64");
-  ::consr::detail::check_view(offsets, fn, arg);
-  CONSR_CHECK_ARG(offsets.size() >= 1, fn, arg,
-                  "is empty; the offsets of S segments have S + 1 elements (a single 0 for no segment)");
+  const index_t num_segments = ::consr::detail::check_offsets_count(offsets, fn, arg);
   packed_segments<std::remove_cv_t<Offset>> seg;
   seg.offsets = offsets.data();
   seg.stride = offsets.stride(0);
-  seg.num_segments = offsets.size() - 1;
+  seg.num_segments = num_segments;
   seg.packed_size = packed_size;
   return seg;
 }

@@ -36,37 +36,15 @@
 namespace consr {
 namespace cuda {
 
-/// One side (chosen or rejected) of P pairs on the device; the fields and
-/// rules are the host twin's consr::dpo_sequences (exactly one reference:
-/// per token or per sequence; optional labels; weights iff the consr loss
-/// uses visual weights).
+/// One side (chosen or rejected) of P pairs in device memory: the host
+/// library's consr::dpo_sequences with device views (same fields, same rules,
+/// same check: consr::detail::dpo_check).
 template <class T, class Offset, class Label = std::int64_t>
-struct dpo_sequences {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "consr::cuda::dpo_sequences: log-probs must be float or double");
-  static_assert(is_index_type_v<Offset>, "consr::cuda::dpo_sequences: offsets must be int32 or int64");
-  static_assert(is_index_type_v<Label>, "consr::cuda::dpo_sequences: labels must be int32 or int64");
-  device_view<const T, 1> policy_logp;
-  device_view<const Offset, 1> offsets;
-  device_view<const T, 1> reference_logp;
-  device_view<const T, 1> reference_logp_sum;
-  device_view<const Label, 1> labels;
-  device_view<const T, 1> weights;
-};
+using dpo_sequences = ::consr::dpo_sequences<T, Offset, Label, device_space>;
 
-/// Per-pair device metrics of dpo_forward (each optional: size 0 = not
-/// written; otherwise P elements), as consr::dpo_pair_metrics.
+/// Per-pair device metrics of dpo_forward: consr::dpo_pair_metrics with device views.
 template <class T>
-struct dpo_pair_metrics {
-  device_view<T, 1> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
-  device_view<T, 1> sigma_neg;        ///< σ(−Δ')
-  device_view<T, 1> chosen_reward;    ///< β·Σ(a − a_ref)
-  device_view<T, 1> rejected_reward;  ///< β·Σ(b − b_ref)
-  device_view<T, 1> reward_margin;    ///< chosen_reward − rejected_reward
-  device_view<T, 1> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
-  device_view<T, 1> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
-  device_view<T, 1> loss;             ///< the per-pair objective being reduced (L or L')
-};
+using dpo_pair_metrics = ::consr::dpo_pair_metrics<T, device_space>;
 
 namespace detail {
 
@@ -117,9 +95,24 @@ __device__ dpo_side_sums block_side_sums(const dpo_side_args<T, Offset, Label>& 
   return r;
 }
 
-/// With length normalization, a side without a scored token (Δ' would divide by 0; its terms are NaN).
-__device__ inline bool dpo_pair_is_empty(const dpo_side_sums& w, const dpo_side_sums& l, const dpo_options& o) {
-  return ::consr::detail::dpo_uses_length_normalization(o) && (w.length == 0 || l.length == 0);
+/// Pair i's terms from both sides' block sums, by the host's dpo_pair_from_sums (valid in thread
+/// 0, which also reports a side without a scored token under length normalization: Δ' would
+/// divide by 0, the terms are NaN).
+template <class T, class Offset, class Label>
+__device__ ::consr::detail::dpo_pair_terms block_pair_terms(const dpo_side_args<T, Offset, Label>& chosen,
+                                                             const dpo_side_args<T, Offset, Label>& rejected,
+                                                             index_t i, const dpo_options& o,
+                                                             typename dpo_block_reduce::TempStorage& temp,
+                                                             error_info* error) {
+  const dpo_side_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
+  const dpo_side_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+  ::consr::detail::dpo_pair_terms p{};
+  if (threadIdx.x == 0) {
+    if (::consr::detail::dpo_uses_length_normalization(o) && (w.length == 0 || l.length == 0))
+      report_error(error, status::empty_sequence, i);
+    p = ::consr::detail::dpo_pair_from_sums(w, l, o);
+  }
+  return p;
 }
 
 template <class T, class Offset, class Label>
@@ -129,11 +122,8 @@ __global__ void __launch_bounds__(dpo_block)
   __shared__ typename dpo_block_reduce::TempStorage temp;
   const index_t P = chosen.seg.num_segments;
   for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
-    const dpo_side_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
-    const dpo_side_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    const ::consr::detail::dpo_pair_terms p = block_pair_terms(chosen, rejected, i, o, temp, error);
     if (threadIdx.x == 0) {
-      if (dpo_pair_is_empty(w, l, o)) report_error(error, status::empty_sequence, i);
-      const ::consr::detail::dpo_pair_terms p = ::consr::detail::dpo_pair_from_sums(w, l, o);
       objective[i] = p.objective;
       ::consr::detail::dpo_store_metrics(m, i, p);
     }
@@ -173,11 +163,8 @@ __global__ void __launch_bounds__(dpo_block)
   const index_t P = chosen.seg.num_segments;
   const bool weighted = ::consr::detail::dpo_uses_weights(o);
   for (index_t i = blockIdx.x; i < P; i += gridDim.x) {
-    const dpo_side_sums w = block_side_sums(chosen, i, o.ignore_index, temp);
-    const dpo_side_sums l = block_side_sums(rejected, i, o.ignore_index, temp);
+    const ::consr::detail::dpo_pair_terms p = block_pair_terms(chosen, rejected, i, o, temp, error);
     if (threadIdx.x == 0) {
-      if (dpo_pair_is_empty(w, l, o)) report_error(error, status::empty_sequence, i);
-      const ::consr::detail::dpo_pair_terms p = ::consr::detail::dpo_pair_from_sums(w, l, o);
       double upstream;
       if (up.device == nullptr) {
         upstream = up.host_value;
@@ -208,26 +195,16 @@ __global__ void __launch_bounds__(dpo_block)
   }
 }
 
-inline constexpr ::consr::detail::dpo_side_names dpo_chosen_names = ::consr::detail::dpo_chosen_names;
-inline constexpr ::consr::detail::dpo_side_names dpo_rejected_names = ::consr::detail::dpo_rejected_names;
-
-/// Host checks of one side (the host twin's dpo_check_side without the
-/// offsets' values); returns the kernel arguments.
+/// The kernel arguments of one side, checked before by consr::detail::dpo_check.
 template <class T, class Offset, class Label>
-dpo_side_args<T, Offset, Label> dpo_check_side(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o,
-                                               const ::consr::detail::dpo_side_names& names, const char* fn) {
-  ::consr::detail::check_view(s.policy_logp, fn, names.policy_logp);
-  const index_t n = s.policy_logp.size();
-  const auto seg = make_packed_segments(s.offsets, n, fn, names.offsets);
-  ::consr::detail::dpo_check_reference(s, n, seg.num_segments, names, fn);
+dpo_side_args<T, Offset, Label> dpo_side_args_of(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o,
+                                                 const ::consr::detail::dpo_side_names& names, const char* fn) {
   const bool per_sequence = s.reference_logp_sum.size() != 0;
-  check_optional_size(s.labels, n, fn, names.labels, "one label per token");
-  ::consr::detail::dpo_check_weights(s, n, o, names, fn, "consr::cuda::visual_weights");
   const bool weighted = ::consr::detail::dpo_uses_weights(o);
   dpo_side_args<T, Offset, Label> a;
   a.policy = s.policy_logp.data();
   a.policy_stride = s.policy_logp.stride(0);
-  a.seg = seg;
+  a.seg = make_packed_segments(s.offsets, s.policy_logp.size(), fn, names.offsets);
   a.reference = per_sequence ? nullptr : s.reference_logp.data();
   a.reference_stride = per_sequence ? 0 : s.reference_logp.stride(0);
   a.reference_sum = per_sequence ? s.reference_logp_sum.data() : nullptr;
@@ -239,23 +216,15 @@ dpo_side_args<T, Offset, Label> dpo_check_side(const dpo_sequences<T, Offset, La
   return a;
 }
 
-/// Options and both sides; returns P through `num_pairs`.
+/// The shared check (options, both sides), then both sides' kernel arguments; returns P.
 template <class T, class Offset, class Label>
-void dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
-               const dpo_options& o, const char* fn, dpo_side_args<T, Offset, Label>& chosen_args,
-               dpo_side_args<T, Offset, Label>& rejected_args) {
-  CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
-                  "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
-  CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
-                      o.reduction == loss_reduction::none,
-                  fn, "options.reduction", "is not a loss_reduction value (", static_cast<int>(o.reduction), ")");
-  CONSR_CHECK_ARG(std::isfinite(o.beta) && o.beta > 0.0, fn, "options.beta", "is ", o.beta,
-                  " but must be finite and > 0");
-  chosen_args = dpo_check_side(chosen, o, dpo_chosen_names, fn);
-  rejected_args = dpo_check_side(rejected, o, dpo_rejected_names, fn);
-  CONSR_CHECK_ARG(rejected_args.seg.num_segments == chosen_args.seg.num_segments, fn, "rejected.offsets",
-                  "describes ", rejected_args.seg.num_segments, " pairs but 'chosen.offsets' describes ",
-                  chosen_args.seg.num_segments, " (both sides must hold the same pairs)");
+index_t dpo_check(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                  const dpo_options& o, const char* fn, dpo_side_args<T, Offset, Label>& chosen_args,
+                  dpo_side_args<T, Offset, Label>& rejected_args) {
+  const index_t P = ::consr::detail::dpo_check(chosen, rejected, o, fn);
+  chosen_args = dpo_side_args_of(chosen, o, ::consr::detail::dpo_chosen_names, fn);
+  rejected_args = dpo_side_args_of(rejected, o, ::consr::detail::dpo_rejected_names, fn);
+  return P;
 }
 
 template <class T, class Offset, class Label>
@@ -277,8 +246,7 @@ status dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dp
                          cudaStream_t stream, error_info* error) {
   constexpr const char* fn = "consr::cuda::dpo_backward";
   dpo_side_args<T, Offset, Label> ca, ra;
-  dpo_check(chosen, rejected, o, fn, ca, ra);
-  const index_t P = ca.seg.num_segments;
+  const index_t P = dpo_check(chosen, rejected, o, fn, ca, ra);
   if (upstream_view == nullptr) {
     CONSR_CHECK_ARG(o.reduction != loss_reduction::none, fn, "options.reduction",
                     "is none, which needs a per-pair upstream gradient (grad_loss with one value per pair), not a "
@@ -297,17 +265,7 @@ status dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dp
     up.per_pair = o.reduction == loss_reduction::none;
   }
   up.mean = o.reduction == loss_reduction::mean;
-  ::consr::detail::check_view(grad_chosen, fn, "grad_chosen_logp");
-  ::consr::detail::check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp",
-                                "one per token of chosen");
-  ::consr::detail::check_view(grad_rejected, fn, "grad_rejected_logp");
-  ::consr::detail::check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp",
-                                "one per token of rejected");
-  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
-  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
-  check_disjoint(chosen.policy_logp, grad_chosen, fn, "chosen.policy_logp", "grad_chosen_logp");
-  check_disjoint(rejected.policy_logp, grad_rejected, fn, "rejected.policy_logp", "grad_rejected_logp");
-  check_disjoint(grad_chosen, grad_rejected, fn, "grad_chosen_logp", "grad_rejected_logp");
+  ::consr::detail::dpo_check_grads(chosen, rejected, grad_chosen, grad_rejected, fn);
   const status v = dpo_validate_offsets(ca, ra, error, stream);
   if (v != status::success) return v;
   if (P == 0) return status::success;
@@ -363,12 +321,9 @@ status dpo_forward(void* d_temp_storage, std::size_t& temp_storage_bytes, const 
   return detail::guarded([&] {
     constexpr const char* fn = "consr::cuda::dpo_forward";
     detail::dpo_side_args<T, Offset, Label> ca, ra;
-    detail::dpo_check(chosen, rejected, options, fn, ca, ra);
-    const index_t P = ca.seg.num_segments;
+    const index_t P = detail::dpo_check(chosen, rejected, options, fn, ca, ra);
     detail::check_optional_size(loss, 1, fn, "loss", "one value: the reduced objective");
-    ::consr::detail::dpo_check_metrics(metrics, [&](const auto& v, const char* name) {
-      detail::check_optional_output(v, P, fn, name, "one per pair");
-    });
+    ::consr::detail::dpo_check_metrics(metrics, P, fn);
     const std::size_t sizes[1] = {static_cast<std::size_t>(P) * sizeof(double)};
     void* parts[1];
     detail::partition_temp_storage(d_temp_storage, temp_storage_bytes, sizes, parts, fn);
@@ -442,28 +397,9 @@ template <class V1, class V2, class W>
 status visual_weights(device_view<V1, 1> logp_clean, device_view<V2, 1> logp_corrupt, weight_side side,
                       device_view<W, 1> weights, const visual_weight_options& options = {},
                       cudaStream_t stream = nullptr) noexcept {
-  detail::assert_device_value_type<V1>();
-  detail::assert_device_value_type<V2>();
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
-                "consr::cuda::visual_weights: weights must be a non-const float or double view");
   return detail::guarded([&] {
-    constexpr const char* fn = "consr::cuda::visual_weights";
-    CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
-    CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
-                    " but must be finite");
-    CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
-                    " but must be finite");
-    CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
-                    " but must be <= options.clip_hi (", options.clip_hi, ")");
-    CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
-                    "is not a weight_side value (", static_cast<int>(side), ")");
-    ::consr::detail::check_view(logp_clean, fn, "logp_clean");
-    const index_t n = logp_clean.size();
-    ::consr::detail::check_view(logp_corrupt, fn, "logp_corrupt");
-    ::consr::detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
-    ::consr::detail::check_view(weights, fn, "weights");
-    ::consr::detail::check_extent(weights, 0, n, fn, "weights", "one weight per token");
-    detail::check_no_broadcast(weights, fn, "weights");
+    const index_t n = ::consr::detail::visual_weights_check(logp_clean, logp_corrupt, side, weights, options,
+                                                            "consr::cuda::visual_weights");
     if (n == 0) return status::success;
     detail::visual_weights_kernel<std::remove_cv_t<V1>, std::remove_cv_t<V2>, W>
         <<<detail::elementwise_grid(n), detail::elementwise_block, 0, stream>>>(

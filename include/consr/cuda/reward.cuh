@@ -22,20 +22,10 @@
 namespace consr {
 namespace cuda {
 
-/// Per-candidate device outputs of contrastive_reward, each of length C.
-/// `reward` is required; any other view may be empty (size 0: not written).
-/// In reward_space::log the p* views hold mean token log-probs (log P).
+/// Per-candidate device outputs of contrastive_reward: consr::reward_outputs
+/// with device views (same fields, same rules, same check).
 template <class T>
-struct reward_outputs {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "consr::cuda::reward_outputs: the element type must be float or double");
-  device_view<T, 1> p;           ///< P(y | x, I)          eq. 1 (or its log)
-  device_view<T, 1> p_corrupt;   ///< P(y | x, Ĩ)          eq. 2 (or its log)
-  device_view<T, 1> p_semantic;  ///< P(y | x', I)         eq. 3 (or its log)
-  device_view<T, 1> s_semantic;  ///< P_semantic − P       eq. 4
-  device_view<T, 1> s_corrupt;   ///< P − P_corrupt        eq. 5
-  device_view<T, 1> reward;      ///< λ·S_semantic + (1 − λ)·S_corrupt   eq. 6 (required)
-};
+using reward_outputs = ::consr::reward_outputs<T, device_space>;
 
 /// Device-side counts of contrastive_reward (the host twin's reward_report
 /// without the index list: empty candidates are the ones whose outputs are NaN
@@ -90,13 +80,7 @@ struct write_reward {
   __device__ void operator()(index_t c, const reward_accum& a) const {
     const ::consr::detail::reward_terms r = ::consr::detail::contrastive_reward_terms(
         a.sum, a.sum_corrupt, a.sum_semantic, a.count, lambda, log_space);
-    const R stored = static_cast<R>(r.reward);
-    out.reward[c] = stored;
-    if (out.p.size() != 0) out.p[c] = static_cast<R>(r.p);
-    if (out.p_corrupt.size() != 0) out.p_corrupt[c] = static_cast<R>(r.p_corrupt);
-    if (out.p_semantic.size() != 0) out.p_semantic[c] = static_cast<R>(r.p_semantic);
-    if (out.s_semantic.size() != 0) out.s_semantic[c] = static_cast<R>(r.s_semantic);
-    if (out.s_corrupt.size() != 0) out.s_corrupt[c] = static_cast<R>(r.s_corrupt);
+    const R stored = ::consr::detail::store_reward_terms(out, c, r);
     if (counts != nullptr) {
       if (a.count == 0) {
         atomicAdd(&counts->empty_candidates, 1ull);
@@ -114,34 +98,9 @@ status contrastive_reward_impl(void* d_temp_storage, std::size_t& temp_storage_b
                                bool has_labels, const reward_outputs<R>& out, reward_counts* counts,
                                const reward_options& options, cudaStream_t stream, error_info* error) {
   constexpr const char* fn = "consr::cuda::contrastive_reward";
-  assert_device_value_type<V1>();
-  assert_device_value_type<V2>();
-  assert_device_value_type<V3>();
-  CONSR_CHECK_ARG(std::isfinite(options.lambda) && options.lambda >= 0.0 && options.lambda <= 1.0, fn,
-                  "options.lambda", "is ", options.lambda, " but must be a finite value in [0, 1] (eq. 6)");
-  CONSR_CHECK_ARG(options.space == reward_space::probability || options.space == reward_space::log, fn,
-                  "options.space", "is not a reward_space value (", static_cast<int>(options.space), ")");
-  ::consr::detail::check_view(logp, fn, "logp");
-  const index_t n = logp.size();
-  ::consr::detail::check_view(logp_corrupt, fn, "logp_corrupt");
-  ::consr::detail::check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp'");
-  ::consr::detail::check_view(logp_semantic, fn, "logp_semantic");
-  ::consr::detail::check_extent(logp_semantic, 0, n, fn, "logp_semantic", "the same tokens as 'logp'");
-  if (has_labels) {
-    ::consr::detail::check_view(labels, fn, "labels");
-    ::consr::detail::check_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
-  }
-  const auto seg = make_packed_segments(offsets, n, fn, "offsets");
-  const index_t num_candidates = seg.num_segments;
-  ::consr::detail::check_view(out.reward, fn, "out.reward");
-  ::consr::detail::check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
-  ::consr::detail::check_no_broadcast(out.reward, fn, "out.reward");
-  check_optional_output(out.p, num_candidates, fn, "out.p", "one per candidate");
-  check_optional_output(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");
-  check_optional_output(out.p_semantic, num_candidates, fn, "out.p_semantic", "one per candidate");
-  check_optional_output(out.s_semantic, num_candidates, fn, "out.s_semantic", "one per candidate");
-  check_optional_output(out.s_corrupt, num_candidates, fn, "out.s_corrupt", "one per candidate");
-
+  ::consr::detail::contrastive_reward_check(logp, logp_corrupt, logp_semantic, offsets, labels, has_labels, out,
+                                            options, fn);
+  const auto seg = make_packed_segments(offsets, logp.size(), fn, "offsets");
   using L = std::remove_cv_t<Label>;
   const read_reward_token<std::remove_cv_t<V1>, std::remove_cv_t<V2>, std::remove_cv_t<V3>, L> read{
       logp.data(),          logp.stride(0),
@@ -181,7 +140,6 @@ status contrastive_reward(void* d_temp_storage, std::size_t& temp_storage_bytes,
                           device_view<Offset, 1> offsets, device_view<Label, 1> labels, reward_outputs<R> out,
                           reward_counts* counts = nullptr, const reward_options& options = {},
                           cudaStream_t stream = nullptr, error_info* error = nullptr) noexcept {
-  static_assert(is_index_type_v<std::remove_cv_t<Label>>, "consr::cuda::contrastive_reward: labels must be int32 or int64");
   return detail::guarded([&] {
     return detail::contrastive_reward_impl(d_temp_storage, temp_storage_bytes, logp, logp_corrupt, logp_semantic,
                                            offsets, labels, true, out, counts, options, stream, error);

@@ -25,22 +25,6 @@ namespace consr {
 namespace libtorch {
 namespace detail {
 
-template <class T>
-consr::cuda::dpo_sequences<T, std::int64_t, std::int64_t> device_sequences(const dpo_prepared_side& s,
-                                                                           const dpo_arg_names& names,
-                                                                           const char* fn) {
-  consr::cuda::dpo_sequences<T, std::int64_t, std::int64_t> q;
-  q.policy_logp = device_view_of<const T, 1>(s.policy_logp, names.policy_logp.c_str(), fn);
-  q.offsets = device_view_of<const std::int64_t, 1>(s.offsets, names.offsets.c_str(), fn);
-  if (s.reference_logp.defined())
-    q.reference_logp = device_view_of<const T, 1>(s.reference_logp, names.reference_logp.c_str(), fn);
-  if (s.reference_logp_sum.defined())
-    q.reference_logp_sum = device_view_of<const T, 1>(s.reference_logp_sum, names.reference_logp_sum.c_str(), fn);
-  if (s.labels.defined()) q.labels = device_view_of<const std::int64_t, 1>(s.labels, names.labels.c_str(), fn);
-  if (s.weights.defined()) q.weights = device_view_of<const T, 1>(s.weights, names.weights.c_str(), fn);
-  return q;
-}
-
 /// Offsets are few (P + 1): they are checked on the host with the host library's check, so a bad
 /// array gets the host's message ("argument 'chosen.offsets': ...") before anything is launched.
 inline void check_offsets_on_host(const dpo_prepared_side& s, const dpo_arg_names& names, const char* fn) {
@@ -50,15 +34,6 @@ inline void check_offsets_on_host(const dpo_prepared_side& s, const dpo_arg_name
                                         s.policy_logp.numel(), "consr::dpo_forward", names.offsets.c_str(),
                                         names.policy_logp.c_str());
   });
-}
-
-template <class T>
-consr::device_view<T, 1> device_metric_column(const at::Tensor& metrics, dpo_metric m) {
-  if (metrics.size(0) == 0) return {};
-  const index_t ext[1] = {metrics.size(0)};
-  const index_t str[1] = {metrics.stride(0)};
-  return consr::device_view<T, 1>(static_cast<T*>(metrics.data_ptr()) + static_cast<int>(m) * metrics.stride(1), ext,
-                                  str);
 }
 
 inline void cuda_dpo_forward(const dpo_prepared_side& chosen, const dpo_prepared_side& rejected,
@@ -74,17 +49,9 @@ inline void cuda_dpo_forward(const dpo_prepared_side& chosen, const dpo_prepared
   auto* error_ptr = static_cast<consr::cuda::error_info*>(error.data_ptr());
   dispatch_float_or_double(chosen.policy_logp, fn, "chosen.policy_logp", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const auto c = device_sequences<T>(chosen, chosen_names, fn);
-    const auto r = device_sequences<T>(rejected, rejected_names, fn);
-    consr::cuda::dpo_pair_metrics<T> m;
-    m.margin_logit = device_metric_column<T>(metrics, dpo_metric::margin_logit);
-    m.sigma_neg = device_metric_column<T>(metrics, dpo_metric::sigma_neg);
-    m.chosen_reward = device_metric_column<T>(metrics, dpo_metric::chosen_reward);
-    m.rejected_reward = device_metric_column<T>(metrics, dpo_metric::rejected_reward);
-    m.reward_margin = device_metric_column<T>(metrics, dpo_metric::reward_margin);
-    m.accuracy = device_metric_column<T>(metrics, dpo_metric::accuracy);
-    m.dpo_loss = device_metric_column<T>(metrics, dpo_metric::dpo_loss);
-    m.loss = device_metric_column<T>(metrics, dpo_metric::loss);
+    const auto c = dpo_sequences_of<T, device_space>(chosen.policy_logp, chosen, chosen_names, fn);
+    const auto r = dpo_sequences_of<T, device_space>(rejected.policy_logp, rejected, rejected_names, fn);
+    const auto m = dpo_metrics_of<T, device_space>(metrics);
     const auto out = device_view_of<T, 1>(loss, "loss", fn);
     run_with_temp_storage(fn, chosen.policy_logp, [&](void* temp, std::size_t& bytes) {
       return consr::cuda::dpo_forward(temp, bytes, c, r, options, out, m, stream, error_ptr);
@@ -122,8 +89,8 @@ inline void cuda_dpo_backward(const dpo_prepared_side& chosen, const dpo_prepare
   dispatch_float_or_double(chosen.policy_logp, fn, "chosen.policy_logp", [&](auto tag) {
     using T = typename decltype(tag)::type;
     // The forward validated the data; the upstream gradient is read on the device (no synchronization).
-    const auto c = device_sequences<T>(chosen, chosen_names, fn);
-    const auto r = device_sequences<T>(rejected, rejected_names, fn);
+    const auto c = dpo_sequences_of<T, device_space>(chosen.policy_logp, chosen, chosen_names, fn);
+    const auto r = dpo_sequences_of<T, device_space>(rejected.policy_logp, rejected, rejected_names, fn);
     const auto g = device_view_of<const T, 1>(grad_loss, "grad_loss", fn);
     const auto gc = device_view_of<T, 1>(grad_chosen, "grad_chosen_logp", fn);
     const auto gr = device_view_of<T, 1>(grad_rejected, "grad_rejected_logp", fn);

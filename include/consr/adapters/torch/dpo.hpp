@@ -164,29 +164,46 @@ inline dpo_prepared_side prepare_dpo_side(const dpo_side& s, const std::string& 
   return p;
 }
 
-template <class T>
-dpo_sequences<T, std::int64_t, std::int64_t> dpo_sequences_of(const at::Tensor& policy_logp,
-                                                              const dpo_prepared_side& s, const dpo_arg_names& names,
-                                                              const char* fn) {
-  dpo_sequences<T, std::int64_t, std::int64_t> q;
-  q.policy_logp = host_view_of<const T, 1>(policy_logp, names.policy_logp.c_str(), fn);
-  q.offsets = host_view_of<const std::int64_t, 1>(s.offsets, names.offsets.c_str(), fn);
-  if (s.reference_logp.defined())
-    q.reference_logp = host_view_of<const T, 1>(s.reference_logp, names.reference_logp.c_str(), fn);
-  if (s.reference_logp_sum.defined())
-    q.reference_logp_sum = host_view_of<const T, 1>(s.reference_logp_sum, names.reference_logp_sum.c_str(), fn);
-  if (s.labels.defined()) q.labels = host_view_of<const std::int64_t, 1>(s.labels, names.labels.c_str(), fn);
-  if (s.weights.defined()) q.weights = host_view_of<const T, 1>(s.weights, names.weights.c_str(), fn);
+/// One prepared side as consr::dpo_sequences in memory space Space (host views of CPU tensors,
+/// device views of CUDA tensors for consr::cuda::dpo_*), `policy_logp` being the side's log-probs.
+template <class T, class Space = host_space>
+dpo_sequences<T, std::int64_t, std::int64_t, Space> dpo_sequences_of(const at::Tensor& policy_logp,
+                                                                     const dpo_prepared_side& s,
+                                                                     const dpo_arg_names& names, const char* fn) {
+  dpo_sequences<T, std::int64_t, std::int64_t, Space> q;
+  q.policy_logp = view_of<const T, 1, Space>(policy_logp, names.policy_logp.c_str(), fn);
+  q.offsets = view_of<const std::int64_t, 1, Space>(s.offsets, names.offsets.c_str(), fn);
+  q.reference_logp = optional_view_of<const T, 1, Space>(s.reference_logp, names.reference_logp.c_str(), fn);
+  q.reference_logp_sum =
+      optional_view_of<const T, 1, Space>(s.reference_logp_sum, names.reference_logp_sum.c_str(), fn);
+  q.labels = optional_view_of<const std::int64_t, 1, Space>(s.labels, names.labels.c_str(), fn);
+  q.weights = optional_view_of<const T, 1, Space>(s.weights, names.weights.c_str(), fn);
   return q;
 }
 
-/// Column m of a [P, 8] metrics tensor as a host view (empty for P = 0: no pointer arithmetic on null).
-template <class T>
-host_view<T, 1> metric_column(const at::Tensor& metrics, dpo_metric m) {
+/// Column m of a [P, 8] metrics tensor as a view (empty for P = 0: no pointer arithmetic on null).
+template <class T, class Space>
+strided_view<T, 1, Space> metric_column(const at::Tensor& metrics, dpo_metric m) {
   if (metrics.size(0) == 0) return {};
   const index_t ext[1] = {metrics.size(0)};
   const index_t str[1] = {metrics.stride(0)};
-  return host_view<T, 1>(static_cast<T*>(metrics.data_ptr()) + static_cast<int>(m) * metrics.stride(1), ext, str);
+  return strided_view<T, 1, Space>(static_cast<T*>(metrics.data_ptr()) + static_cast<int>(m) * metrics.stride(1),
+                                   ext, str);
+}
+
+/// The columns of a [P, 8] metrics tensor (dpo_metric order) as consr::dpo_pair_metrics.
+template <class T, class Space = host_space>
+dpo_pair_metrics<T, Space> dpo_metrics_of(const at::Tensor& metrics) {
+  dpo_pair_metrics<T, Space> m;
+  m.margin_logit = metric_column<T, Space>(metrics, dpo_metric::margin_logit);
+  m.sigma_neg = metric_column<T, Space>(metrics, dpo_metric::sigma_neg);
+  m.chosen_reward = metric_column<T, Space>(metrics, dpo_metric::chosen_reward);
+  m.rejected_reward = metric_column<T, Space>(metrics, dpo_metric::rejected_reward);
+  m.reward_margin = metric_column<T, Space>(metrics, dpo_metric::reward_margin);
+  m.accuracy = metric_column<T, Space>(metrics, dpo_metric::accuracy);
+  m.dpo_loss = metric_column<T, Space>(metrics, dpo_metric::dpo_loss);
+  m.loss = metric_column<T, Space>(metrics, dpo_metric::loss);
+  return m;
 }
 
 inline void save_dpo_side(torch::autograd::AutogradContext* ctx, const std::string& side, const dpo_prepared_side& s) {
@@ -281,15 +298,7 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
       const auto chosen = detail::dpo_sequences_of<T>(chosen_logp, constants.chosen, detail::dpo_arg_names("chosen"), fn);
       const auto rejected =
           detail::dpo_sequences_of<T>(rejected_logp, constants.rejected, detail::dpo_arg_names("rejected"), fn);
-      dpo_pair_metrics<T> m;
-      m.margin_logit = detail::metric_column<T>(metrics, dpo_metric::margin_logit);
-      m.sigma_neg = detail::metric_column<T>(metrics, dpo_metric::sigma_neg);
-      m.chosen_reward = detail::metric_column<T>(metrics, dpo_metric::chosen_reward);
-      m.rejected_reward = detail::metric_column<T>(metrics, dpo_metric::rejected_reward);
-      m.reward_margin = detail::metric_column<T>(metrics, dpo_metric::reward_margin);
-      m.accuracy = detail::metric_column<T>(metrics, dpo_metric::accuracy);
-      m.dpo_loss = detail::metric_column<T>(metrics, dpo_metric::dpo_loss);
-      m.loss = detail::metric_column<T>(metrics, dpo_metric::loss);
+      const auto m = detail::dpo_metrics_of<T>(metrics);
       return detail::translate_errors([&] { return consr::dpo_forward(chosen, rejected, options, m); });
     });
     return options.reduction == loss_reduction::none
