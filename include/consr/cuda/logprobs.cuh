@@ -37,9 +37,15 @@
 // (the labels live on the device). Its row is never read; its logp and lse are NaN (backward: its
 // gradient row is NaN) and the row index is recorded in the caller's error_info (the smallest such
 // row wins; code status::label_out_of_range). Nothing is read or written out of bounds.
+//
+// The device code lives in detail/logprob_tiles.cuh (row layout, vector loads, group reductions)
+// and detail/logprob_kernels.cuh (forward and backward kernels); this file holds the host side
+// (checks, launch shapes, temporary storage) and the public entry points.
 #pragma once
 
 #include "common.cuh"
+#include "detail/logprob_kernels.cuh"
+#include "detail/logprob_tiles.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -67,573 +73,6 @@ struct logprob_launch_shape {
 
 namespace detail {
 
-inline constexpr int logprob_block_threads = 256;
-inline constexpr int logprob_vectors_per_thread = 4;  // 16-byte vectors each thread loads per tile
-// Rows of at most this many 16-byte vectors are handled by one warp (two warp tiles).
-inline constexpr long long logprob_warp_row_max_vectors = 2LL * 32 * logprob_vectors_per_thread;
-// Forward splits: aim for this many blocks per SM in total (≈ 8 waves of 8 resident blocks), so
-// that the tail of the last wave is short; never fewer than 2 tiles per split.
-inline constexpr int logprob_target_blocks_per_sm = 64;
-inline constexpr unsigned logprob_max_grid = 1u << 24;  // kernels loop over their work items
-inline constexpr double logprob_log2e = 1.4426950408889634074;
-/// Largest vocabulary the kernels take (offsets within a row are 32-bit).
-inline constexpr index_t logprob_max_vocab = (index_t{1} << 31) - 64;
-
-template <class T>
-inline constexpr bool logprob_is_16bit_v = std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>;
-
-/// Elements per 16-byte vector.
-template <class T>
-inline constexpr int logprob_vec_v = static_cast<int>(16 / sizeof(T));
-
-// ---- element access ---------------------------------------------------------------------------
-
-template <class Acc>
-__device__ __forceinline__ Acc logprob_neg_inf() {
-  if constexpr (std::is_same_v<Acc, float>) return __int_as_float(static_cast<int>(0xff800000u));
-  else return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
-}
-template <class Acc>
-__device__ __forceinline__ Acc logprob_nan() {
-  if constexpr (std::is_same_v<Acc, float>) return __int_as_float(0x7fc00000);
-  else return __longlong_as_double(0x7ff8000000000000ll);
-}
-
-/// A 16-byte vector whose every element is −inf (fills the slots past the end of a row: they add 0).
-template <class Logit>
-__device__ __forceinline__ uint4 logprob_neg_inf_vector() {
-  if constexpr (std::is_same_v<Logit, double>) {
-    return make_uint4(0u, 0xfff00000u, 0u, 0xfff00000u);
-  } else {
-    constexpr unsigned w = std::is_same_v<Logit, float> ? 0xff800000u
-                           : std::is_same_v<Logit, bfloat16> ? 0xff80ff80u
-                                                             : 0xfc00fc00u;
-    return make_uint4(w, w, w, w);
-  }
-}
-
-/// Element j of a 16-byte vector of Logit, widened (exactly) to its accumulation type.
-template <class Logit>
-__device__ __forceinline__ accum_t<Logit> logprob_element(const uint4& v, int j) {
-  const unsigned w[4] = {v.x, v.y, v.z, v.w};  // constant-indexed once the callers' loops unroll
-  if constexpr (std::is_same_v<Logit, float>) {
-    return __uint_as_float(w[j]);
-  } else if constexpr (std::is_same_v<Logit, double>) {
-    return __hiloint2double(static_cast<int>(w[2 * j + 1]), static_cast<int>(w[2 * j]));
-  } else if constexpr (std::is_same_v<Logit, bfloat16>) {
-    const unsigned x = w[j >> 1];
-    return __uint_as_float((j & 1) ? (x & 0xffff0000u) : (x << 16));
-  } else {
-    const unsigned x = w[j >> 1];
-    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (x >> 16) : (x & 0xffffu))));
-  }
-}
-
-/// One element loaded from memory, widened to its accumulation type. `ReadOnly` loads go through
-/// the read-only cache (only for data no thread of the kernel writes).
-template <class Logit, bool ReadOnly = true>
-__device__ __forceinline__ accum_t<Logit> logprob_load(const Logit* p) {
-  if constexpr (logprob_is_16bit_v<Logit>) {
-    const unsigned short* q = reinterpret_cast<const unsigned short*>(p);
-    const unsigned short bits = ReadOnly ? __ldg(q) : *q;
-    if constexpr (std::is_same_v<Logit, bfloat16>) return __uint_as_float(static_cast<unsigned>(bits) << 16);
-    else return __half2float(__ushort_as_half(bits));
-  } else {
-    return ReadOnly ? __ldg(p) : *p;
-  }
-}
-
-__device__ __forceinline__ float logprob_max(float a, float b) { return fmaxf(a, b); }
-__device__ __forceinline__ double logprob_max(double a, double b) { return fmax(a, b); }
-
-/// Maximum over a thread's tile (NaNs are dropped here: they reach the exp-sum instead). The 16-bit
-/// types use packed max instructions on the raw words (two elements per instruction).
-template <class Logit, int N>
-__device__ __forceinline__ accum_t<Logit> logprob_tile_max(const uint4 (&raw)[N]) {
-  if constexpr (logprob_is_16bit_v<Logit>) {
-    using pair = std::conditional_t<std::is_same_v<Logit, bfloat16>, __nv_bfloat162, __half2>;
-    static_assert(sizeof(pair) == 4, "packed 16-bit pair must be 4 bytes");
-    pair m;
-    {
-      const unsigned w0 = raw[0].x;
-      memcpy(&m, &w0, 4);
-    }
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const unsigned w[4] = {raw[k].x, raw[k].y, raw[k].z, raw[k].w};
-#pragma unroll
-      for (int i = (k == 0 ? 1 : 0); i < 4; ++i) {
-        pair p;
-        memcpy(&p, &w[i], 4);
-        m = __hmax2(m, p);
-      }
-    }
-    unsigned mw;
-    memcpy(&mw, &m, 4);
-    uint4 packed = make_uint4(mw, 0u, 0u, 0u);
-    return fmaxf(logprob_element<Logit>(packed, 0), logprob_element<Logit>(packed, 1));
-  } else {
-    using Acc = accum_t<Logit>;
-    Acc m = logprob_element<Logit>(raw[0], 0);
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-#pragma unroll
-      for (int j = (k == 0 ? 1 : 0); j < logprob_vec_v<Logit>; ++j) m = logprob_max(m, logprob_element<Logit>(raw[k], j));
-    }
-    return m;
-  }
-}
-
-/// exp((z − shift) / τ): float as exp2f((z − shift) · (hi + lo)) with hi + lo = log2 e / τ; double
-/// as exp((z − shift) · hi) with hi = 1/τ.
-__device__ __forceinline__ float logprob_term(float z, float shift, float c_hi, float c_lo) {
-  const float d = z - shift;
-  return exp2f(fmaf(d, c_hi, d * c_lo));
-}
-__device__ __forceinline__ double logprob_term(double z, double shift, double c_hi, double /*c_lo*/) {
-  return exp((z - shift) * c_hi);
-}
-
-// ---- row layout -------------------------------------------------------------------------------
-
-/// A row as [0, head) scalars, `body_vecs` aligned 16-byte vectors, [tail_begin, vocab) scalars.
-/// Offsets within a row are 32-bit (the host rejects V > logprob_max_vocab): fewer registers.
-struct logprob_row_layout {
-  int head;
-  int body_vecs;
-  int tail_begin;
-};
-
-template <class T>
-__device__ __forceinline__ logprob_row_layout logprob_layout(const T* row, int vocab) {
-  constexpr int vec = logprob_vec_v<T>;
-  // The host checked that the data pointer is aligned to sizeof(T), hence every row pointer is.
-  const unsigned misalign = static_cast<unsigned>(reinterpret_cast<std::uintptr_t>(row) & 15u);
-  int head = misalign == 0u ? 0 : static_cast<int>((16u - misalign) / sizeof(T));
-  head = head < vocab ? head : vocab;
-  const int body_vecs = (vocab - head) / vec;
-  return {head, body_vecs, head + body_vecs * vec};
-}
-
-// ---- group reductions (a warp, or the whole 256-thread block) -------------------------------------
-
-// Butterfly shuffles: every lane ends with the same value (IEEE max and + are commutative).
-template <int TPR, class T>
-__device__ __forceinline__ T logprob_group_max(T v, T* scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = logprob_max(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  if constexpr (TPR == 32) {
-    (void)scratch;
-    return v;
-  } else {
-    if ((threadIdx.x & 31u) == 0u) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    T r = scratch[0];
-#pragma unroll
-    for (int w = 1; w < TPR / 32; ++w) r = logprob_max(r, scratch[w]);
-    return r;
-  }
-}
-
-template <int TPR>
-__device__ __forceinline__ double logprob_group_sum(double v, double* scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  if constexpr (TPR == 32) {
-    (void)scratch;
-    return v;
-  } else {
-    if ((threadIdx.x & 31u) == 0u) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double r = scratch[0];
-#pragma unroll
-    for (int w = 1; w < TPR / 32; ++w) r += scratch[w];
-    return r;
-  }
-}
-
-/// A running (max, sum) pair: sum = Σ exp((z − max) / τ) over the values absorbed so far.
-template <class Acc>
-struct logprob_running {
-  Acc max;
-  double sum;
-};
-
-/// Raises the running maximum to `new_max` (if larger), rescaling the sum. exp(−inf) = 0 covers the
-/// first raise; a NaN sum stays NaN; a NaN new_max compares false and changes nothing.
-template <class Acc>
-__device__ __forceinline__ void logprob_raise_max(logprob_running<Acc>& r, Acc new_max, double inv_tau) {
-  if (new_max > r.max) {
-    r.sum *= exp((static_cast<double>(r.max) - static_cast<double>(new_max)) * inv_tau);
-    r.max = new_max;
-  }
-}
-
-/// Shift the terms are taken relative to: the running max, or 0 while it is −inf (so that −inf
-/// logits give exp(−inf) = 0 rather than −inf − (−inf) = NaN).
-template <class Acc>
-__device__ __forceinline__ Acc logprob_shift(Acc running_max) {
-  return running_max == logprob_neg_inf<Acc>() ? Acc(0) : running_max;
-}
-
-/// A pair's sum rescaled to the group maximum `to_max` (exactly the sum when the maxima are equal,
-/// which also covers −inf = −inf).
-__device__ __forceinline__ double logprob_rescaled(double from_max, double sum, double to_max, double inv_tau) {
-  return from_max == to_max ? sum : sum * exp((from_max - to_max) * inv_tau);
-}
-
-// ---- forward ----------------------------------------------------------------------------------
-
-template <class Logit, class Label>
-struct logprob_forward_args {
-  const Logit* logits;
-  index_t rows;
-  index_t vocab;
-  index_t row_stride;
-  const Label* labels;
-  index_t label_stride;
-  accum_t<Logit>* token_logp;
-  index_t logp_stride;
-  accum_t<Logit>* lse;  // nullptr: not written
-  index_t lse_stride;
-  double tau;
-  double inv_tau;          // 1/τ for the fp64 rescaling
-  accum_t<Logit> c_hi;     // float: log2 e / τ = c_hi + c_lo, c_lo > 0; double: 1/τ (c_lo = 0)
-  accum_t<Logit> c_lo;
-  std::int64_t ignore_index;
-  int splits;              // blocks per row (threads_per_row = 256); > 1 → partials + combine kernel
-  double2* partials;       // [rows × splits] (max, sum) when splits > 1
-  error_info* error;
-};
-
-/// The last step of a row, in fp64: logp = (z_y − max)/τ − log(sum), lse = max/τ + log(sum).
-template <class Logit, class Label>
-__device__ void logprob_finish_row(const logprob_forward_args<Logit, Label>& a, index_t row, std::int64_t y,
-                                   double row_max, double row_sum) {
-  using Acc = accum_t<Logit>;
-  Acc logp = Acc(0);
-  Acc lse = Acc(0);
-  if (y == a.ignore_index) {
-    // not scored: logp = lse = 0
-  } else if (y < 0 || y >= a.vocab) {
-    report_error(a.error, status::label_out_of_range, row);
-    logp = logprob_nan<Acc>();
-    lse = logprob_nan<Acc>();
-  } else {
-    const double z_y = static_cast<double>(logprob_load<Logit>(a.logits + row * a.row_stride + y));
-    const double log_sum = log(row_sum);
-    logp = static_cast<Acc>((z_y - row_max) / a.tau - log_sum);
-    lse = static_cast<Acc>(row_max / a.tau + log_sum);
-  }
-  a.token_logp[row * a.logp_stride] = logp;
-  if (a.lse != nullptr) a.lse[row * a.lse_stride] = lse;
-}
-
-/// Work item = (row, split) for TPR = 256 (one block), or 8 consecutive rows for TPR = 32 (one
-/// warp each). Control flow is uniform per group, so the group's shuffles and barriers are safe.
-template <int TPR, class Logit, class Label>
-__global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 8)
-    logprob_forward_kernel(const logprob_forward_args<Logit, Label> a, const index_t items) {
-  static_assert(TPR == 32 || TPR == logprob_block_threads, "a row is handled by a warp or by a block");
-  using Acc = accum_t<Logit>;
-  constexpr int vec = logprob_vec_v<Logit>;
-  constexpr int vpt = logprob_vectors_per_thread;
-  constexpr int tile_vecs = TPR * vpt;
-  constexpr int rows_per_block = logprob_block_threads / TPR;
-  const int vocab = static_cast<int>(a.vocab);
-  __shared__ Acc max_scratch[logprob_block_threads / 32];
-  __shared__ double sum_scratch[logprob_block_threads / 32];
-  const int lane = static_cast<int>(threadIdx.x) % TPR;
-  const int group = static_cast<int>(threadIdx.x) / TPR;
-
-  for (index_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const index_t row = TPR == 32 ? item * rows_per_block + group : item / a.splits;
-    const int split = TPR == 32 ? 0 : static_cast<int>(item % a.splits);
-    if (row >= a.rows) continue;  // only the last block of the warp-per-row shape; whole warps
-    const std::int64_t y = static_cast<std::int64_t>(__ldg(a.labels + row * a.label_stride));
-    const bool scored = y != a.ignore_index && y >= 0 && y < a.vocab;
-    double row_max = static_cast<double>(logprob_neg_inf<Acc>());
-    double row_sum = 0.0;
-    if (scored) {  // ignored and bad rows are never read
-      const Logit* logits_row = a.logits + row * a.row_stride;
-      const logprob_row_layout layout = logprob_layout(logits_row, vocab);
-      logprob_running<Acc> run{logprob_neg_inf<Acc>(), 0.0};
-      if (split == 0) {
-        // Head and tail scalars (fewer than 2 × vec ≤ 16 elements): one per lane.
-        const int edge_count = layout.head + (vocab - layout.tail_begin);
-        if (lane < edge_count) {
-          const int e = lane < layout.head ? lane : layout.tail_begin + (lane - layout.head);
-          const Acc z = logprob_load<Logit>(logits_row + e);
-          logprob_raise_max(run, z, a.inv_tau);
-          run.sum += static_cast<double>(logprob_term(z, logprob_shift(run.max), a.c_hi, a.c_lo));
-        }
-      }
-      const int tiles = (layout.body_vecs + tile_vecs - 1) / tile_vecs;
-      const int tile_begin = static_cast<int>(static_cast<long long>(tiles) * split / a.splits);
-      const int tile_end = static_cast<int>(static_cast<long long>(tiles) * (split + 1) / a.splits);
-      const uint4* body = reinterpret_cast<const uint4*>(logits_row + layout.head);
-      for (int t = tile_begin; t < tile_end; ++t) {
-        uint4 raw[vpt];
-        const int first = t * tile_vecs + lane;
-#pragma unroll
-        for (int k = 0; k < vpt; ++k) {
-          const int v = first + k * TPR;
-          raw[k] = v < layout.body_vecs ? __ldg(body + v) : logprob_neg_inf_vector<Logit>();
-        }
-        logprob_raise_max(run, logprob_tile_max<Logit>(raw), a.inv_tau);
-        const Acc shift = logprob_shift(run.max);
-        Acc tile_sum = Acc(0);  // ≤ 32 terms in fp32, each ≤ 1 (or NaN)
-#pragma unroll
-        for (int k = 0; k < vpt; ++k) {
-#pragma unroll
-          for (int j = 0; j < vec; ++j) tile_sum += logprob_term(logprob_element<Logit>(raw[k], j), shift, a.c_hi, a.c_lo);
-        }
-        run.sum += static_cast<double>(tile_sum);
-      }
-      const Acc group_max = logprob_group_max<TPR>(run.max, max_scratch);
-      row_max = static_cast<double>(group_max);
-      row_sum = logprob_group_sum<TPR>(
-          logprob_rescaled(static_cast<double>(run.max), run.sum, row_max, a.inv_tau), sum_scratch);
-    }
-    if (lane == 0) {
-      if (a.splits == 1) logprob_finish_row(a, row, y, row_max, row_sum);
-      else if (scored) a.partials[row * a.splits + split] = make_double2(row_max, row_sum);
-    }
-  }
-}
-
-/// Second step of the split forward: one thread per row combines its splits in order.
-template <class Logit, class Label>
-__global__ void __launch_bounds__(logprob_block_threads)
-    logprob_combine_kernel(const logprob_forward_args<Logit, Label> a) {
-  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t row = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < a.rows; row += stride) {
-    const std::int64_t y = static_cast<std::int64_t>(a.labels[row * a.label_stride]);
-    double row_max = static_cast<double>(logprob_neg_inf<accum_t<Logit>>());
-    double row_sum = 0.0;
-    if (y != a.ignore_index && y >= 0 && y < a.vocab) {
-      const double2* p = a.partials + row * a.splits;
-      for (int s = 0; s < a.splits; ++s) row_max = fmax(row_max, p[s].x);
-      for (int s = 0; s < a.splits; ++s) row_sum += logprob_rescaled(p[s].x, p[s].y, row_max, a.inv_tau);
-    }
-    logprob_finish_row(a, row, y, row_max, row_sum);
-  }
-}
-
-// ---- backward ---------------------------------------------------------------------------------
-
-template <class Logit, class Label, class Grad>
-struct logprob_backward_args {
-  const Logit* logits;  // may alias grad (in-place): read with plain loads, each element before its write
-  index_t rows;
-  index_t vocab;
-  index_t row_stride;
-  const Label* labels;
-  index_t label_stride;
-  const accum_t<Logit>* lse;
-  index_t lse_stride;
-  const accum_t<Logit>* grad_logp;
-  index_t grad_logp_stride;
-  Grad* grad;
-  index_t grad_row_stride;
-  double tau;
-  accum_t<Logit> c_hi;  // as in logprob_forward_args
-  accum_t<Logit> c_lo;
-  std::int64_t ignore_index;
-  int splits;
-  error_info* error;
-};
-
-template <class Grad, class Acc>
-__device__ __forceinline__ void logprob_store(Grad* out, Acc value) {
-  if constexpr (std::is_same_v<Grad, bfloat16>) out->bits = __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(value)));
-  else if constexpr (std::is_same_v<Grad, float16>) out->bits = __half_as_ushort(__float2half_rn(static_cast<float>(value)));
-  else *out = static_cast<Grad>(value);
-}
-
-template <class Grad>
-__device__ __forceinline__ unsigned logprob_pack2(float lo, float hi) {
-  unsigned short a, b;
-  if constexpr (std::is_same_v<Grad, bfloat16>) {
-    a = __bfloat16_as_ushort(__float2bfloat16_rn(lo));
-    b = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
-  } else {
-    a = __half_as_ushort(__float2half_rn(lo));
-    b = __half_as_ushort(__float2half_rn(hi));
-  }
-  return static_cast<unsigned>(a) | (static_cast<unsigned>(b) << 16);
-}
-
-/// Bytes of alignment the vectorized store of one input vector's worth of gradients needs.
-template <class Logit, class Grad>
-inline constexpr unsigned logprob_store_alignment_v =
-    logprob_vec_v<Logit> * sizeof(Grad) >= 16 ? 16u : static_cast<unsigned>(logprob_vec_v<Logit> * sizeof(Grad));
-
-/// Stores the gradients of one input vector (Vec elements) with 16-byte (or 8-byte) stores when the
-/// destination is aligned for them, element by element otherwise.
-template <class Grad, class Acc, int Vec>
-__device__ __forceinline__ void logprob_store_vector(Grad* out, const Acc (&g)[Vec], bool vectorized) {
-  if (vectorized) {
-    if constexpr (logprob_is_16bit_v<Grad>) {
-      static_assert(Vec == 8, "16-bit gradients come from 16-bit logits");
-      *reinterpret_cast<uint4*>(out) = make_uint4(logprob_pack2<Grad>(g[0], g[1]), logprob_pack2<Grad>(g[2], g[3]),
-                                                  logprob_pack2<Grad>(g[4], g[5]), logprob_pack2<Grad>(g[6], g[7]));
-      return;
-    } else if constexpr (std::is_same_v<Grad, float> && Vec >= 4) {
-#pragma unroll
-      for (int c = 0; c < Vec / 4; ++c)
-        reinterpret_cast<float4*>(out)[c] =
-            make_float4(static_cast<float>(g[4 * c]), static_cast<float>(g[4 * c + 1]),
-                        static_cast<float>(g[4 * c + 2]), static_cast<float>(g[4 * c + 3]));
-      return;
-    } else if constexpr (std::is_same_v<Grad, float>) {
-      static_assert(Vec == 2, "fp64 logits come two to a vector");
-      *reinterpret_cast<float2*>(out) = make_float2(static_cast<float>(g[0]), static_cast<float>(g[1]));
-      return;
-    } else {
-#pragma unroll
-      for (int c = 0; c < Vec / 2; ++c)
-        reinterpret_cast<double2*>(out)[c] = make_double2(static_cast<double>(g[2 * c]), static_cast<double>(g[2 * c + 1]));
-      return;
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < Vec; ++j) logprob_store(out + j, g[j]);
-}
-
-/// Per-row constants of the backward.
-template <class Acc>
-struct logprob_grad_row {
-  Acc neg_scale;  // −g/τ
-  double scale;   // g/τ
-  double lse;
-  Acc l_hi;       // float: lse · log2 e = l_hi + l_lo; double: lse
-  Acc l_lo;
-};
-
-/// −(g/τ) · exp(z/τ − lse): float as exp2f(z·(c_hi + c_lo) − (l_hi + l_lo)).
-__device__ __forceinline__ float logprob_grad_term(float z, const logprob_grad_row<float>& r, float c_hi, float c_lo) {
-  return r.neg_scale * exp2f(fmaf(z, c_hi, -r.l_hi) + fmaf(z, c_lo, -r.l_lo));
-}
-__device__ __forceinline__ double logprob_grad_term(double z, const logprob_grad_row<double>& r, double c_hi,
-                                                     double /*c_lo*/) {
-  return r.neg_scale * exp(z * c_hi - r.l_hi);
-}
-
-/// The label's entry, (g/τ)(1 − exp(z_y/τ − lse)) in fp64 (once per row: kept out of line).
-template <class Acc>
-__device__ __noinline__ Acc logprob_label_grad(Acc z_y, double scale, double tau, double lse) {
-  return static_cast<Acc>(scale * (1.0 - exp(static_cast<double>(z_y) / tau - lse)));
-}
-
-// Block rows: at most 64 registers, so that 4 blocks (1024 threads, 64 KiB of loads in flight) fit
-// on an SM. (Warp rows are short; a cap there would only spill.)
-template <int TPR, class Logit, class Label, class Grad>
-__global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 4)
-    logprob_backward_kernel(const logprob_backward_args<Logit, Label, Grad> a, const index_t items) {
-  static_assert(TPR == 32 || TPR == logprob_block_threads, "a row is handled by a warp or by a block");
-  using Acc = accum_t<Logit>;
-  constexpr int vec = logprob_vec_v<Logit>;
-  constexpr int vpt = logprob_vectors_per_thread;
-  constexpr int tile_vecs = TPR * vpt;
-  constexpr int rows_per_block = logprob_block_threads / TPR;
-  const int vocab = static_cast<int>(a.vocab);
-  constexpr unsigned store_alignment = logprob_store_alignment_v<Logit, Grad>;
-  const int lane = static_cast<int>(threadIdx.x) % TPR;
-  const int group = static_cast<int>(threadIdx.x) / TPR;
-
-  for (index_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const index_t row = TPR == 32 ? item * rows_per_block + group : item / a.splits;
-    const int split = TPR == 32 ? 0 : static_cast<int>(item % a.splits);
-    if (row >= a.rows) continue;
-    const std::int64_t y = static_cast<std::int64_t>(a.labels[row * a.label_stride]);
-    const bool ignored = y == a.ignore_index;
-    const bool scored = !ignored && y >= 0 && y < a.vocab;
-    const Logit* logits_row = a.logits + row * a.row_stride;
-    Grad* out_row = a.grad + row * a.grad_row_stride;
-    const logprob_row_layout layout = logprob_layout(logits_row, vocab);
-    const bool vectorized =
-        (reinterpret_cast<std::uintptr_t>(out_row + layout.head) & (store_alignment - 1u)) == 0u;
-    const int tiles = (layout.body_vecs + tile_vecs - 1) / tile_vecs;
-    const int tile_begin = static_cast<int>(static_cast<long long>(tiles) * split / a.splits);
-    const int tile_end = static_cast<int>(static_cast<long long>(tiles) * (split + 1) / a.splits);
-    const int edge_count = layout.head + (vocab - layout.tail_begin);
-    const int edge = lane < layout.head ? lane : layout.tail_begin + (lane - layout.head);  // if lane < edge_count
-
-    if (!scored) {
-      // Ignored rows get 0; rows with a bad label NaN (and an error report). Their logits are not read.
-      const Acc fill = ignored ? Acc(0) : logprob_nan<Acc>();
-      if (!ignored && split == 0 && lane == 0) report_error(a.error, status::label_out_of_range, row);
-      if (split == 0 && lane < edge_count) logprob_store(out_row + edge, fill);
-      Acc g[vec];
-#pragma unroll
-      for (int j = 0; j < vec; ++j) g[j] = fill;
-      for (int t = tile_begin; t < tile_end; ++t) {
-#pragma unroll
-        for (int k = 0; k < vpt; ++k) {
-          const int v = t * tile_vecs + lane + k * TPR;
-          if (v < layout.body_vecs) logprob_store_vector(out_row + layout.head + v * vec, g, vectorized);
-        }
-      }
-      continue;
-    }
-
-    logprob_grad_row<Acc> r;
-    r.lse = static_cast<double>(a.lse[row * a.lse_stride]);
-    r.scale = static_cast<double>(a.grad_logp[row * a.grad_logp_stride]) / a.tau;
-    r.neg_scale = static_cast<Acc>(-r.scale);
-    if constexpr (std::is_same_v<Acc, float>) {
-      const double l = r.lse * logprob_log2e;
-      r.l_hi = static_cast<float>(l);
-      r.l_lo = static_cast<float>(l - static_cast<double>(r.l_hi));
-    } else {
-      r.l_hi = r.lse;
-      r.l_lo = 0.0;
-    }
-
-    if (split == 0 && lane < edge_count) {
-      const Acc z = logprob_load<Logit, false>(logits_row + edge);
-      const Acc g = edge == y ? logprob_label_grad(z, r.scale, a.tau, r.lse) : logprob_grad_term(z, r, a.c_hi, a.c_lo);
-      logprob_store(out_row + edge, g);
-    }
-    // The body vector holding the label (−1 if the label is a head/tail scalar) and its slot.
-    const int label = static_cast<int>(y);
-    const int label_vector = label >= layout.head && label < layout.tail_begin ? (label - layout.head) / vec : -1;
-    const int label_offset = (label - layout.head) % vec;
-    const uint4* body = reinterpret_cast<const uint4*>(logits_row + layout.head);
-    for (int t = tile_begin; t < tile_end; ++t) {
-      uint4 raw[vpt];
-      const int first = t * tile_vecs + lane;
-#pragma unroll
-      for (int k = 0; k < vpt; ++k) {
-        const int v = first + k * TPR;
-        if (v < layout.body_vecs) raw[k] = body[v];  // plain load: grad may be this very memory
-      }
-#pragma unroll
-      for (int k = 0; k < vpt; ++k) {
-        const int v = first + k * TPR;
-        if (v < layout.body_vecs) {
-          const int e0 = layout.head + v * vec;
-          Acc g[vec];
-#pragma unroll
-          for (int j = 0; j < vec; ++j) g[j] = logprob_grad_term(logprob_element<Logit>(raw[k], j), r, a.c_hi, a.c_lo);
-          if (v == label_vector) {  // once per row
-            Acc z_y = Acc(0);
-#pragma unroll
-            for (int j = 0; j < vec; ++j)
-              if (j == label_offset) z_y = logprob_element<Logit>(raw[k], j);
-            const Acc label_grad = logprob_label_grad(z_y, r.scale, a.tau, r.lse);
-#pragma unroll
-            for (int j = 0; j < vec; ++j)
-              if (j == label_offset) g[j] = label_grad;
-          }
-          logprob_store_vector(out_row + e0, g, vectorized);
-        }
-      }
-    }
-  }
-}
-
 // ---- host side --------------------------------------------------------------------------------
 
 /// Checks that a view's data pointer is aligned to its element type (the kernels' loads need it).
@@ -659,6 +98,32 @@ void logprob_check_per_row(const device_view<T, 1>& v, index_t rows, const char*
   ::consr::detail::check_view(v, fn, arg);
   ::consr::detail::check_extent(v, 0, rows, fn, arg, "rows of logits");
   logprob_check_aligned(v, fn, arg);
+}
+
+/// The checks both directions start with: the options, the logits, one label per row.
+template <class Logit, class Label>
+void logprob_check_inputs(const logprob_options& options, const device_view<const Logit, 2>& logits,
+                          const device_view<const Label, 1>& labels, const char* fn) {
+  ::consr::detail::check_logprob_options(options, fn);
+  logprob_check_logits(logits, fn);
+  logprob_check_per_row(labels, logits.extent(0), fn, "labels");
+}
+
+/// The per-row outputs of a forward (token_logprobs, linear_token_logprobs): token_logp of `rows`
+/// elements, lse of `rows` or none (not written; `lse_what` says what the rows are), aligned and
+/// without broadcast strides. Returns whether lse is written.
+template <class Acc>
+bool logprob_check_row_outputs(const device_view<Acc, 1>& token_logp, const device_view<Acc, 1>& lse, index_t rows,
+                               const char* fn, const char* lse_what) {
+  logprob_check_per_row(token_logp, rows, fn, "token_logp");
+  check_no_broadcast(token_logp, fn, "token_logp");
+  check_optional_size(lse, rows, fn, "lse", lse_what);
+  const bool write_lse = lse.size() != 0;
+  if (write_lse) {
+    logprob_check_aligned(lse, fn, "lse");
+    check_no_broadcast(lse, fn, "lse");
+  }
+  return write_lse;
 }
 
 inline void logprob_check_shape(const logprob_launch_shape& s, const char* fn) {
@@ -753,19 +218,10 @@ status logprob_forward(void* d_temp_storage, std::size_t* temp_storage_bytes, de
   constexpr const char* fn = "consr::cuda::token_logprobs";
   return guarded([&]() -> status {
     // Everything is checked before anything is launched (status::invalid_argument + message).
-    ::consr::detail::check_logprob_options(options, fn);
-    logprob_check_logits(logits, fn);
+    logprob_check_inputs(options, logits, labels, fn);
     const index_t rows = logits.extent(0);
     const index_t vocab = logits.extent(1);
-    logprob_check_per_row(labels, rows, fn, "labels");
-    logprob_check_per_row(token_logp, rows, fn, "token_logp");
-    check_no_broadcast(token_logp, fn, "token_logp");
-    check_optional_size(lse, rows, fn, "lse", "rows of logits");
-    const bool write_lse = lse.size() != 0;
-    if (write_lse) {
-      logprob_check_aligned(lse, fn, "lse");
-      check_no_broadcast(lse, fn, "lse");
-    }
+    const bool write_lse = logprob_check_row_outputs(token_logp, lse, rows, fn, "rows of logits");
     logprob_check_shape(forced, fn);
 
     const bool may_split = temp_storage_bytes != nullptr;
@@ -846,11 +302,9 @@ status logprob_backward(device_view<const Logit, 2> logits, device_view<const La
                 "float or double");
   constexpr const char* fn = "consr::cuda::token_logprobs_backward";
   return guarded([&]() -> status {
-    ::consr::detail::check_logprob_options(options, fn);
-    logprob_check_logits(logits, fn);
+    logprob_check_inputs(options, logits, labels, fn);
     const index_t rows = logits.extent(0);
     const index_t vocab = logits.extent(1);
-    logprob_check_per_row(labels, rows, fn, "labels");
     logprob_check_per_row(lse, rows, fn, "lse");
     logprob_check_per_row(grad_token_logp, rows, fn, "grad_token_logp");
     ::consr::detail::check_view(grad_logits, fn, "grad_logits");
