@@ -259,6 +259,23 @@ const accum_t<T>* linear_weight_chunk(const host_view<const T, 2>& weight, index
   }
 }
 
+// Both directions: logits[N, cols] = hidden · W[v0 : v0 + cols]ᵀ (no bias); returns the chunk's
+// weight operand (widened for bf16/fp16; leading dimension in `ld`) for the backward's GEMMs.
+template <class Gemm, class T>
+const accum_t<T>* linear_chunk_logits(const host_view<const T, 2>& weight, index_t v0, index_t cols, index_t tokens,
+                                      const accum_t<T>* hidden_acc, index_t hidden_ld, const linear_workspace& ws,
+                                      const linear_workspace_layout& layout, accum_t<T>* logits, index_t& ld) {
+  using Acc = accum_t<T>;
+  const Acc* weight_chunk = linear_weight_chunk(weight, v0, cols, ws, layout, ld);
+  Gemm::gemm_nt(tokens, cols, weight.extent(1), Acc(1), hidden_acc, hidden_ld, weight_chunk, ld, Acc(0), logits, cols);
+  return weight_chunk;
+}
+
+template <class T>  // the bias entries of the chunk at v0, or null without a bias
+const T* linear_bias_chunk(const host_view<const T, 1>& bias, index_t v0) noexcept {
+  return bias.size() != 0 ? bias.data() + v0 * bias.stride(0) : nullptr;
+}
+
 // row[j] += bias[j], the bias widened to the accumulation type.
 template <class Acc, class T>
 CONSR_FORCEINLINE void add_bias(Acc* CONSR_RESTRICT row, const T* CONSR_RESTRICT bias, index_t n) noexcept {
@@ -295,16 +312,8 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   // ---- checks: everything before anything is written -------------------------------------------
   const linear_extents extents = check_linear_inputs(hidden, weight, bias, labels, options, fn);
   const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
-  const bool has_bias = bias.size() != 0;
-  check_view(token_logp, fn, "token_logp");
-  check_extent(token_logp, 0, tokens, fn, "token_logp", "tokens, rows of hidden");
-  check_distinct_rows(token_logp, fn, "token_logp");
-  const bool write_lse = lse.size() != 0;
-  if (write_lse) {
-    check_view(lse, fn, "lse");
-    check_extent(lse, 0, tokens, fn, "lse", "tokens, rows of hidden; or an empty view to skip it");
-    check_distinct_rows(lse, fn, "lse");
-  }
+  const bool write_lse = check_row_outputs(token_logp, lse, tokens, fn, "tokens, rows of hidden",
+                                           "tokens, rows of hidden; or an empty view to skip it");
   check_view(workspace, fn, "workspace");
   check_no_overlap(workspace, "workspace", hidden, "hidden", fn);
   check_no_overlap(workspace, "workspace", weight, "weight", fn);
@@ -340,11 +349,8 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
     const index_t cols = std::min(chunk, vocab - v0);
     index_t weight_chunk_ld = 0;
-    const Acc* weight_chunk = linear_weight_chunk(weight, v0, cols, ws, layout, weight_chunk_ld);
-    // logits[N, cols] = hidden · W[v0 : v0 + cols]ᵀ
-    Gemm::gemm_nt(tokens, cols, hidden_size, Acc(1), hidden_acc, hidden_ld, weight_chunk, weight_chunk_ld, Acc(0),
-                  logits, cols);
-    const T* bias_chunk = has_bias ? bias.data() + v0 * bias.stride(0) : nullptr;
+    linear_chunk_logits<Gemm>(weight, v0, cols, tokens, hidden_acc, hidden_ld, ws, layout, logits, weight_chunk_ld);
+    const T* bias_chunk = linear_bias_chunk(bias, v0);
     const bool run_parallel = parallel_worth_it(tokens, cols);
     (void)run_parallel;
     CONSR_OMP(parallel for schedule(static) if (run_parallel))
@@ -391,7 +397,6 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   // ---- checks: everything before anything is written -------------------------------------------
   const linear_extents extents = check_linear_inputs(hidden, weight, bias, labels, options, fn);
   const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
-  const bool has_bias = bias.size() != 0;
   check_view(lse, fn, "lse");
   check_extent(lse, 0, tokens, fn, "lse", "tokens, rows of hidden");
   check_view(grad_token_logp, fn, "grad_token_logp");
@@ -464,12 +469,11 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
 
   for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
     const index_t cols = std::min(chunk, vocab - v0);
+    // Recompute the chunk's logits, then turn them into G in place.
     index_t weight_chunk_ld = 0;
-    const Acc* weight_chunk = linear_weight_chunk(weight, v0, cols, ws, layout, weight_chunk_ld);
-    // Recompute logits[N, cols] = hidden · W_chunkᵀ, then turn them into G in place.
-    Gemm::gemm_nt(tokens, cols, hidden_size, Acc(1), hidden_acc, hidden_ld, weight_chunk, weight_chunk_ld, Acc(0),
-                  logits, cols);
-    const T* bias_chunk = has_bias ? bias.data() + v0 * bias.stride(0) : nullptr;
+    const Acc* weight_chunk = linear_chunk_logits<Gemm>(weight, v0, cols, tokens, hidden_acc, hidden_ld, ws, layout,
+                                                        logits, weight_chunk_ld);
+    const T* bias_chunk = linear_bias_chunk(bias, v0);
     const bool run_parallel = parallel_worth_it(tokens, cols);
     (void)run_parallel;
     CONSR_OMP(parallel for schedule(static) if (run_parallel))

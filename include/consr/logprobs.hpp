@@ -279,6 +279,24 @@ void check_distinct_rows(const host_view<T, 1>& v, const char* fn, const char* a
                   " rows would be written to one element");
 }
 
+// The per-row outputs of a forward (token_logprobs, linear_token_logprobs): token_logp of `rows`
+// elements and lse of `rows` or none (not written); `what` / `lse_what` say what the rows are.
+// Returns whether lse is written.
+template <class Acc>
+bool check_row_outputs(const host_view<Acc, 1>& token_logp, const host_view<Acc, 1>& lse, index_t rows,
+                       const char* fn, const char* what, const char* lse_what) {
+  check_view(token_logp, fn, "token_logp");
+  check_extent(token_logp, 0, rows, fn, "token_logp", what);
+  check_distinct_rows(token_logp, fn, "token_logp");
+  const bool write_lse = lse.size() != 0;
+  if (write_lse) {
+    check_view(lse, fn, "lse");
+    check_extent(lse, 0, rows, fn, "lse", lse_what);
+    check_distinct_rows(lse, fn, "lse");
+  }
+  return write_lse;
+}
+
 // Every label is in [0, vocab) or equals ignore_index; checked for all rows before anything is written.
 template <class Label>
 void check_labels(const host_view<const Label, 1>& labels, index_t vocab, std::int64_t ignore_index, const char* fn) {
@@ -312,15 +330,8 @@ void token_logprobs_impl(host_view<const Logit, 2> logits, host_view<const Label
   check_logits_and_labels(logits, labels, options, fn);
   const index_t rows = logits.extent(0);
   const index_t vocab = logits.extent(1);
-  check_view(token_logp, fn, "token_logp");
-  check_extent(token_logp, 0, rows, fn, "token_logp", "rows of logits");
-  check_distinct_rows(token_logp, fn, "token_logp");
-  const bool write_lse = lse.size() != 0;
-  if (write_lse) {
-    check_view(lse, fn, "lse");
-    check_extent(lse, 0, rows, fn, "lse", "rows of logits, or 0 to skip it");
-    check_distinct_rows(lse, fn, "lse");
-  }
+  const bool write_lse =
+      check_row_outputs(token_logp, lse, rows, fn, "rows of logits", "rows of logits, or 0 to skip it");
   check_labels(labels, vocab, options.ignore_index, fn);
 
   const double tau = options.temperature;
