@@ -210,11 +210,7 @@ TEST_CASE("cuda diffusion noise rejects bad arguments without launching", "[cuda
 TEST_CASE("cuda random patch mask equals the host twin bit for bit", "[cuda][corruption]") {
   std::mt19937_64 rng(5);
   const consr::rng_key key{2024, 3};
-  consr::patch_mask_options opt;
-  opt.patch_size = 14;
-  opt.probability = 0.4;
-  opt.fill_value = -0.5;
-  opt.image_offset = 3;
+  consr::patch_mask_options opt{14, 0.4, -0.5, 3};  // patch size, probability, fill value, image offset
 
   SECTION("a batch [4, 3, 45, 61] (border patches cut)") {
     const std::array<index_t, 4> s{4, 3, 45, 61};

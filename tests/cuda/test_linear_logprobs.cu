@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -258,21 +259,11 @@ void forward_sweep() {
 
 }  // namespace
 
-TEST_CASE("cuda linear_token_logprobs matches the fp64 reference, the host twin and one chunk (fp32)",
-          "[cuda][linear_logprobs]") {
-  forward_sweep<float, std::int64_t>();
-}
-TEST_CASE("cuda linear_token_logprobs matches the fp64 reference, the host twin and one chunk (bf16)",
-          "[cuda][linear_logprobs]") {
-  forward_sweep<bfloat16, std::int64_t>();
-}
-TEST_CASE("cuda linear_token_logprobs matches the fp64 reference, the host twin and one chunk (fp16, int32)",
-          "[cuda][linear_logprobs]") {
-  forward_sweep<float16, std::int32_t>();
-}
-TEST_CASE("cuda linear_token_logprobs matches the fp64 reference, the host twin and one chunk (fp64)",
-          "[cuda][linear_logprobs]") {
-  forward_sweep<double, std::int64_t>();
+// One case per input type: (T, Label) = (fp32, int64), (bf16, int64), (fp16, int32), (fp64, int64).
+TEMPLATE_TEST_CASE("cuda linear_token_logprobs matches the fp64 reference, the host twin and one chunk",
+                   "[cuda][linear_logprobs]", (std::pair<float, std::int64_t>), (std::pair<bfloat16, std::int64_t>),
+                   (std::pair<float16, std::int32_t>), (std::pair<double, std::int64_t>)) {
+  forward_sweep<typename TestType::first_type, typename TestType::second_type>();
 }
 
 TEST_CASE("cuda linear_token_logprobs equals the materialized device path", "[cuda][linear_logprobs]") {

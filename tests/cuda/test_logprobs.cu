@@ -27,17 +27,7 @@ using consr::index_t;
 using consr::status;
 using consr::cuda::logprob_launch_shape;
 
-using consr_test::device_buffer;
-using consr_test::float_output_tolerance;
-using consr_test::from_double;
-using consr_test::inf_v;
-using consr_test::nan_v;
-using consr_test::random_labels;
-using consr_test::random_upstream;
-using consr_test::reference_logprob;
-using consr_test::reference_row;
-using consr_test::same_bits;
-using consr_test::value_of;
+using namespace consr_test;  // the shared values, references and random data (test_util.hpp)
 using device_error = consr_test::device_error_info;
 
 // ---- values ---------------------------------------------------------------------------------------
@@ -193,20 +183,13 @@ double check_forward(const forward_case& c, std::uint64_t seed, forward_api api,
 template <class Logit, class Label>
 void check_forward_sweep() {
   const index_t vocabs[] = {1, 7, 1000, 2049, 32000, 152064};
-  std::mt19937_64 gen(2024);
   std::uint64_t seed = 1;
   double worst = 0;
-  for (const index_t vocab : vocabs) {
-    const index_t max_rows = vocab >= 32000 ? 5 : 40;
-    std::uniform_int_distribution<index_t> pick_rows(1, max_rows);
-    for (const double stddev : {1.0, 5.0}) {
-      for (const double tau : {1.0, 0.7}) {
-        const forward_case c{pick_rows(gen), vocab, stddev, tau};
-        worst = std::max(worst, check_forward<Logit, Label>(c, seed++, forward_api::no_temp));
-        worst = std::max(worst, check_forward<Logit, Label>(c, seed++, forward_api::temp));
-      }
-    }
-  }
+  for_each_forward_case(vocabs, 2024, 40, 5, [&](index_t rows, index_t vocab, double stddev, double tau) {
+    const forward_case c{rows, vocab, stddev, tau};
+    worst = std::max(worst, check_forward<Logit, Label>(c, seed++, forward_api::no_temp));
+    worst = std::max(worst, check_forward<Logit, Label>(c, seed++, forward_api::temp));
+  });
   // Large temperatures and a wide logit range exercise the rescaling of the running sums.
   worst = std::max(worst, check_forward<Logit, Label>({4, 5000, 20.0, 2.5}, seed++, forward_api::temp));
   INFO("largest error beyond the output's own rounding: " << worst);

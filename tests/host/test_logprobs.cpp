@@ -25,18 +25,7 @@ using consr::index_t;
 using consr::make_strided_view;
 using consr::make_view;
 
-using consr_test::error_argument;
-using consr_test::error_message;
-using consr_test::float_output_tolerance;
-using consr_test::from_double;
-using consr_test::inf_v;
-using consr_test::nan_v;
-using consr_test::random_labels;
-using consr_test::random_upstream;
-using consr_test::reference_logprob;
-using consr_test::reference_row;
-using consr_test::same_bits;
-using consr_test::value_of;
+using namespace consr_test;  // the shared values, references and random data (test_util.hpp)
 
 template <class T>
 std::vector<T> random_logits(index_t rows, index_t vocab, double stddev, std::uint64_t seed) {
@@ -93,19 +82,11 @@ double check_forward_against_reference(const forward_case& c, std::uint64_t seed
 template <class Logit, class Label>
 void check_forward_sweep(double tol) {
   const index_t vocabs[] = {1, 2, 3, 17, 1000, 2049, 32000, 152064};
-  std::mt19937_64 gen(12345);
   std::uint64_t seed = 1;
   double worst = 0;
-  for (const index_t vocab : vocabs) {
-    const index_t max_rows = vocab >= 32000 ? 3 : 9;
-    std::uniform_int_distribution<index_t> pick_rows(1, max_rows);
-    for (const double stddev : {1.0, 5.0}) {
-      for (const double tau : {1.0, 0.7}) {
-        const forward_case c{pick_rows(gen), vocab, stddev, tau};
-        worst = std::max(worst, check_forward_against_reference<Logit, Label>(c, seed++, tol));
-      }
-    }
-  }
+  for_each_forward_case(vocabs, 12345, 9, 3, [&](index_t rows, index_t vocab, double stddev, double tau) {
+    worst = std::max(worst, check_forward_against_reference<Logit, Label>({rows, vocab, stddev, tau}, seed++, tol));
+  });
   // Large temperatures and a wide logit range exercise the rescaling of the running sum.
   worst = std::max(worst, check_forward_against_reference<Logit, Label>({4, 5000, 20.0, 2.5}, seed++, tol));
   INFO("largest error beyond the output's own rounding: " << worst);
@@ -486,42 +467,33 @@ TEST_CASE("token_logprobs_backward matches the analytic fp64 gradient", "[logpro
   check_backward_against_analytic<double, float>(1.0, 4e-7);
 }
 
-TEST_CASE("in-place backward equals out-of-place backward", "[logprobs][backward]") {
+// The backward of random logits (seed) into a new array and in place on a copy of them: the same bits.
+template <class T>
+void check_in_place_backward(std::uint64_t seed, const consr::logprob_options& options) {
   const index_t rows = 7, vocab = 3000;
   auto labels = random_labels<std::int64_t>(rows, vocab, 92);
   labels[2] = -100;
   const auto g = cast_vector<float>(random_upstream(rows, 93));
-  SECTION("fp32") {
-    const auto logits = random_logits<float>(rows, vocab, 2.0, 91);
-    std::vector<float> lse(rows), logp(rows);
-    consr::token_logprobs(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
-                          make_view(logp.data(), rows), make_view(lse.data(), rows));
-    std::vector<float> out(logits.size());
-    consr::token_logprobs_backward(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
-                                   make_view(lse.data(), rows), make_view(g.data(), rows),
-                                   make_view(out.data(), rows, vocab));
-    auto inplace = logits;
-    consr::token_logprobs_backward(make_view(inplace.data(), rows, vocab), make_view(labels.data(), rows),
-                                   make_view(lse.data(), rows), make_view(g.data(), rows),
-                                   make_view(inplace.data(), rows, vocab));
-    for (std::size_t k = 0; k < out.size(); ++k) REQUIRE(same_bits(out[k], inplace[k]));
+  const auto logits = random_logits<T>(rows, vocab, 2.0, seed);
+  std::vector<float> lse(rows), logp(rows);
+  consr::token_logprobs(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
+                        make_view(logp.data(), rows), make_view(lse.data(), rows), options);
+  std::vector<T> out(logits.size());
+  auto inplace = logits;
+  for (std::vector<T>* into : {&out, &inplace}) {
+    consr::token_logprobs_backward(make_view((into == &out ? logits : inplace).data(), rows, vocab),
+                                   make_view(labels.data(), rows), make_view(lse.data(), rows),
+                                   make_view(g.data(), rows), make_view(into->data(), rows, vocab), options);
   }
+  for (std::size_t k = 0; k < out.size(); ++k) REQUIRE(same_bits(out[k], inplace[k]));
+}
+
+TEST_CASE("in-place backward equals out-of-place backward", "[logprobs][backward]") {
+  SECTION("fp32") { check_in_place_backward<float>(91, {}); }
   SECTION("bf16 with temperature") {
-    const auto logits = random_logits<bfloat16>(rows, vocab, 2.0, 94);
     consr::logprob_options options;
     options.temperature = 0.8;
-    std::vector<float> lse(rows), logp(rows);
-    consr::token_logprobs(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
-                          make_view(logp.data(), rows), make_view(lse.data(), rows), options);
-    std::vector<bfloat16> out(logits.size());
-    consr::token_logprobs_backward(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
-                                   make_view(lse.data(), rows), make_view(g.data(), rows),
-                                   make_view(out.data(), rows, vocab), options);
-    auto inplace = logits;
-    consr::token_logprobs_backward(make_view(inplace.data(), rows, vocab), make_view(labels.data(), rows),
-                                   make_view(lse.data(), rows), make_view(g.data(), rows),
-                                   make_view(inplace.data(), rows, vocab), options);
-    for (std::size_t k = 0; k < out.size(); ++k) REQUIRE(out[k].bits == inplace[k].bits);
+    check_in_place_backward<bfloat16>(94, options);
   }
 }
 

@@ -201,14 +201,7 @@ TEST_CASE("segmented reductions: other size errors name their argument", "[reduc
   std::vector<double> out(3);
   auto vv = consr::make_view(values.data(), 3);
   auto ov = consr::make_view(off.data(), 3);
-  auto arg_of = [](auto&& f) -> std::string {
-    try {
-      f();
-    } catch (const consr::error& e) {
-      return e.argument();
-    }
-    return "<no error>";
-  };
+  auto arg_of = [](auto&& f) { return consr_test::error_argument(f); };
   CHECK(arg_of([&] { consr::segmented_sum(vv, ov, consr::make_view(out.data(), 3)); }) == "out");
   CHECK(arg_of([&] { consr::segmented_weighted_sum(vv, consr::make_view(values.data(), 2), ov,
                                                    consr::make_view(out.data(), 2)); }) == "weights");

@@ -56,12 +56,7 @@ TEST_CASE("contrastive_reward: a small case written out by hand", "[reward]") {
   const double P2 = std::exp(-0.5), Pc2 = std::exp(-1.5), Ps2 = std::exp(-0.25);
   CHECK(r[2] == Approx(0.8 * (Ps2 - P2) + 0.2 * (P2 - Pc2)).epsilon(1e-14));
   // Candidate 1 has no token: NaN everywhere, reported.
-  CHECK(std::isnan(p[1]));
-  CHECK(std::isnan(pc[1]));
-  CHECK(std::isnan(ps[1]));
-  CHECK(std::isnan(ss[1]));
-  CHECK(std::isnan(sc[1]));
-  CHECK(std::isnan(r[1]));
+  for (const std::vector<double>* column : {&p, &pc, &ps, &ss, &sc, &r}) CHECK(std::isnan((*column)[1]));
   CHECK(report.candidates == 3);
   CHECK(report.empty_candidates == 1);
   REQUIRE(report.empty_indices.size() == 1);

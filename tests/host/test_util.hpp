@@ -79,31 +79,76 @@ double epsilon_of() {
 
 // ---- errors -------------------------------------------------------------------------------------
 
-/// The argument a consr::error thrown by f() names; "<no error>" when f() does not throw, "<other
-/// exception>" when it throws something else.
-template <class F>
-std::string error_argument(F&& f) {
+/// get(e) of the E that f() throws; `none` when f() returns. Any other exception escapes (the
+/// tests of each floor pass their own error type: consr::error, c10::Error, consr_eval::error).
+template <class E, class F, class Get>
+std::string on_throw(F&& f, Get&& get, const char* none = "<no error>") {
   try {
     f();
-  } catch (const consr::error& e) {
-    return e.argument();
-  } catch (...) {
-    return "<other exception>";
+  } catch (const E& e) {
+    return get(e);
   }
-  return "<no error>";
+  return none;
 }
 
-/// The message of a consr::error thrown by f(); sentinels as error_argument.
+/// The argument a consr::error thrown by f() names (`part` = argument), or its message (`part` =
+/// message); "<no error>" when f() does not throw, "<other exception>" when it throws something else.
+enum class error_part { argument, message };
 template <class F>
-std::string error_message(F&& f) {
+std::string consr_error_part(F&& f, error_part part) {
   try {
-    f();
-  } catch (const consr::error& e) {
-    return e.what();
+    return on_throw<consr::error>(f, [part](const consr::error& e) {
+      return std::string(part == error_part::argument ? e.argument() : e.what());
+    });
   } catch (...) {
     return "<other exception>";
   }
-  return "<no error>";
+}
+
+/// The argument a consr::error thrown by f() names; sentinels as consr_error_part.
+template <class F>
+std::string error_argument(F&& f) {
+  return consr_error_part(f, error_part::argument);
+}
+
+/// The message of a consr::error thrown by f(); sentinels as consr_error_part.
+template <class F>
+std::string error_message(F&& f) {
+  return consr_error_part(f, error_part::message);
+}
+
+// ---- accuracy ------------------------------------------------------------------------------------
+
+/// The worst relative error of f(x) against a long-double sqrt over 400 000 arguments: even draws
+/// uniform in [lo, hi] (where Box–Muller takes its radii), odd draws 2^e, e uniform in
+/// [-max_exponent, max_exponent].
+template <class F>
+long double worst_sqrt_error(F&& f, std::uint64_t seed, double max_exponent, double lo, double hi) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> exponent(-max_exponent, max_exponent), range(lo, hi);
+  long double worst = 0;
+  for (int k = 0; k < 400000; ++k) {
+    const double x = k % 2 ? std::exp2(exponent(gen)) : range(gen);
+    const long double ref = std::sqrt(static_cast<long double>(x));
+    worst = std::max(worst, std::fabs((static_cast<long double>(f(x)) - ref) / ref));
+  }
+  return worst;
+}
+
+// ---- sweeps --------------------------------------------------------------------------------------
+
+/// The cases of the log-prob forward sweeps (host and CUDA tests): for each vocabulary size, logits
+/// of standard deviation 1 and 5 at τ = 1 and 0.7, each with a random number of rows in
+/// [1, max_rows] ([1, max_rows_large] from V = 32000 on); calls f(rows, vocab, stddev, tau).
+template <std::size_t N, class F>
+void for_each_forward_case(const index_t (&vocabs)[N], std::uint64_t seed, index_t max_rows, index_t max_rows_large,
+                           F&& f) {
+  std::mt19937_64 gen(seed);
+  for (const index_t vocab : vocabs) {
+    std::uniform_int_distribution<index_t> pick_rows(1, vocab >= 32000 ? max_rows_large : max_rows);
+    for (const double stddev : {1.0, 5.0})
+      for (const double tau : {1.0, 0.7}) f(pick_rows(gen), vocab, stddev, tau);
+  }
 }
 
 // ---- random data --------------------------------------------------------------------------------

@@ -12,9 +12,13 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include "../host/test_util.hpp"
+
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lt = consr::libtorch;
@@ -34,12 +38,7 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
 /// type escapes and fails the test: the adapter must throw c10::Error.
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
+  return consr_test::on_throw<c10::Error>(f, [](const c10::Error& e) { return std::string(e.what_without_backtrace()); });
 }
 
 /// Devices to run the numeric cases on: the CPU, plus CUDA when there is a GPU and consr's CUDA
@@ -773,11 +772,7 @@ TEST_CASE("add_diffusion_noise: logical indices, element_offset pieces, schedule
 TEST_CASE("random_patch_mask: the host algorithm and a masked gradient", "[torch][corruption]") {
   at::manual_seed(33);
   const consr::rng_key key{7, 2};
-  consr::patch_mask_options o;
-  o.patch_size = 4;
-  o.probability = 0.4;
-  o.fill_value = -1.5;
-  o.image_offset = 3;
+  consr::patch_mask_options o{4, 0.4, -1.5, 3};  // patch size, probability, fill value, image offset
   for (const at::Device device : devices_with(lt::cuda_backend_registry().random_patch_mask)) {
     CAPTURE(device.str());
     const at::Tensor image = at::randn({2, 3, 9, 10}, at::kDouble).to(device).requires_grad_(true);
@@ -911,14 +906,7 @@ TEST_CASE("option enums: consr's parse/to_string and the adapter's c10::Error wr
   for (const auto s : {consr::reward_space::probability, consr::reward_space::log})
     CHECK(consr::parse_reward_space(consr::to_string(s)) == s);
   // consr's parsers throw consr::error naming the argument ...
-  auto consr_error = [](auto&& f) -> std::string {
-    try {
-      f();
-    } catch (const consr::error& e) {
-      return e.what();
-    }
-    return "<no error>";
-  };
+  auto consr_error = [](auto&& f) { return consr_test::error_message(f); };
   CHECK(consr_error([] { consr::parse_noise_schedule("quadratic"); }) ==
         "consr::parse_noise_schedule: argument 'schedule': is \"quadratic\" but must be \"sigmoid\", \"linear\", "
         "\"scaled_linear\" or \"cosine\"");
@@ -931,13 +919,15 @@ TEST_CASE("option enums: consr's parse/to_string and the adapter's c10::Error wr
              Contains("consr::parse_reward_space: argument 'space': is \"linear\" but must be \"probability\" or "
                       "\"log\""));
   // ... and the adapter's wrappers c10::Error with the same message under their own name.
-  CHECK_THAT(error_of([] { lt::parse_noise_schedule("quadratic"); }),
-             Contains("consr::libtorch::parse_noise_schedule: argument 'schedule': is \"quadratic\" but must be "
-                      "\"sigmoid\", \"linear\", \"scaled_linear\" or \"cosine\""));
-  CHECK_THAT(error_of([] { lt::parse_loss_reduction("avg"); }),
-             Contains("consr::libtorch::parse_loss_reduction: argument 'reduction': is \"avg\" but must be "
-                      "\"mean\", \"sum\" or \"none\""));
-  CHECK_THAT(error_of([] { lt::parse_weight_side("both"); }),
-             Contains("consr::libtorch::parse_weight_side: argument 'side': is \"both\" but must be \"chosen\" "
-                      "or \"rejected\""));
+  const std::pair<std::function<void()>, const char*> wrapped[] = {
+      {[] { lt::parse_noise_schedule("quadratic"); },
+       "consr::libtorch::parse_noise_schedule: argument 'schedule': is \"quadratic\" but must be \"sigmoid\", "
+       "\"linear\", \"scaled_linear\" or \"cosine\""},
+      {[] { lt::parse_loss_reduction("avg"); },
+       "consr::libtorch::parse_loss_reduction: argument 'reduction': is \"avg\" but must be \"mean\", \"sum\" or "
+       "\"none\""},
+      {[] { lt::parse_weight_side("both"); },
+       "consr::libtorch::parse_weight_side: argument 'side': is \"both\" but must be \"chosen\" or \"rejected\""},
+  };
+  for (const auto& [call, message] : wrapped) CHECK_THAT(error_of(call), Contains(message));
 }

@@ -203,16 +203,8 @@ TEST_CASE("the canonical description", "[world]") {
   cw::scene s;
   s.which = cw::split::test;
   s.index = 12;
-  cw::object a;
-  a.s = cw::shape::circle;
-  a.c = cw::colour::red;
-  a.size = cw::size_class::large;
-  a.cell = 0;
-  cw::object b;
-  b.s = cw::shape::square;
-  b.c = cw::colour::blue;
-  b.size = cw::size_class::small;
-  b.cell = 4;
+  const cw::object a{cw::shape::circle, cw::colour::red, cw::size_class::large, 0};   // cell 0: top left
+  const cw::object b{cw::shape::square, cw::colour::blue, cw::size_class::small, 4};  // cell 4: the centre
   s.objects = {a, b};
   s.digit = 7;
   s.digit_cell = 8;
