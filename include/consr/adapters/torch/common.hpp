@@ -222,6 +222,16 @@ decltype(auto) dispatch_index(const at::Tensor& t, const char* fn, const char* a
   fail(fn, arg, "has dtype " + dtype_name(t.scalar_type()) + " but must be int64 or int32");
 }
 
+/// Calls f(type_tag<T>{}, type_tag<I>{}) with T the consr element type of the floating tensor
+/// `values` (dispatch_floating, named `values_arg`) and I the index type of `labels`.
+template <class F>
+decltype(auto) dispatch_values_and_labels(const at::Tensor& values, const at::Tensor& labels, const char* fn,
+                                          const char* values_arg, F&& f) {
+  return dispatch_floating(values, fn, values_arg, [&](auto value_tag) -> decltype(auto) {
+    return dispatch_index(labels, fn, "labels", [&](auto label_tag) -> decltype(auto) { return f(value_tag, label_tag); });
+  });
+}
+
 }  // namespace detail
 
 // ================================================================================================
@@ -254,6 +264,13 @@ strided_view<T, Rank, Space> view_of(const at::Tensor& t, const char* argument =
     str[d] = t.stride(d);
   }
   return strided_view<T, Rank, Space>(static_cast<T*>(t.data_ptr()), ext, str);
+}
+
+/// view_of of an optional argument: an empty view for an undefined tensor.
+template <class T, int Rank, class Space = host_space>
+strided_view<T, Rank, Space> optional_view_of(const at::Tensor& t, const char* argument = "tensor",
+                                              const char* function = "consr::libtorch::view_of") {
+  return t.defined() ? view_of<T, Rank, Space>(t, argument, function) : strided_view<T, Rank, Space>{};
 }
 
 /// view_of for a CPU tensor: a consr::host_view.

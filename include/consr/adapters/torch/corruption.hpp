@@ -48,6 +48,17 @@ inline at::Tensor image_batch(const at::Tensor& image, const char* fn, const cha
   return image.dim() == 3 ? image.unsqueeze(0) : image;
 }
 
+/// Calls f(type_tag<T>{}, x, y) with T the element type of `image`, x its view (const T, rank R)
+/// and y the view of `out` (T, rank R), both in memory space Space: the host and CUDA entries of
+/// the one-image corruptions.
+template <int R, class Space, class F>
+void with_image_views(const at::Tensor& image, const at::Tensor& out, const char* fn, F&& f) {
+  dispatch_floating(image, fn, "image", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    f(tag, view_of<const T, R, Space>(image, "image", fn), view_of<T, R, Space>(out, "out", fn));
+  });
+}
+
 inline at::Tensor random_patch_mask_impl(const at::Tensor& image, rng_key key, const patch_mask_options& options,
                                          const char* fn) {
   const at::Tensor x = image_batch(image, fn, "image");
@@ -57,12 +68,9 @@ inline at::Tensor random_patch_mask_impl(const at::Tensor& image, rng_key key, c
     cuda_entry(cuda_backend_registry().random_patch_mask, fn, "image", "random_patch_mask")(x, y, key, options);
     return out;
   }
-  dispatch_floating(image, fn, "image", [&](auto tag) {
+  with_image_views<4, host_space>(x, y, fn, [&](auto tag, auto in, auto to) {
     using T = typename decltype(tag)::type;
-    translate_errors([&] {
-      consr::random_patch_mask<T, 4>(host_view_of<const T, 4>(x, "image", fn), host_view_of<T, 4>(y, "out", fn), key,
-                                     options);
-    });
+    translate_errors([&] { consr::random_patch_mask<T, 4>(in, to, key, options); });
   });
   return out;
 }
@@ -87,12 +95,9 @@ struct diffusion_noise_function : public torch::autograd::Function<diffusion_noi
       detail::cuda_entry(cuda_backend_registry().add_diffusion_noise, fn, "image", "add_diffusion_noise")(x, out, key,
                                                                                                         options);
     } else {
-      detail::dispatch_floating(image, fn, "image", [&](auto tag) {
+      detail::with_image_views<1, host_space>(x.view({-1}), out.view({-1}), fn, [&](auto tag, auto in, auto to) {
         using T = typename decltype(tag)::type;
-        detail::translate_errors([&] {
-          consr::add_diffusion_noise<T, 1>(host_view_of<const T, 1>(x.view({-1}), "image", fn),
-                                           host_view_of<T, 1>(out.view({-1}), "out", fn), key, options);
-        });
+        detail::translate_errors([&] { consr::add_diffusion_noise<T, 1>(in, to, key, options); });
       });
     }
     ctx->saved_data["sqrt_alpha_bar"] = coef.sqrt_alpha_bar;
@@ -216,12 +221,9 @@ struct resized_crop_function : public torch::autograd::Function<resized_crop_fun
       detail::cuda_entry(cuda_backend_registry().random_resized_crop, fn, "image", "random_resized_crop")(x, y, key,
                                                                                                         options);
     } else {
-      detail::dispatch_floating(image, fn, "image", [&](auto tag) {
+      detail::with_image_views<4, host_space>(x, y, fn, [&](auto tag, auto in, auto to) {
         using T = typename decltype(tag)::type;
-        detail::translate_errors([&] {
-          consr::random_resized_crop<T, 4>(host_view_of<const T, 4>(x, "image", fn), host_view_of<T, 4>(y, "out", fn),
-                                           key, options);
-        });
+        detail::translate_errors([&] { consr::random_resized_crop<T, 4>(in, to, key, options); });
       });
     }
     // The boxes the forward used: draw_resized_crop_box is a pure function of (key, image index).

@@ -23,10 +23,8 @@ inline void cuda_add_diffusion_noise(const at::Tensor& image, const at::Tensor& 
                                      const diffusion_noise_options& options) {
   constexpr const char* fn = "consr::libtorch::add_diffusion_noise";
   const c10::cuda::CUDAGuard guard(image.device());
-  dispatch_floating(image, fn, "image", [&](auto tag) {
+  with_image_views<1, device_space>(image.view({-1}), out.view({-1}), fn, [&](auto tag, auto x, auto y) {
     using T = typename decltype(tag)::type;
-    const auto x = device_view_of<const T, 1>(image.view({-1}), "image", fn);
-    const auto y = device_view_of<T, 1>(out.view({-1}), "out", fn);
     run_launcher(fn, [&] { return consr::cuda::add_diffusion_noise<T, 1>(x, y, key, options, current_stream(image)); });
   });
 }
@@ -36,10 +34,8 @@ inline void cuda_random_patch_mask(const at::Tensor& image, const at::Tensor& ou
   constexpr const char* fn = "consr::libtorch::random_patch_mask";
   const c10::cuda::CUDAGuard guard(image.device());
   const cudaStream_t stream = current_stream(image);
-  dispatch_floating(image, fn, "image", [&](auto tag) {
+  with_image_views<4, device_space>(image, out, fn, [&](auto tag, auto x, auto y) {
     using T = typename decltype(tag)::type;
-    const auto x = device_view_of<const T, 4>(image, "image", fn);
-    const auto y = device_view_of<T, 4>(out, "out", fn);
     run_with_temp_storage(fn, image, [&](void* temp, std::size_t& bytes) {
       return consr::cuda::random_patch_mask<T, 4>(temp, bytes, x, y, key, options, stream);
     });
@@ -62,10 +58,8 @@ inline void cuda_random_resized_crop(const at::Tensor& image, const at::Tensor& 
                                      const resized_crop_options& options) {
   constexpr const char* fn = "consr::libtorch::random_resized_crop";
   const c10::cuda::CUDAGuard guard(image.device());
-  dispatch_floating(image, fn, "image", [&](auto tag) {
+  with_image_views<4, device_space>(image, out, fn, [&](auto tag, auto x, auto y) {
     using T = typename decltype(tag)::type;
-    const auto x = device_view_of<const T, 4>(image, "image", fn);
-    const auto y = device_view_of<T, 4>(out, "out", fn);
     run_launcher(fn, [&] { return consr::cuda::random_resized_crop<T, 4>(x, y, key, options, current_stream(image)); });
   });
 }

@@ -28,19 +28,17 @@ inline void cuda_token_logprobs(const at::Tensor& logits, const at::Tensor& labe
   constexpr const char* fn = "consr::libtorch::token_logprobs";
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = current_stream(logits);
-  dispatch_floating(logits, fn, "logits", [&](auto logit_tag) {
+  dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
     using Logit = typename decltype(logit_tag)::type;
+    using Label = typename decltype(label_tag)::type;
     using Acc = accum_t<Logit>;
-    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
-      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
-      const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
-      const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
-      // Labels were checked against [0, V) by torch.hpp; the kernels clamp any index regardless.
-      run_with_temp_storage(fn, logits, [&](void* temp, std::size_t& bytes) {
-        return consr::cuda::token_logprobs(temp, bytes, x, y, out, out_lse, options, nullptr, stream);
-      });
+    const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
+    const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
+    const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
+    const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
+    // Labels were checked against [0, V) by torch.hpp; the kernels clamp any index regardless.
+    run_with_temp_storage(fn, logits, [&](void* temp, std::size_t& bytes) {
+      return consr::cuda::token_logprobs(temp, bytes, x, y, out, out_lse, options, nullptr, stream);
     });
   });
 }
@@ -51,79 +49,84 @@ inline void cuda_token_logprobs_backward(const at::Tensor& logits, const at::Ten
   constexpr const char* fn = "consr::libtorch::token_logprobs_backward";
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = current_stream(logits);
-  dispatch_floating(logits, fn, "logits", [&](auto logit_tag) {
+  dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
     using Logit = typename decltype(logit_tag)::type;
+    using Label = typename decltype(label_tag)::type;
     using Acc = accum_t<Logit>;
-    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
-      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
-      const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
-      const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
-      const auto out = device_view_of<Logit, 2>(grad_logits, "grad_logits", fn);
-      run_launcher(fn, [&] { return consr::cuda::token_logprobs_backward(x, y, l, g, out, options, nullptr, stream); });
-    });
+    const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
+    const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
+    const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
+    const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
+    const auto out = device_view_of<Logit, 2>(grad_logits, "grad_logits", fn);
+    run_launcher(fn, [&] { return consr::cuda::token_logprobs_backward(x, y, l, g, out, options, nullptr, stream); });
   });
 }
 
 // ---- memory-bounded log-probs ------------------------------------------------------------------
 
+/// What both directions of the memory-bounded log-probs read, as device views (bias empty when
+/// undefined).
+template <class T, class Label>
+struct linear_device_inputs {
+  device_view<const T, 2> hidden, weight;
+  device_view<const T, 1> bias;
+  device_view<const Label, 1> labels;
+};
+
+/// On hidden's device: f(type_tag<T>{}, inputs, handle, stream) with T the element type of hidden,
+/// the inputs' device views, PyTorch's cuBLAS handle for the device (consr sets its stream for the
+/// call and restores it) and the current stream.
+template <class F>
+void with_linear_inputs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& labels, const char* fn, F&& f) {
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const cudaStream_t stream = current_stream(hidden);
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  dispatch_values_and_labels(hidden, labels, fn, "hidden", [&](auto tag, auto label_tag) {
+    using T = typename decltype(tag)::type;
+    using Label = typename decltype(label_tag)::type;
+    const linear_device_inputs<T, Label> in{device_view_of<const T, 2>(hidden, "hidden", fn),
+                                            device_view_of<const T, 2>(weight, "weight", fn),
+                                            optional_view_of<const T, 1, device_space>(bias, "bias", fn),
+                                            device_view_of<const Label, 1>(labels, "labels", fn)};
+    f(tag, in, handle, stream);
+  });
+}
+
 inline void cuda_linear_token_logprobs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
                                        const at::Tensor& labels, const at::Tensor& token_logp, const at::Tensor& lse,
                                        const linear_logprob_options& options) {
   constexpr const char* fn = "consr::libtorch::linear_token_logprobs";
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  const cudaStream_t stream = current_stream(hidden);
-  // PyTorch's cuBLAS handle for this device; consr sets its stream for the call and restores it.
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using Acc = accum_t<T>;
-    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      const auto h = device_view_of<const T, 2>(hidden, "hidden", fn);
-      const auto w = device_view_of<const T, 2>(weight, "weight", fn);
-      const auto b = bias.defined() ? device_view_of<const T, 1>(bias, "bias", fn) : device_view<const T, 1>{};
-      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
-      const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
-      const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
-      run_with_temp_storage(fn, hidden, [&](void* temp, std::size_t& bytes) {
-        return consr::cuda::linear_token_logprobs(handle, temp, bytes, h, w, b, y, out, out_lse, options, nullptr,
-                                                  stream);
-      });
+  with_linear_inputs(hidden, weight, bias, labels, fn, [&](auto tag, const auto& in, cublasHandle_t handle,
+                                                           cudaStream_t stream) {
+    using Acc = accum_t<typename decltype(tag)::type>;
+    const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
+    const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
+    run_with_temp_storage(fn, hidden, [&](void* temp, std::size_t& bytes) {
+      return consr::cuda::linear_token_logprobs(handle, temp, bytes, in.hidden, in.weight, in.bias, in.labels, out,
+                                                out_lse, options, nullptr, stream);
     });
   });
 }
 
+/// Undefined gradient tensors are not computed (empty views).
 inline void cuda_linear_token_logprobs_backward(const at::Tensor& hidden, const at::Tensor& weight,
                                                 const at::Tensor& bias, const at::Tensor& labels, const at::Tensor& lse,
                                                 const at::Tensor& grad_token_logp, const at::Tensor& grad_hidden,
                                                 const at::Tensor& grad_weight, const at::Tensor& grad_bias,
                                                 const linear_logprob_options& options) {
   constexpr const char* fn = "consr::libtorch::linear_token_logprobs (backward)";
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  const cudaStream_t stream = current_stream(hidden);
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using Acc = accum_t<T>;
-    dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      const auto h = device_view_of<const T, 2>(hidden, "hidden", fn);
-      const auto w = device_view_of<const T, 2>(weight, "weight", fn);
-      const auto b = bias.defined() ? device_view_of<const T, 1>(bias, "bias", fn) : device_view<const T, 1>{};
-      const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
-      const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
-      const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
-      const auto gh = grad_hidden.defined() ? device_view_of<Acc, 2>(grad_hidden, "grad_hidden", fn)
-                                            : device_view<Acc, 2>{};
-      const auto gw = grad_weight.defined() ? device_view_of<Acc, 2>(grad_weight, "grad_weight", fn)
-                                            : device_view<Acc, 2>{};
-      const auto gb = grad_bias.defined() ? device_view_of<Acc, 1>(grad_bias, "grad_bias", fn) : device_view<Acc, 1>{};
-      run_with_temp_storage(fn, hidden, [&](void* temp, std::size_t& bytes) {
-        return consr::cuda::linear_token_logprobs_backward(handle, temp, bytes, h, w, b, y, l, g, gh, gw, gb, options,
-                                                           nullptr, stream);
-      });
+  with_linear_inputs(hidden, weight, bias, labels, fn, [&](auto tag, const auto& in, cublasHandle_t handle,
+                                                           cudaStream_t stream) {
+    using Acc = accum_t<typename decltype(tag)::type>;
+    const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
+    const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
+    const auto gh = optional_view_of<Acc, 2, device_space>(grad_hidden, "grad_hidden", fn);
+    const auto gw = optional_view_of<Acc, 2, device_space>(grad_weight, "grad_weight", fn);
+    const auto gb = optional_view_of<Acc, 1, device_space>(grad_bias, "grad_bias", fn);
+    run_with_temp_storage(fn, hidden, [&](void* temp, std::size_t& bytes) {
+      return consr::cuda::linear_token_logprobs_backward(handle, temp, bytes, in.hidden, in.weight, in.bias, in.labels,
+                                                         l, g, gh, gw, gb, options, nullptr, stream);
     });
   });
 }

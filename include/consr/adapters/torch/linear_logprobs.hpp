@@ -141,18 +141,16 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
   static void forward_on_cpu(const detail::linear_inputs& in, const at::Tensor& token_logp, const at::Tensor& lse,
                              const linear_logprob_options& options) {
     constexpr const char* fn = "consr::libtorch::linear_token_logprobs";
-    detail::dispatch_floating(in.hidden, fn, "hidden", [&](auto tag) {
+    detail::dispatch_values_and_labels(in.hidden, in.labels, fn, "hidden", [&](auto tag, auto label_tag) {
       using T = typename decltype(tag)::type;
+      using Label = typename decltype(label_tag)::type;
       using Acc = accum_t<T>;
-      detail::dispatch_index(in.labels, fn, "labels", [&](auto label_tag) {
-        using Label = typename decltype(label_tag)::type;
-        detail::translate_errors([&] {
-          consr::linear_token_logprobs<torch_gemm>(
-              host_view_of<const T, 2>(in.hidden, "hidden", fn), host_view_of<const T, 2>(in.weight, "weight", fn),
-              in.has_bias ? host_view_of<const T, 1>(in.bias, "bias", fn) : host_view<const T, 1>{},
-              host_view_of<const Label, 1>(in.labels, "labels", fn), host_view_of<Acc, 1>(token_logp, "token_logp", fn),
-              host_view_of<Acc, 1>(lse, "lse", fn), options);
-        });
+      detail::translate_errors([&] {
+        consr::linear_token_logprobs<torch_gemm>(
+            host_view_of<const T, 2>(in.hidden, "hidden", fn), host_view_of<const T, 2>(in.weight, "weight", fn),
+            optional_view_of<const T, 1>(in.has_bias ? in.bias : at::Tensor(), "bias", fn),
+            host_view_of<const Label, 1>(in.labels, "labels", fn), host_view_of<Acc, 1>(token_logp, "token_logp", fn),
+            host_view_of<Acc, 1>(lse, "lse", fn), options);
       });
     });
   }
@@ -187,21 +185,19 @@ struct linear_logprobs_function : public torch::autograd::Function<linear_logpro
                                                              options);
     } else if (want_hidden || want_weight || want_bias) {
       const at::Tensor upstream = g.reshape({-1}).to(acc).contiguous();
-      detail::dispatch_floating(hidden, fn, "hidden", [&](auto tag) {
+      detail::dispatch_values_and_labels(hidden, labels, fn, "hidden", [&](auto tag, auto label_tag) {
         using T = typename decltype(tag)::type;
+        using Label = typename decltype(label_tag)::type;
         using Acc = accum_t<T>;
-        detail::dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-          using Label = typename decltype(label_tag)::type;
-          detail::translate_errors([&] {
-            consr::linear_token_logprobs_backward<torch_gemm>(
-                host_view_of<const T, 2>(hidden, "hidden", fn), host_view_of<const T, 2>(weight, "weight", fn),
-                has_bias ? host_view_of<const T, 1>(bias, "bias", fn) : host_view<const T, 1>{},
-                host_view_of<const Label, 1>(labels, "labels", fn), host_view_of<const Acc, 1>(lse, "lse", fn),
-                host_view_of<const Acc, 1>(upstream, "grad_token_logp", fn),
-                want_hidden ? host_view_of<Acc, 2>(grad_hidden, "grad_hidden", fn) : host_view<Acc, 2>{},
-                want_weight ? host_view_of<Acc, 2>(grad_weight, "grad_weight", fn) : host_view<Acc, 2>{},
-                want_bias ? host_view_of<Acc, 1>(grad_bias, "grad_bias", fn) : host_view<Acc, 1>{}, options);
-          });
+        detail::translate_errors([&] {  // gradients not wanted are undefined tensors: empty views
+          consr::linear_token_logprobs_backward<torch_gemm>(
+              host_view_of<const T, 2>(hidden, "hidden", fn), host_view_of<const T, 2>(weight, "weight", fn),
+              optional_view_of<const T, 1>(has_bias ? bias : at::Tensor(), "bias", fn),
+              host_view_of<const Label, 1>(labels, "labels", fn), host_view_of<const Acc, 1>(lse, "lse", fn),
+              host_view_of<const Acc, 1>(upstream, "grad_token_logp", fn),
+              optional_view_of<Acc, 2>(grad_hidden, "grad_hidden", fn),
+              optional_view_of<Acc, 2>(grad_weight, "grad_weight", fn),
+              optional_view_of<Acc, 1>(grad_bias, "grad_bias", fn), options);
         });
       });
     }

@@ -77,20 +77,17 @@ inline std::tuple<at::Tensor, at::Tensor> token_logprobs_forward(const at::Tenso
     });
     return {token_logp, lse};
   }
-  detail::dispatch_floating(logits, fn, "logits", [&](auto logit_tag) {
+  detail::dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
     using Logit = typename decltype(logit_tag)::type;
+    using Label = typename decltype(label_tag)::type;
     using Acc = accum_t<Logit>;
-    detail::dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      detail::for_each_row_block<4>(
-          {logits, labels, token_logp, lse}, batched, [&](const std::array<at::Tensor, 4>& b) {
-            detail::translate_errors([&] {
-              consr::token_logprobs<Logit, Label>(host_view_of<const Logit, 2>(b[0], "logits", fn),
-                                                  host_view_of<const Label, 1>(b[1], "labels", fn),
-                                                  host_view_of<Acc, 1>(b[2], "token_logp", fn),
-                                                  host_view_of<Acc, 1>(b[3], "lse", fn), options);
-            });
-          });
+    detail::for_each_row_block<4>({logits, labels, token_logp, lse}, batched, [&](const std::array<at::Tensor, 4>& b) {
+      detail::translate_errors([&] {
+        consr::token_logprobs<Logit, Label>(host_view_of<const Logit, 2>(b[0], "logits", fn),
+                                            host_view_of<const Label, 1>(b[1], "labels", fn),
+                                            host_view_of<Acc, 1>(b[2], "token_logp", fn),
+                                            host_view_of<Acc, 1>(b[3], "lse", fn), options);
+      });
     });
   });
   return {token_logp, lse};
@@ -129,21 +126,19 @@ inline at::Tensor token_logprobs_backward_impl(const at::Tensor& logits, const a
                                   [&](const std::array<at::Tensor, 5>& b) { run(b[0], b[1], b[2], b[3], b[4], options); });
     return grad_logits;
   }
-  detail::dispatch_floating(logits, fn, "logits", [&](auto logit_tag) {
+  detail::dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
     using Logit = typename decltype(logit_tag)::type;
+    using Label = typename decltype(label_tag)::type;
     using Acc = accum_t<Logit>;
-    detail::dispatch_index(labels, fn, "labels", [&](auto label_tag) {
-      using Label = typename decltype(label_tag)::type;
-      detail::for_each_row_block<5>(
-          {logits, labels, lse, grad, grad_logits}, batched, [&](const std::array<at::Tensor, 5>& b) {
-            detail::translate_errors([&] {
-              consr::token_logprobs_backward<Logit, Label, Logit>(
-                  host_view_of<const Logit, 2>(b[0], "logits", fn), host_view_of<const Label, 1>(b[1], "labels", fn),
-                  host_view_of<const Acc, 1>(b[2], "lse", fn), host_view_of<const Acc, 1>(b[3], "grad_token_logp", fn),
-                  host_view_of<Logit, 2>(b[4], "grad_logits", fn), options);
-            });
+    detail::for_each_row_block<5>(
+        {logits, labels, lse, grad, grad_logits}, batched, [&](const std::array<at::Tensor, 5>& b) {
+          detail::translate_errors([&] {
+            consr::token_logprobs_backward<Logit, Label, Logit>(
+                host_view_of<const Logit, 2>(b[0], "logits", fn), host_view_of<const Label, 1>(b[1], "labels", fn),
+                host_view_of<const Acc, 1>(b[2], "lse", fn), host_view_of<const Acc, 1>(b[3], "grad_token_logp", fn),
+                host_view_of<Logit, 2>(b[4], "grad_logits", fn), options);
           });
-    });
+        });
   });
   return grad_logits;
 }
