@@ -11,9 +11,11 @@
 
 #include <sys/wait.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -30,6 +32,8 @@
 #if CONSR_EVAL_TEST_WORLD
 #include "consr_world/dataset.hpp"
 #endif
+
+#include "../host/test_util.hpp"
 
 namespace {
 
@@ -66,27 +70,36 @@ fs::path fresh_dir(const std::string& name) {
   return d;
 }
 
-// The error message of `f`, which must throw consr_eval::error.
+// The error message of `f`, which must throw consr_eval::error ("<no error>" when it does not).
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const ce::error& e) {
-    return e.what();
-  }
-  FAIL("expected consr_eval::error");
-  return "";
+  return consr_test::on_throw<ce::error>(f, [](const ce::error& e) { return std::string(e.what()); });
 }
 
 // A fresh LoRA adapter (B = 0: the base model) on every decoder linear, saved in `naming`.
-void write_zero_b_adapter(const std::string& model_dir, const fs::path& dir, cr::lora_naming naming) {
-  auto model = cr::load_model(model_dir);
+// The LoRA settings of the test adapters.
+cr::lora_config small_lora(std::int64_t rank = 4, double alpha = 8, std::uint64_t seed = 11) {
   cr::lora_config c;
-  c.rank = 4;
-  c.alpha = 8;
-  c.seed = 11;
+  c.rank = rank;
+  c.alpha = alpha;
+  c.seed = seed;
+  return c;
+}
+// A LoRA adapter `c` of `model_dir` saved in `dir` (in save_lora_adapter's default naming unless
+// `naming` says otherwise): B = 0 (the base model's answers), or every B entry = b_value (a model
+// that really changes).
+void write_adapter(const std::string& model_dir, const fs::path& dir, std::optional<cr::lora_naming> naming,
+                   double b_value = 0.0, const std::string& base_model_name_or_path = "",
+                   const cr::lora_config& c = small_lora()) {
+  auto model = cr::load_model(model_dir);
   cr::apply_lora(*model, c);
-  cr::save_lora_adapter(*model, c, dir.string(), "", naming);
+  if (b_value != 0.0) {
+    torch::NoGradGuard no_grad;
+    const auto params = cr::lora_parameters(*model);
+    for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], b_value));
+  }
+  if (naming) cr::save_lora_adapter(*model, c, dir.string(), base_model_name_or_path, *naming);
+  else cr::save_lora_adapter(*model, c, dir.string(), base_model_name_or_path);
 }
 
 void require_same_answers(const std::vector<ce::answer>& a, const std::vector<ce::answer>& b) {
@@ -217,7 +230,7 @@ TEST_CASE("answers: a zero-B adapter gives exactly the base model's answers", "[
 
     for (auto naming : {cr::lora_naming::checkpoint, cr::lora_naming::transformers5}) {
       const fs::path dir = fresh_dir("zero_b_" + name + (naming == cr::lora_naming::checkpoint ? "_checkpoint" : "_t5"));
-      write_zero_b_adapter(model_dir, dir, naming);
+      write_adapter(model_dir, dir, naming);
       ce::answer_generator adapted(model_dir, dir.string());
       REQUIRE(adapted.adapter().has_value());
       CHECK(adapted.adapter()->rank == 4);
@@ -229,17 +242,7 @@ TEST_CASE("answers: a zero-B adapter gives exactly the base model's answers", "[
 
     // A non-zero B really changes the model (the adapter is applied, not ignored).
     const fs::path dir = fresh_dir("nonzero_b_" + name);
-    {
-      auto model = cr::load_model(model_dir);
-      cr::lora_config c;
-      c.rank = 4;
-      c.alpha = 8;
-      cr::apply_lora(*model, c);
-      torch::NoGradGuard no_grad;
-      const auto params = cr::lora_parameters(*model);
-      for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], 0.05));
-      cr::save_lora_adapter(*model, c, dir.string());
-    }
+    write_adapter(model_dir, dir, std::nullopt, 0.05, "", small_lora(4, 8, 0));
     ce::answer_generator changed(model_dir, dir.string());
     CHECK_FALSE(torch::allclose(fingerprint(changed), base_logits));
   }
@@ -251,7 +254,7 @@ TEST_CASE("answers: an adapter directory as PEFT writes it loads (list targets, 
   // target_modules as a list and many keys the runtime does not need.
   const ce::question_set set = ce::load_questions(world_file);
   const fs::path src = fresh_dir("peft_src");
-  write_zero_b_adapter(qwen_dir, src, cr::lora_naming::transformers5);
+  write_adapter(qwen_dir, src, cr::lora_naming::transformers5);
   const fs::path dir = fresh_dir("peft_like");
   {
     cr::safetensors_file st((src / "adapter_model.safetensors").string());
@@ -338,7 +341,7 @@ TEST_CASE("answers: bad model, adapter and options name the argument", "[eval][e
   fs::create_directories(d / "empty_adapter");
   adapter_error(d / "empty_adapter", "has no adapter_config.json");
   const fs::path good = fresh_dir("bad_adapter_src");
-  write_zero_b_adapter(qwen_dir, good, cr::lora_naming::checkpoint);
+  write_adapter(qwen_dir, good, cr::lora_naming::checkpoint);
   fs::create_directories(d / "pickle");
   fs::copy_file(good / "adapter_config.json", d / "pickle" / "adapter_config.json");
   write_text(d / "pickle" / "adapter_model.bin", "not a pickle");
@@ -394,18 +397,7 @@ TEST_CASE("answers: bad model, adapter and options name the argument", "[eval][e
 TEST_CASE("write the adapters of the example-03 ctests", "[.make_adapters]") {
   for (bool trained : {true, false}) {
     const fs::path dir = fresh_dir(trained ? "example03_adapter" : "example03_zero_adapter");
-    auto model = cr::load_model(qwen_dir);
-    cr::lora_config c;
-    c.rank = 8;
-    c.alpha = 16;
-    c.seed = 3;
-    cr::apply_lora(*model, c);
-    if (trained) {
-      torch::NoGradGuard no_grad;
-      const auto params = cr::lora_parameters(*model);
-      for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], 0.05));
-    }
-    cr::save_lora_adapter(*model, c, dir.string(), qwen_dir);
+    write_adapter(qwen_dir, dir, std::nullopt, trained ? 0.05 : 0.0, qwen_dir, small_lora(8, 16, 3));
     CHECK(fs::exists(dir / "adapter_model.safetensors"));
   }
 }
@@ -484,7 +476,7 @@ TEST_CASE("consr_eval: bad input exits 1 with one error naming the argument", "[
 TEST_CASE("consr_eval: end to end, answers equal the library's", "[eval][cli]") {
   const fs::path d = fresh_dir("cli_run");
   const fs::path adapter = d / "adapter";
-  write_zero_b_adapter(qwen_dir, adapter, cr::lora_naming::checkpoint);
+  write_adapter(qwen_dir, adapter, cr::lora_naming::checkpoint);
   const run_result r = run_eval("--model " + q(qwen_dir) + " --adapter " + q(adapter) + " --questions " + q(world_file) +
                                 " --limit 4 --batch-size 2 --max-new-tokens 6 --description-max-new-tokens 10 --out " +
                                 q(d / "out" / "eval.json") + " --answers " + q(d / "out" / "answers.jsonl"));
@@ -519,18 +511,8 @@ TEST_CASE("consr_eval: end to end, answers equal the library's", "[eval][cli]") 
 TEST_CASE("example 03: --adapter loads the pipeline's adapter format; B = 0 reproduces the base", "[eval][example03]") {
   const fs::path d = fresh_dir("example03");
   const fs::path zero = d / "zero", trained = d / "trained";
-  write_zero_b_adapter(qwen_dir, zero, cr::lora_naming::checkpoint);
-  {
-    auto model = cr::load_model(qwen_dir);
-    cr::lora_config c;
-    c.rank = 4;
-    c.alpha = 8;
-    cr::apply_lora(*model, c);
-    torch::NoGradGuard no_grad;
-    const auto params = cr::lora_parameters(*model);
-    for (std::size_t i = 1; i < params.size(); i += 2) params[i].copy_(torch::full_like(params[i], 0.05));
-    cr::save_lora_adapter(*model, c, trained.string(), qwen_dir);
-  }
+  write_adapter(qwen_dir, zero, cr::lora_naming::checkpoint);
+  write_adapter(qwen_dir, trained, std::nullopt, 0.05, qwen_dir, small_lora(4, 8, 0));
   auto describe = [&](const std::string& extra) {
     const fs::path log = d / "log.txt";
     const std::string cmd = std::string("'") + CONSR_EXAMPLE_03_EXE + "' '" + qwen_dir + "' '" +
@@ -556,8 +538,7 @@ TEST_CASE("consr_eval: a generated world scored, and a zero-B adapter compared w
   const fs::path d = fresh_dir("cli_world");
   consr_world::generate_options wo;
   wo.seed = 5;
-  wo.counts[0] = 0;
-  wo.counts[1] = 0;
+  wo.counts[0] = wo.counts[1] = 0;  // the test split only: 2 images
   wo.counts[2] = 2;
   wo.threads = 1;
   consr_world::generate((d / "world").string(), wo);
@@ -579,7 +560,7 @@ TEST_CASE("consr_eval: a generated world scored, and a zero-B adapter compared w
   CHECK(b["length_unit"] == "tokens");
 
   const fs::path adapter = d / "adapter";
-  write_zero_b_adapter(qwen_dir, adapter, cr::lora_naming::checkpoint);
+  write_adapter(qwen_dir, adapter, cr::lora_naming::checkpoint);
   const run_result cmp = run_eval("--model " + q(qwen_dir) + " --adapter " + q(adapter) + common + " --batch-size 5 --out " +
                                   q(d / "adapter.json") + " --compare " + q(d / "base.json"));
   INFO(cmp.output);
