@@ -34,19 +34,25 @@ const std::string patches_label = "10240x1176";
 
 std::vector<float> pixels(std::size_t n, std::uint64_t seed) { return consr_bench::uniform_floats(n, seed, -1.8f, 2.2f); }
 
-void consr_noise_tiles(benchmark::State& state) {
-  const std::vector<float> x = pixels(image_elements, 1);
+/// Times op(image, out, key) on the 10 LLaVA tiles, a new key per iteration; the traffic is one
+/// read and one write of the batch (the crop reads at most the whole image, usually less).
+template <class Op>
+void time_on_tiles(benchmark::State& state, std::uint64_t pixel_seed, Op&& op) {
+  const std::vector<float> x = pixels(image_elements, pixel_seed);
   std::vector<float> y(x.size());
-  consr::diffusion_noise_options o;  // t = 800 of the sigmoid schedule: the reward corruption
   std::uint64_t seed = 0;
   for (auto _ : state) {
-    consr::add_diffusion_noise<float, 4>(consr::make_view(x.data(), tiles, channels, side, side),
-                                         consr::make_view(y.data(), tiles, channels, side, side),
-                                         consr::rng_key{++seed, 0}, o);
+    op(consr::make_view(x.data(), tiles, channels, side, side), consr::make_view(y.data(), tiles, channels, side, side),
+       consr::rng_key{++seed, 0});
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   consr_bench::set_traffic(state, 4.0 * image_elements, 4.0 * image_elements);
+}
+
+void consr_noise_tiles(benchmark::State& state) {
+  const consr::diffusion_noise_options o;  // t = 800 of the sigmoid schedule: the reward corruption
+  time_on_tiles(state, 1, [&](auto x, auto y, consr::rng_key key) { consr::add_diffusion_noise<float, 4>(x, y, key, o); });
 }
 
 void consr_noise_patches(benchmark::State& state) {
@@ -64,16 +70,7 @@ void consr_noise_patches(benchmark::State& state) {
 }
 
 void consr_patch_mask(benchmark::State& state) {
-  const std::vector<float> x = pixels(image_elements, 3);
-  std::vector<float> y(x.size());
-  std::uint64_t seed = 0;
-  for (auto _ : state) {
-    consr::random_patch_mask<float, 4>(consr::make_view(x.data(), tiles, channels, side, side),
-                                       consr::make_view(y.data(), tiles, channels, side, side), consr::rng_key{++seed, 0});
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  consr_bench::set_traffic(state, 4.0 * image_elements, 4.0 * image_elements);
+  time_on_tiles(state, 3, [](auto x, auto y, consr::rng_key key) { consr::random_patch_mask<float, 4>(x, y, key); });
 }
 
 void consr_mixup(benchmark::State& state) {
@@ -90,18 +87,7 @@ void consr_mixup(benchmark::State& state) {
 }
 
 void consr_resized_crop(benchmark::State& state) {
-  const std::vector<float> x = pixels(image_elements, 6);
-  std::vector<float> y(x.size());
-  std::uint64_t seed = 0;
-  for (auto _ : state) {
-    consr::random_resized_crop<float, 4>(consr::make_view(x.data(), tiles, channels, side, side),
-                                         consr::make_view(y.data(), tiles, channels, side, side),
-                                         consr::rng_key{++seed, 0});
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  // The crop reads at most the whole image (usually less); counted as one full read.
-  consr_bench::set_traffic(state, 4.0 * image_elements, 4.0 * image_elements);
+  time_on_tiles(state, 6, [](auto x, auto y, consr::rng_key key) { consr::random_resized_crop<float, 4>(x, y, key); });
 }
 
 #if defined(CONSR_BENCH_HAS_TORCH)

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(CONSR_BENCH_HAS_TORCH)
@@ -52,30 +53,28 @@ const problem& cached_problem(consr::index_t n) {
   return *p;
 }
 
+/// The forward on the problem's logits as Logit: fp32 as generated, bf16 rounded from them once
+/// before timing.
+template <class Logit>
 void consr_forward(benchmark::State& state, consr::index_t n) {
   const problem& p = cached_problem(n);
+  std::vector<Logit> converted;
+  const Logit* logits = nullptr;
+  if constexpr (std::is_same_v<Logit, float>) {
+    logits = p.logits.data();
+  } else {
+    converted.resize(p.logits.size());
+    for (std::size_t i = 0; i < converted.size(); ++i) converted[i] = Logit(p.logits[i]);
+    logits = converted.data();
+  }
   std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
   for (auto _ : state) {
-    consr::token_logprobs(consr::make_view(p.logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
+    consr::token_logprobs(consr::make_view(logits, n, vocab), consr::make_view(p.labels.data(), n),
                           consr::make_view(logp.data(), n), consr::make_view(lse.data(), n));
     benchmark::DoNotOptimize(logp.data());
     benchmark::ClobberMemory();
   }
-  consr_bench::set_traffic(state, 4.0 * n * vocab + 8.0 * n, 8.0 * n);
-}
-
-void consr_forward_bf16(benchmark::State& state, consr::index_t n) {
-  const problem& p = cached_problem(n);
-  std::vector<consr::bfloat16> logits(p.logits.size());
-  for (std::size_t i = 0; i < logits.size(); ++i) logits[i] = consr::bfloat16(p.logits[i]);
-  std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
-  for (auto _ : state) {
-    consr::token_logprobs(consr::make_view(logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
-                          consr::make_view(logp.data(), n), consr::make_view(lse.data(), n));
-    benchmark::DoNotOptimize(logp.data());
-    benchmark::ClobberMemory();
-  }
-  consr_bench::set_traffic(state, 2.0 * n * vocab + 8.0 * n, 8.0 * n);
+  consr_bench::set_traffic(state, static_cast<double>(sizeof(Logit)) * n * vocab + 8.0 * n, 8.0 * n);
 }
 
 void consr_forward_backward(benchmark::State& state, consr::index_t n) {
@@ -207,14 +206,14 @@ void register_all() {
   std::vector<consr::index_t> forward_sizes{256, 1024};
   if (large) forward_sizes.push_back(4096);
   for (const consr::index_t n : forward_sizes) {
-    consr_bench::add("logprobs_fwd", "consr", size_label(n), [n](benchmark::State& s, int) { consr_forward(s, n); });
+    consr_bench::add("logprobs_fwd", "consr", size_label(n), [n](benchmark::State& s, int) { consr_forward<float>(s, n); });
 #if defined(CONSR_BENCH_HAS_TORCH)
     consr_bench::add("logprobs_fwd", "torch", size_label(n),
                      [n](benchmark::State& s, int) { torch_forward(s, n, torch::kFloat32); });
 #endif
   }
   consr_bench::add("logprobs_fwd_bf16", "consr", size_label(256),
-                   [](benchmark::State& s, int) { consr_forward_bf16(s, 256); });
+                   [](benchmark::State& s, int) { consr_forward<consr::bfloat16>(s, 256); });
 #if defined(CONSR_BENCH_HAS_TORCH)
   consr_bench::add("logprobs_fwd_bf16", "torch", size_label(256),
                    [](benchmark::State& s, int) { torch_forward(s, 256, torch::kBFloat16); });

@@ -24,18 +24,29 @@ void fill_random(T* p, index_t n) {
   check_cuda(cudaMemcpy(p, h.data(), sizeof(T) * static_cast<size_t>(n), cudaMemcpyHostToDevice), "upload");
 }
 
+/// The paper-sized batch [10, 3, 384, 384] on the device (random values) and an output of its shape.
+template <class T>
+struct device_tiles {
+  static constexpr index_t B = 10, C = 3, H = 384, W = 384, n = B * C * H * W;
+  device_array<T> x{static_cast<size_t>(n)}, y{static_cast<size_t>(n)};
+  device_tiles() { fill_random(x.ptr, n); }
+  consr::device_view<const T, 4> in() const {
+    return consr::make_view<consr::device_space>(static_cast<const T*>(x.ptr), B, C, H, W);
+  }
+  consr::device_view<T, 4> out() const { return consr::make_view<consr::device_space>(y.ptr, B, C, H, W); }
+  /// Minimal traffic: every element read once and written once.
+  static double bytes() { return 2.0 * static_cast<double>(n) * sizeof(T); }
+};
+
 template <class T>
 void BM_noise_batch(benchmark::State& state) {
-  const index_t B = 10, C = 3, H = 384, W = 384, n = B * C * H * W;
-  device_array<T> x(n), y(n);
-  fill_random(x.ptr, n);
+  const device_tiles<T> t;
   consr::diffusion_noise_options opt;  // step 800, the reward corruption
   const consr::diffusion_coefficients coef = consr::diffusion_noise_coefficients(opt);
-  const auto in = consr::make_view<consr::device_space>(static_cast<const T*>(x.ptr), B, C, H, W);
-  const auto out = consr::make_view<consr::device_space>(y.ptr, B, C, H, W);
+  const auto in = t.in();
+  const auto out = t.out();
   const consr::rng_key key{1234, 0};
-  run_timed(state, [&] { require_ok(consr::cuda::add_diffusion_noise<T, 4>(in, out, key, coef, 0)); },
-            2.0 * static_cast<double>(n) * sizeof(T));
+  run_timed(state, [&] { require_ok(consr::cuda::add_diffusion_noise<T, 4>(in, out, key, coef, 0)); }, t.bytes());
 }
 
 void BM_noise_patch_rows(benchmark::State& state) {
@@ -64,17 +75,15 @@ void BM_noise_patch_frame_strided(benchmark::State& state) {
 }
 
 void BM_patch_mask(benchmark::State& state) {
-  const index_t B = 10, C = 3, H = 384, W = 384, n = B * C * H * W;
-  device_array<float> x(n), y(n);
-  fill_random(x.ptr, n);
-  const auto in = consr::make_view<consr::device_space>(static_cast<const float*>(x.ptr), B, C, H, W);
-  const auto out = consr::make_view<consr::device_space>(y.ptr, B, C, H, W);
+  const device_tiles<float> t;
+  const auto in = t.in();
+  const auto out = t.out();
   consr::patch_mask_options opt;
   size_t bytes = 0;
   require_ok(consr::cuda::random_patch_mask<float, 4>(nullptr, bytes, in, out, {3, 0}, opt));
   device_array<unsigned char> temp(bytes);
   run_timed(state, [&] { require_ok(consr::cuda::random_patch_mask<float, 4>(temp.ptr, bytes, in, out, {3, 0}, opt)); },
-            2.0 * static_cast<double>(n) * sizeof(float));
+            t.bytes());
 }
 
 void BM_mixup(benchmark::State& state) {
@@ -90,14 +99,11 @@ void BM_mixup(benchmark::State& state) {
 }
 
 void BM_random_resized_crop(benchmark::State& state) {
-  const index_t B = 10, C = 3, H = 384, W = 384, n = B * C * H * W;
-  device_array<float> x(n), y(n);
-  fill_random(x.ptr, n);
-  const auto in = consr::make_view<consr::device_space>(static_cast<const float*>(x.ptr), B, C, H, W);
-  const auto out = consr::make_view<consr::device_space>(y.ptr, B, C, H, W);
+  const device_tiles<float> t;
+  const auto in = t.in();
+  const auto out = t.out();
   // Bytes: the output written plus as much read (crops read at most that much once).
-  run_timed(state, [&] { require_ok(consr::cuda::random_resized_crop<float, 4>(in, out, {5, 0})); },
-            2.0 * static_cast<double>(n) * sizeof(float));
+  run_timed(state, [&] { require_ok(consr::cuda::random_resized_crop<float, 4>(in, out, {5, 0})); }, t.bytes());
 }
 
 }  // namespace

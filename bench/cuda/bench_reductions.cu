@@ -17,17 +17,9 @@ using namespace consr_bench_cuda;
 
 namespace {
 
-std::vector<std::int32_t> make_offsets(index_t segments, index_t min_len, index_t max_len) {
-  std::mt19937_64 rng(42);
-  std::uniform_int_distribution<index_t> len(min_len, max_len);
-  std::vector<std::int32_t> off{0};
-  for (index_t s = 0; s < segments; ++s) off.push_back(static_cast<std::int32_t>(off.back() + len(rng)));
-  return off;
-}
-
 template <class V>
 void BM_segmented_sum(benchmark::State& state, index_t segments, index_t min_len, index_t max_len) {
-  const std::vector<std::int32_t> off = make_offsets(segments, min_len, max_len);
+  const std::vector<std::int32_t> off = segment_offsets(segments, min_len, max_len);
   const index_t n = off.back();
   std::vector<V> values(static_cast<size_t>(n));
   for (index_t i = 0; i < n; ++i) values[i] = consr::from_accum<V>(static_cast<float>(i % 97) * 0.01f);
@@ -47,7 +39,7 @@ void BM_segmented_sum(benchmark::State& state, index_t segments, index_t min_len
 }
 
 void BM_segmented_masked_mean(benchmark::State& state, index_t segments, index_t min_len, index_t max_len) {
-  const std::vector<std::int32_t> off = make_offsets(segments, min_len, max_len);
+  const std::vector<std::int32_t> off = segment_offsets(segments, min_len, max_len);
   const index_t n = off.back();
   std::vector<float> values(static_cast<size_t>(n));
   std::vector<std::int32_t> labels(static_cast<size_t>(n));

@@ -16,9 +16,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace consr_bench_cuda {
 
@@ -80,6 +83,16 @@ void run_timed(benchmark::State& state, Launch&& launch, double bytes_per_call, 
   state.counters["GBps"] = bytes_per_second * 1e-9;
   state.counters["bw_share"] = bytes_per_second / device_copy_bandwidth();
   state.counters["batch"] = static_cast<double>(batch);
+}
+
+/// The int32 offsets of `segments` segments of random lengths in [min_len, max_len] (seed 42): the
+/// same segments for a consr benchmark and its LibTorch baseline.
+inline std::vector<std::int32_t> segment_offsets(std::int64_t segments, std::int64_t min_len, std::int64_t max_len) {
+  std::mt19937_64 rng(42);
+  std::uniform_int_distribution<std::int64_t> len(min_len, max_len);
+  std::vector<std::int32_t> off{0};
+  for (std::int64_t s = 0; s < segments; ++s) off.push_back(static_cast<std::int32_t>(off.back() + len(rng)));
+  return off;
 }
 
 /// A cudaMalloc'ed buffer of n T, freed at scope exit (benchmark setup only).

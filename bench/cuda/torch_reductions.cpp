@@ -12,10 +12,7 @@ using namespace consr_bench_cuda;
 namespace {
 
 torch::Tensor offsets_tensor(int64_t segments, int64_t min_len, int64_t max_len) {
-  std::mt19937_64 rng(42);  // the same lengths as bench_reductions.cu
-  std::uniform_int_distribution<int64_t> len(min_len, max_len);
-  std::vector<int32_t> off{0};
-  for (int64_t s = 0; s < segments; ++s) off.push_back(static_cast<int32_t>(off.back() + len(rng)));
+  const std::vector<int32_t> off = segment_offsets(segments, min_len, max_len);  // as bench_reductions.cu
   return torch::tensor(off, torch::TensorOptions().dtype(torch::kInt32)).to(torch::kCUDA);
 }
 
