@@ -15,7 +15,8 @@ Operations (what bench/*.cpp times as its torch / torch_autograd baseline; sizes
   dpo_consr          the ConSR objective (eq. 14, length-normalized, visual weights) + backward
 
 Each row: the median (and min) of --repeats timings, each the mean over enough calls to fill
---min-time seconds, after one warm-up call; torch.set_num_threads(t) for each t of --threads.
+--min-time / --repeats seconds (>= 1 call), after one warm-up call; torch.set_num_threads(t) for each
+t of --threads.
 Prints a Markdown table (and --json FILE writes the rows).
 """
 import argparse
@@ -151,7 +152,7 @@ def fmt(seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per row (default 1.0)")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per row, split over the repeats (default 1.0)")
     ap.add_argument("--repeats", type=int, default=5, help="timings per row; the median is reported (default 5)")
     ap.add_argument("--filter", default="", help="only the kernels whose name contains this")
     ap.add_argument("--json", help="also write the rows to this file")
