@@ -70,6 +70,12 @@ file(WRITE "${WORK_DIR}/project/CMakeLists.txt" "
 cmake_minimum_required(VERSION 3.20)
 project(torch_one_installation NONE)
 list(PREPEND CMAKE_SYSTEM_PREFIX_PATH \"${system}\")
+# Only the fake installations: no prefixes from PATH, CMAKE_PREFIX_PATH in the environment or the
+# package registry (a real LibTorch on this machine stays out of the cases).
+set(CMAKE_FIND_USE_SYSTEM_ENVIRONMENT_PATH FALSE)
+set(CMAKE_FIND_USE_CMAKE_ENVIRONMENT_PATH FALSE)
+set(CMAKE_FIND_USE_PACKAGE_REGISTRY FALSE)
+set(CMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY FALSE)
 list(APPEND CMAKE_MODULE_PATH \"${CONSR_SOURCE_DIR}/cmake\")
 set(CONSR_ENABLE_TORCH ON)
 add_library(consr INTERFACE)
