@@ -1,10 +1,7 @@
 // Image decoding and PIL-exact resampling against Pillow's own outputs, saved by
 // tools/make_model_fixtures.py in tests/fixtures/models/images/ and tools/make_pil_image_fixtures.py
 // in tests/fixtures/images_pil/.
-#include <torch/torch.h>
-// LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <fstream>
 #include <iterator>
@@ -18,15 +15,11 @@
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/safetensors.hpp"
 
+using runtime_test::read_json;
+
 namespace {
 
-const std::string images_dir = std::string(CONSR_FIXTURES_DIR) + "/models/images";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
+const std::string images_dir = runtime_test::models_dir + "/images";
 
 std::vector<std::uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

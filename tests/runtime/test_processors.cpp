@@ -1,9 +1,6 @@
 // Qwen2-VL and LLaVA-OneVision image processors against transformers 5.24's slow processors
 // (fixtures of tools/make_model_fixtures.py), plus hand-written smart_resize / best-resolution cases.
-#include <torch/torch.h>
-// LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <fstream>
 #include <string>
@@ -17,25 +14,7 @@
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
 
-namespace {
-
-const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
-
-double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
-
-bool message_contains(const std::exception& e, const std::string& part) {
-  return std::string(e.what()).find(part) != std::string::npos;
-}
-
-}  // namespace
+using namespace runtime_test;
 
 TEST_CASE("smart_resize: hand-written cases including .5 ties and both pixel bounds", "[processors]") {
   using consr_runtime::smart_resize;

@@ -1,10 +1,7 @@
 // safetensors reader / writer / checkpoint directories: values against files written by the Python
 // `safetensors` package (tools/make_safetensors_fixture.py), round trips, and corrupt inputs, each
 // of which must throw consr_runtime::runtime_error naming the file (and tensor), never crash.
-// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <cstdint>
 #include <cstdlib>
@@ -29,25 +26,11 @@ namespace {
 
 const std::string fixtures = std::string(CONSR_FIXTURES_DIR) + "/safetensors";
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
+using runtime_test::read_json;
 
 /// A fresh temporary directory, removed at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "consr_st_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct temp_dir : runtime_test::temp_dir {
+  temp_dir() : runtime_test::temp_dir("consr_st") {}
 };
 
 void write_bytes(const std::string& path, const std::string& bytes) {

@@ -1,9 +1,6 @@
 // Vision towers of Qwen2.5-VL and LLaVA-OneVision against transformers 5.24 (fp32, eager), from the
 // committed fixtures of tools/make_model_fixtures.py; weights loaded with load_weights.
-#include <torch/torch.h>
-// LibTorch pulls in glog, whose CHECK(condition) would shadow Catch's CHECK: Catch must win.
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <fstream>
 #include <string>
@@ -20,19 +17,9 @@
 #include "consr_runtime/vision.hpp"
 #include "consr_runtime/weights.hpp"
 
+using namespace runtime_test;
+
 namespace {
-
-const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
-
-double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
 
 std::vector<std::int64_t> to_vector(const torch::Tensor& t) {
   const auto c = t.to(torch::kLong).contiguous();

@@ -1,9 +1,6 @@
 // load_weights: hub names under legacy and newer prefixes, dtype conversion, in-place copies, and
 // errors that name missing / extra / mis-shaped tensors.
-// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -24,17 +21,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "consr_w_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct temp_dir : runtime_test::temp_dir {
+  temp_dir() : runtime_test::temp_dir("consr_w") {}
 };
 
 // A miniature of the VLM layout: language model (embedding, a layer list, a buffer), vision part, head.
