@@ -2,13 +2,16 @@
 // directory (Qwen2.5-VL or LLaVA-OneVision, as published), using the paper's description prompt
 // (ConSR App. B.1), the model's chat template, its image processor and the runtime's generation.
 // Prints the description and the decoding speed. With --adapter, a LoRA adapter in PEFT's format is
-// attached first (the `adapter/` the pipeline's train stage writes, or one saved by PEFT).
+// attached first (the `adapter/` the pipeline's train stage writes, or one saved by PEFT). Several
+// images go into one prompt (LLaVA-OneVision then does not tile them, as transformers' processor).
 //
-//   example_03_describe_image [model_dir] [image] [--adapter DIR] [--max-new-tokens N] [--temperature T]
-//                             [--top-p P] [--seed S] [--dtype float32|bfloat16] [--device cpu|cuda]
+//   example_03_describe_image [model_dir] [image...] [--adapter DIR] [--max-new-tokens N] [--temperature T]
+//                             [--top-p P] [--seed S] [--dtype float32|bfloat16] [--device cpu|cuda[:n]]
 //
 // Defaults: the tiny Qwen2.5-VL test fixture and its test image, greedy decoding, 64 tokens, fp32.
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -18,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "consr_runtime/chat_template.hpp"
+#include "consr_runtime/device.hpp"
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/generation.hpp"
 #include "consr_runtime/image.hpp"
@@ -38,7 +42,7 @@ const char* description_prompt =
 
 struct arguments {
   std::string model_dir = CONSR_EXAMPLE_DEFAULT_MODEL;
-  std::string image = CONSR_EXAMPLE_DEFAULT_IMAGE;
+  std::vector<std::string> images{CONSR_EXAMPLE_DEFAULT_IMAGE};
   std::string adapter;  ///< PEFT LoRA adapter directory ("" = none)
   consr_runtime::sampling_options sampling;
   torch::Dtype dtype = torch::kFloat32;
@@ -66,6 +70,10 @@ arguments parse(int argc, char** argv) {
       positional.push_back(arg);
       continue;
     }
+    static const char* const known[] = {"--adapter", "--max-new-tokens", "--temperature", "--top-p",
+                                        "--seed",    "--dtype",          "--device"};
+    if (std::find(std::begin(known), std::end(known), arg) == std::end(known))
+      throw consr_runtime::runtime_error("argument '" + arg + "': unknown option");
     if (i + 1 >= argc) throw consr_runtime::runtime_error("argument '" + arg + "': missing value");
     std::string value = argv[++i];
     if (arg == "--adapter") {
@@ -83,15 +91,12 @@ arguments parse(int argc, char** argv) {
       if (value == "float32") a.dtype = torch::kFloat32;
       else if (value == "bfloat16") a.dtype = torch::kBFloat16;
       else throw consr_runtime::runtime_error("argument '--dtype': expected float32 or bfloat16, got '" + value + "'");
-    } else if (arg == "--device") {
-      a.device = torch::Device(value);
-    } else {
-      throw consr_runtime::runtime_error("unknown option '" + arg + "'");
+    } else {  // --device: checked here, one line instead of LibTorch's trace at the first tensor
+      a.device = consr_runtime::parse_device(value, "--device");
     }
   }
-  if (positional.size() > 2) throw consr_runtime::runtime_error("expected at most two positional arguments: model_dir image");
   if (positional.size() >= 1) a.model_dir = positional[0];
-  if (positional.size() >= 2) a.image = positional[1];
+  if (positional.size() >= 2) a.images.assign(positional.begin() + 1, positional.end());
   std::error_code ec;
   if (!a.adapter.empty() && !std::filesystem::is_directory(a.adapter, ec))
     throw consr_runtime::runtime_error("argument '--adapter': '" + a.adapter + "' is not a directory");
@@ -116,26 +121,29 @@ int run(const arguments& args) {
   }
   tokenizer tok = tokenizer::from_directory(args.model_dir);
   const model_config& config = model->config();
-  rgb_image image = load_image(args.image);
+  std::vector<rgb_image> images;
+  for (const auto& path : args.images) images.push_back(load_image(path));
 
-  // The image through the model's processor; the prompt through its chat template, with the image
-  // placeholder expanded to the number of image features.
+  // The images through the model's processor (all in one prompt); the prompt through its chat
+  // template, with each image placeholder expanded to the number of that image's features.
   prompt_input prompt;
   std::vector<std::int64_t> tokens_per_image;
   if (config.qwen2_5_vl) {
-    auto packed = qwen2_vl_image_processor::from_file(args.model_dir)({image});
+    auto packed = qwen2_vl_image_processor::from_file(args.model_dir)(images);
     prompt.images.pixel_values = packed.pixel_values;
     prompt.images.image_grid_thw = packed.image_grid_thw;
     tokens_per_image = packed.num_image_tokens;
   } else {
-    auto packed = llava_onevision_image_processor::from_directory(args.model_dir)({image});
+    auto packed = llava_onevision_image_processor::from_directory(args.model_dir)(images);
     prompt.images.pixel_values = packed.pixel_values;
     prompt.images.image_sizes = packed.image_sizes;
+    prompt.images.batch_num_images = packed.batch_num_images;
     tokens_per_image = packed.num_image_tokens;
   }
   chat_format format = parse_chat_format(config.model_type);
-  std::string text = render_chat(
-      format, {chat_message{"user", {content_item::image(), content_item::make_text(description_prompt)}}});
+  std::vector<content_item> content(images.size(), content_item::image());
+  content.push_back(content_item::make_text(description_prompt));
+  std::string text = render_chat(format, {chat_message{"user", content}});
   prompt.input_ids = tok.encode(expand_image_placeholders(format, text, tokens_per_image));
 
   sampling_options sampling = args.sampling;
@@ -149,10 +157,11 @@ int run(const arguments& args) {
   const std::size_t n = result.token_ids.size() + (result.stop_token ? 1 : 0);
   std::cout << "model: " << args.model_dir << " (" << config.model_type << ", " << (args.dtype == torch::kBFloat16 ? "bfloat16" : "float32")
             << ", " << args.device << ")\n"
-            << "adapter: " << (adapter_info.empty() ? "none" : adapter_info) << "\n"
-            << "image: " << args.image << " (" << image.width() << "x" << image.height() << ", "
-            << tokens_per_image.at(0) << " image tokens)\n"
-            << "prompt tokens: " << prompt.input_ids.size() << "\n"
+            << "adapter: " << (adapter_info.empty() ? "none" : adapter_info) << "\n";
+  for (std::size_t k = 0; k < images.size(); ++k)
+    std::cout << "image: " << args.images[k] << " (" << images[k].width() << "x" << images[k].height() << ", "
+              << tokens_per_image.at(k) << " image tokens)\n";
+  std::cout << "prompt tokens: " << prompt.input_ids.size() << "\n"
             << "description: " << tok.decode(result.token_ids, /*skip_special=*/true) << "\n"
             << "finished by: "
             << (result.reason == finish_reason::stop_token ? "stop token"
@@ -173,8 +182,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n"
               << "usage: " << argv[0]
-              << " [model_dir] [image] [--adapter DIR] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]"
-                 " [--dtype float32|bfloat16] [--device cpu|cuda]\n";
+              << " [model_dir] [image...] [--adapter DIR] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]"
+                 " [--dtype float32|bfloat16] [--device cpu|cuda[:n]]\n";
     return 1;
   }
 }

@@ -30,6 +30,8 @@
 #include <torch/torch.h>
 
 #include "consr_eval/answers.hpp"
+#include "consr_runtime/device.hpp"
+#include "consr_runtime/error.hpp"
 #include "consr_eval/error.hpp"
 #include "consr_eval/questions.hpp"
 #include "scoring.hpp"
@@ -158,9 +160,11 @@ int run(const cli_options& o) {
   else if (o.dtype == "bfloat16") mo.dtype = torch::kBFloat16;
   else fail("--dtype", "expected float32 or bfloat16, got '" + o.dtype + "'");
   try {
-    mo.device = torch::Device(o.device);
-  } catch (const std::exception&) {
-    fail("--device", "expected cpu or cuda[:n], got '" + o.device + "'");
+    // Checked up front: a missing GPU is one line here, not LibTorch's trace at the first tensor.
+    mo.device = consr_runtime::parse_device(o.device, "--device");
+  } catch (const consr_runtime::runtime_error& e) {
+    const std::string what = e.what(), prefix = "argument '--device': ";
+    fail("--device", what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what);
   }
   if (o.image_max_pixels < 0) fail("--image-max-pixels", "must be >= 0");
   if (o.image_min_pixels < 0) fail("--image-min-pixels", "must be >= 0");

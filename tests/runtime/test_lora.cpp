@@ -1,6 +1,7 @@
 // LoRA on the language model: zero delta at init, the forward against a hand-written reference,
-// initialisation, trainable parameters and gradients, PEFT names in both hub namings, and the
-// adapter_model.safetensors / adapter_config.json round trip.
+// initialisation, trainable parameters and gradients, PEFT names in both namings (the default is
+// transformers 5's module tree, what PeftModel.from_pretrained loads) checked against the module
+// tree they must match, and the adapter_model.safetensors / adapter_config.json round trip.
 // LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
 #include <torch/torch.h>
 #undef CHECK
@@ -21,6 +22,7 @@
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/generation.hpp"
 #include "consr_runtime/lora.hpp"
+#include "consr_runtime/model_io.hpp"
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/safetensors.hpp"
 
@@ -177,7 +179,7 @@ TEST_CASE("lora: only the adapter is trainable and receives gradients", "[lora]"
   CHECK_FALSE(params["model.language_model.layers.1.self_attn.v_proj.weight"].grad().defined());
 }
 
-TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load round trip", "[lora]") {
+TEST_CASE("lora: PEFT names in the checkpoint's hub naming (legacy layout); save → load round trip", "[lora]") {
   struct naming {
     std::string model;
     std::string expected_prefix;
@@ -192,8 +194,10 @@ TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load ro
     cfg.alpha = 32;
     cfg.target_modules = {"q_proj", "o_proj", "up_proj"};
     auto wrapped = apply_lora(*model, cfg);
-    CHECK(peft_tensor_name(*model, wrapped[0], false) == n.expected_prefix + "0.self_attn.q_proj.lora_A.weight");
-    CHECK(peft_tensor_name(*model, wrapped[0], true) == n.expected_prefix + "0.self_attn.q_proj.lora_B.weight");
+    CHECK(peft_tensor_name(*model, wrapped[0], false, lora_naming::checkpoint) ==
+          n.expected_prefix + "0.self_attn.q_proj.lora_A.weight");
+    CHECK(peft_tensor_name(*model, wrapped[0], true, lora_naming::checkpoint) ==
+          n.expected_prefix + "0.self_attn.q_proj.lora_B.weight");
     CHECK(peft_tensor_name(*model, wrapped[0], true, lora_naming::transformers5) ==
           "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight");
     perturb_lora_b(*model, 0.05);
@@ -207,7 +211,7 @@ TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load ro
     perturb_lora_b(*model, 0.05);
 
     std::string dir = temp_dir(n.model);
-    save_lora_adapter(*model, cfg, dir);
+    save_lora_adapter(*model, cfg, dir, "", lora_naming::checkpoint);
     safetensors_file file(dir + "/adapter_model.safetensors");
     CHECK(file.entries().size() == 2 * wrapped.size());
     for (const auto& e : file.entries()) CHECK(e.name.rfind(n.expected_prefix, 0) == 0);
@@ -237,6 +241,68 @@ TEST_CASE("lora: PEFT names follow the checkpoint's hub naming; save → load ro
     auto fresh5 = load_model(models_dir + n.model);
     load_lora_adapter(*fresh5, dir);
     CHECK(fresh5->forward(in).equal(model->forward(in)));
+    fs::remove_all(dir);
+  }
+}
+
+TEST_CASE("lora: the default names are transformers 5's module tree (what PEFT loads), checked against it",
+          "[lora][naming]") {
+  // transformers 5's in-memory parameter names, independently of the runtime: the Qwen2.5-VL sharded
+  // fixture is saved in that layout, and tools/make_model_fixtures.py checked that transformers
+  // 5.24 loads it to the same logits.
+  const checkpoint t5_qwen(models_dir + "qwen2_5_vl_tiny_sharded");
+  for (const std::string name : {"qwen2_5_vl_tiny", "qwen2_5_vl_tiny_sharded", "llava_onevision_tiny",
+                                 "llava_onevision_tiny_sharded"}) {
+    INFO(name);
+    auto model = load_model(models_dir + name);
+    const std::vector<std::string> wrapped = apply_lora(*model, lora_config{});  // the 7 default targets
+    REQUIRE(wrapped.size() == 14);                                                // 2 decoder layers
+    const std::string dir = temp_dir("default_" + name);
+    const std::vector<std::string> written = save_lora_adapter(*model, lora_config{}, dir);  // default naming
+    safetensors_file file(dir + "/adapter_model.safetensors");
+    REQUIRE(file.entries().size() == 28);
+    CHECK(written.size() == 28);
+    const std::vector<std::string> tree = hub_parameter_names(*model, hub_naming::transformers5);
+    const std::set<std::string> tree_set(tree.begin(), tree.end());
+    std::vector<std::string> names;
+    for (const auto& e : file.entries()) {
+      INFO(e.name);
+      names.push_back(e.name);
+      CHECK(e.name.rfind("base_model.model.model.language_model.layers.", 0) == 0);
+      const std::string module = e.name.substr(std::string("base_model.model.").size(),
+                                               e.name.size() - std::string("base_model.model.").size() -
+                                                   std::string(".lora_A.weight").size());
+      CHECK(tree_set.count(module + ".weight") == 1);
+      if (name.rfind("qwen", 0) == 0) CHECK(t5_qwen.contains(module + ".weight"));
+    }
+    CHECK(names == written);
+    CHECK(lora_names_outside_module_tree(*model, names, lora_naming::transformers5).empty());
+    // transformers 5's tree as PEFT wraps it: model.language_model.*, model.visual.* /
+    // model.vision_tower.vision_model.*, lm_head.*.
+    CHECK(tree_set.count("model.language_model.layers.1.mlp.down_proj.weight") == 1);
+    CHECK(tree_set.count("lm_head.weight") == (model->text().tie_word_embeddings ? 0 : 1));
+    CHECK(tree_set.count(name.rfind("qwen", 0) == 0 ? "model.visual.patch_embed.proj.weight"
+                                                    : "model.vision_tower.vision_model.embeddings.patch_embedding.weight") == 1);
+    if (name.rfind("qwen", 0) == 0) {
+      const auto t5_names = t5_qwen.names();
+      CHECK(tree == std::vector<std::string>(t5_names.begin(), t5_names.end()));
+    }
+
+    // The legacy (checkpoint) names match the checkpoint they came from; for the Qwen2.5-VL hub
+    // layout (model.layers.*) none of them is in transformers 5's tree: the silent no-op load.
+    fs::remove_all(dir);
+    const std::vector<std::string> legacy = save_lora_adapter(*model, lora_config{}, dir, "", lora_naming::checkpoint);
+    CHECK(lora_names_outside_module_tree(*model, legacy, lora_naming::checkpoint).empty());
+    const std::size_t outside_t5 = lora_names_outside_module_tree(*model, legacy, lora_naming::transformers5).size();
+    if (name == "qwen2_5_vl_tiny") {
+      CHECK(legacy.front().rfind("base_model.model.model.layers.", 0) == 0);
+      CHECK(outside_t5 == 28);
+    }
+    // Not a LoRA factor at all, or a vision-tower module.
+    CHECK(lora_names_outside_module_tree(*model, {"base_model.model.model.language_model.layers.0.self_attn.q_proj.weight",
+                                                  "model.language_model.layers.0.self_attn.q_proj.lora_A.weight"},
+                                         lora_naming::transformers5)
+              .size() == 2);
     fs::remove_all(dir);
   }
 }
@@ -302,5 +368,9 @@ TEST_CASE("lora: export an adapter and its logits for the PEFT check (only when 
       save_lora_adapter(*model, cfg, dir, "", naming);
       save_safetensors(dir + "/expected_logits.safetensors", {{"input_ids", in.input_ids}, {"logits", logits}});
     }
+    // What a caller (the pipeline's train stage) writes without choosing a naming.
+    const std::string dir = std::string(out) + "/" + name + "/default";
+    save_lora_adapter(*model, cfg, dir);
+    save_safetensors(dir + "/expected_logits.safetensors", {{"input_ids", in.input_ids}, {"logits", logits}});
   }
 }

@@ -14,9 +14,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "consr_runtime/chat_template.hpp"
 #include "consr_runtime/error.hpp"
+#include "consr_runtime/generation.hpp"
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/models.hpp"
+#include "consr_runtime/tokenizer.hpp"
+#include "consr_runtime/vision.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
 
@@ -197,6 +201,67 @@ TEST_CASE("models: LLaVA-OneVision logits equal HF (fp32, image in the input)", 
     in.images.features = f["vision_features"];
     check_prompt_logits(model->forward(in)[0], f);
   }
+}
+
+TEST_CASE("models: LLaVA-OneVision with two images in one prompt — one tile and 730 features each",
+          "[models][llava][multi_image]") {
+  // LlavaOnevisionModel.get_image_features with batch_num_images = [2]: need_patching is false, so
+  // each image is its one (square-padded) tile, and pack_image_features appends one image_newline
+  // to its 729 base features.
+  const fixture& f = llava_fixture();
+  auto model = llava_onevision_model::load(llava_dir);
+  torch::NoGradGuard no_grad;
+  const auto processor = llava_onevision_image_processor::from_directory(llava_dir);
+  const rgb_image a = load_image(models_dir + "images/" + f.meta["images"][0].get<std::string>());
+  const rgb_image b = load_image(models_dir + "images/" + f.meta["images"][1].get<std::string>());
+  const auto packed = processor({a, b});
+  image_inputs images;
+  images.pixel_values = packed.pixel_values;
+  images.image_sizes = packed.image_sizes;
+  images.batch_num_images = packed.batch_num_images;
+  const torch::Tensor features = model->image_features(images);
+  REQUIRE(features.size(0) == 1460);
+  const torch::Tensor tiles = model->vision->tile_features(packed.pixel_values);  // [2, 729, hidden]
+  const torch::Tensor newline = model->named_parameters()["model.image_newline"];
+  for (std::int64_t k = 0; k < 2; ++k) {
+    CHECK(torch::equal(features.narrow(0, 730 * k, 729), tiles[k]));
+    CHECK(torch::equal(features[730 * k + 729], newline));
+  }
+  // Without batch_num_images, one tile per image is read the same way (an anyres image has >= 2).
+  image_inputs inferred = images;
+  inferred.batch_num_images = torch::Tensor();
+  CHECK(torch::equal(model->image_features(inferred), features));
+  // Anyres tiles for images of a two-image prompt are refused, naming the rule.
+  const auto tiled_a = processor({a}), tiled_b = processor({b});
+  image_inputs tiled;
+  tiled.pixel_values = torch::cat({tiled_a.pixel_values, tiled_b.pixel_values}, 0);
+  tiled.image_sizes = packed.image_sizes;
+  tiled.batch_num_images = packed.batch_num_images;
+  CHECK_THROWS_WITH(model->image_features(tiled), Catch::Contains("'pixel_values'") && Catch::Contains("not tiled"));
+  // Two one-image prompts in one batch keep anyres.
+  tiled.batch_num_images = torch::tensor(std::vector<std::int64_t>{1, 1});
+  CHECK(model->image_features(tiled).size(0) == tiled_a.num_image_tokens[0] + tiled_b.num_image_tokens[0]);
+
+  // The whole prompt: the chat template, both placeholders expanded (1460 image tokens), a forward
+  // and a greedy generation through collate (which sets batch_num_images from the prompt's images).
+  const tokenizer tok = tokenizer::from_directory(llava_dir);
+  const std::string text = render_chat(
+      chat_format::llava_onevision,
+      {chat_message{"user", {content_item::image(), content_item::image(), content_item::make_text("Compare them.")}}});
+  prompt_input prompt;
+  prompt.input_ids = tok.encode(expand_image_placeholders(chat_format::llava_onevision, text, packed.num_image_tokens));
+  prompt.images = images;
+  model_inputs in;
+  in.input_ids = torch::tensor(prompt.input_ids, torch::kInt64).view({1, -1});
+  in.images = images;
+  const torch::Tensor logits = model->forward(in);
+  CHECK(logits.isfinite().all().item<bool>());
+  sampling_options greedy;
+  greedy.max_new_tokens = 3;
+  greedy.temperature = 0;
+  const auto out = generate(*model, {prompt}, greedy).at(0);
+  CHECK(out.token_ids.size() <= 3);
+  CHECK(out.token_ids.at(0) == logits[0][-1].argmax().item<std::int64_t>());
 }
 
 TEST_CASE("models: the sharded copies in the other hub naming load to identical logits", "[models]") {

@@ -2,6 +2,7 @@
 // (fixtures of tools/make_model_fixtures.py), plus hand-written smart_resize / best-resolution cases.
 #include "runtime_test_support.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -9,10 +10,13 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "consr_runtime/chat_template.hpp"
+#include "consr_runtime/config.hpp"
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
+#include "consr_runtime/tokenizer.hpp"
 
 using namespace runtime_test;
 
@@ -203,6 +207,84 @@ TEST_CASE("LLaVA-OneVision processor reproduces HF tiles, image_sizes and token 
   const auto legacy = consr_runtime::llava_onevision_image_processor::from_directory(models_dir + "/llava_onevision_tiny_sharded");
   const bool same_pinpoints = legacy.config().image_grid_pinpoints == proc.config().image_grid_pinpoints;
   CHECK(same_pinpoints);
+}
+
+TEST_CASE("LLaVA-OneVision: several images in one prompt are not tiled (transformers' multi-image rule)",
+          "[processors][multi_image]") {
+  // transformers 5.24 (LlavaOnevisionImageProcessor._preprocess, LlavaOnevisionProcessor.
+  // _expand_image_tokens): with batch_num_images > 1 an image is padded to a square with the colour
+  // int(image_mean * 255), resized to 384² and not tiled, and gets num_image_tokens (27² = 729) + 1
+  // image_newline tokens, whatever its size; a prompt with one image keeps anyres.
+  const std::string dir = models_dir + "/llava_onevision_tiny";
+  const auto meta = read_json(dir + "/reference.json");
+  const auto proc = consr_runtime::llava_onevision_image_processor::from_directory(dir);
+  const auto a = consr_runtime::load_image(models_dir + "/images/" + meta["images"][0].get<std::string>());  // 233 x 410
+  const auto b = consr_runtime::load_image(models_dir + "/images/" + meta["images"][1].get<std::string>());  // 900 x 1203
+
+  const auto one = proc({a});
+  CHECK(one.pixel_values.size(0) == proc.num_tiles(a.height(), a.width()));
+  CHECK(one.num_image_tokens == std::vector<std::int64_t>{meta["num_image_tokens"].get<std::int64_t>()});
+  CHECK(torch::equal(one.batch_num_images, torch::tensor(std::vector<std::int64_t>{1})));
+
+  const auto two = proc({a, b});
+  REQUIRE(two.pixel_values.sizes() == torch::IntArrayRef({2, 3, 384, 384}));  // one tensor per image (anyres: 3 + 13)
+  CHECK(two.num_image_tokens == std::vector<std::int64_t>{730, 730});
+  CHECK(torch::equal(two.batch_num_images, torch::tensor(std::vector<std::int64_t>{2})));
+  CHECK(torch::equal(two.image_sizes, torch::tensor(std::vector<std::int64_t>{233, 410, 900, 1203}).view({2, 2})));
+  for (auto [h, w] : {std::pair<std::int64_t, std::int64_t>{233, 410}, {10, 4000}, {3000, 1000}})
+    CHECK(consr_runtime::llava_onevision_num_image_tokens(h, w, proc.config(), /*anyres=*/false) == 730);
+
+  // The square padding: 233 x 410 becomes 410 x 410 with 88 background rows on top (127 for mean
+  // 0.5), which stay pure background after the bicubic resize to 384.
+  const float background = (static_cast<float>(127 * (1.0 / 255.0)) - 0.5f) / 0.5f;
+  const auto top = two.pixel_values[0].narrow(1, 0, 64);
+  CHECK(torch::all(top.eq(background)).item<bool>());
+  CHECK_FALSE(torch::all(two.pixel_values[0].narrow(1, 150, 64).eq(background)).item<bool>());
+  // A square image needs no padding: its tile is anyres's base tile, bit for bit.
+  const consr_runtime::rgb_image square = consr_runtime::make_rgb_image(a.pixels.narrow(1, 0, 233).contiguous(), "square");
+  CHECK(torch::equal(proc.normalize(square, false)[0], proc.normalize(square)[0]));
+
+  // The prompt: each <image> expands to its image's count, 2 x 730 image tokens in all.
+  const auto tok = consr_runtime::tokenizer::from_directory(dir);
+  const std::string text = consr_runtime::render_chat(
+      consr_runtime::chat_format::llava_onevision,
+      {consr_runtime::chat_message{"user",
+                                   {consr_runtime::content_item::image(), consr_runtime::content_item::image(),
+                                    consr_runtime::content_item::make_text("What differs?")}}});
+  const auto ids = tok.encode(consr_runtime::expand_image_placeholders(consr_runtime::chat_format::llava_onevision, text,
+                                                                       two.num_image_tokens));
+  const std::int64_t image_id = tok.token_id("<image>");
+  CHECK(std::count(ids.begin(), ids.end(), image_id) == 1460);
+
+  // pack: one tile is an image of a multi-image prompt; another count than 1 or 1 + grid is an error.
+  CHECK(proc.pack({two.pixel_values.narrow(0, 0, 1)}, {{233, 410}}).num_image_tokens.at(0) == 730);
+  CHECK_THROWS_WITH(proc.pack({torch::zeros({2, 3, 384, 384})}, {{233, 410}}), Catch::Contains("one of several images"));
+}
+
+TEST_CASE("vision workload and eager attention memory of one image", "[processors][memory]") {
+  const auto qcfg = consr_runtime::load_model_config(models_dir + "/qwen2_5_vl_tiny");
+  const auto qwen = consr_runtime::make_image_processor(qcfg, models_dir + "/qwen2_5_vl_tiny");
+  // 10000 x 10000 at the hub's max_pixels 12,845,056: 3556 x 3556 pixels, 254² = 64,516 patches in one
+  // full-attention sequence, 16,129 image tokens; 2 heads x 64,516² scores x 8 bytes = 66.6 GB (the
+  // 33.3 GB fp32 score tensor the issue saw allocated, and its softmax beside it).
+  const auto w = qwen->workload(10000, 10000);
+  CHECK(w.sequences == 1);
+  CHECK(w.sequence_length == 64516);
+  CHECK(w.image_tokens == 16129);
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, w) == 2.0 * 64516.0 * 64516.0 * 8.0);
+  const auto small = qwen->workload(101, 159);  // 112 x 168: 8 x 12 patches
+  CHECK(small.sequence_length == 96);
+  CHECK(small.image_tokens == 24);
+  CHECK_THROWS_AS(qwen->workload(5, 5), consr_runtime::runtime_error);
+
+  const auto lcfg = consr_runtime::load_model_config(models_dir + "/llava_onevision_tiny");
+  const auto llava = consr_runtime::make_image_processor(lcfg, models_dir + "/llava_onevision_tiny");
+  const auto lw = llava->workload(233, 410);
+  CHECK(lw.sequences == 3);  // base + 1 x 2 grid
+  CHECK(lw.sequence_length == 729);
+  CHECK(lw.image_tokens == 2052);
+  CHECK(consr_runtime::vision_attention_bytes(lcfg, lw) ==
+        static_cast<double>(lcfg.llava_onevision->vision.num_attention_heads) * 3.0 * 729.0 * 729.0 * 8.0);
 }
 
 TEST_CASE("LLaVA-OneVision processor rejects bad arguments with named errors", "[processors]") {

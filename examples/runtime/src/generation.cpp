@@ -84,10 +84,14 @@ model_inputs collate(const std::vector<prompt_input>& prompts, std::int64_t pad_
   }
   if (kind == image_kind::none) return out;
   std::vector<torch::Tensor> pixels, grids, sizes, features;
+  std::vector<std::int64_t> images_per_row;  // LLaVA-OV: a prompt is one row
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     const image_inputs& im = prompts[i].images;
     if (im.image_grid_thw.defined()) grids.push_back(im.image_grid_thw.to(torch::kInt64).reshape({-1, 3}));
-    if (im.image_sizes.defined()) sizes.push_back(im.image_sizes.to(torch::kInt64).reshape({-1, 2}));
+    if (im.image_sizes.defined()) {
+      sizes.push_back(im.image_sizes.to(torch::kInt64).reshape({-1, 2}));
+      images_per_row.push_back(sizes.back().size(0));
+    }
     if (kind == image_kind::features) {
       if (im.features.defined()) features.push_back(im.features);
     } else if (im.pixel_values.defined()) {
@@ -100,7 +104,10 @@ model_inputs collate(const std::vector<prompt_input>& prompts, std::int64_t pad_
   if (!pixels.empty()) out.images.pixel_values = torch::cat(pixels, 0);
   if (!features.empty()) out.images.features = torch::cat(features, 0);
   if (!grids.empty()) out.images.image_grid_thw = torch::cat(grids, 0);
-  if (!sizes.empty()) out.images.image_sizes = torch::cat(sizes, 0);
+  if (!sizes.empty()) {
+    out.images.image_sizes = torch::cat(sizes, 0);
+    out.images.batch_num_images = torch::tensor(images_per_row, torch::kInt64);
+  }
   return out;
 }
 

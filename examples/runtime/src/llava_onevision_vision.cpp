@@ -249,7 +249,8 @@ torch::Tensor llava_onevision_vision_impl::pack_image_features(const torch::Tens
   return torch::cat({base, grid}, 0);
 }
 
-torch::Tensor llava_onevision_vision_impl::forward(const torch::Tensor& pixel_values, const torch::Tensor& image_sizes) {
+torch::Tensor llava_onevision_vision_impl::forward(const torch::Tensor& pixel_values, const torch::Tensor& image_sizes,
+                                                  const torch::Tensor& batch_num_images) {
   const std::string where = "llava_onevision_vision::forward";
   if (!image_sizes.defined() || image_sizes.dim() != 2 || image_sizes.size(1) != 2 || image_sizes.size(0) < 1 ||
       (image_sizes.scalar_type() != torch::kLong && image_sizes.scalar_type() != torch::kInt))
@@ -258,21 +259,46 @@ torch::Tensor llava_onevision_vision_impl::forward(const torch::Tensor& pixel_va
     fail(where, "argument 'pixel_values' must be a tensor [tiles, 3, S, S]");
   const auto sizes = image_sizes.to(torch::kCPU, torch::kLong).contiguous();
   const auto n_images = sizes.size(0);
+  // transformers' need_patching: [n == 1 for n in batch_num_images for _ in range(n)].
+  std::vector<bool> anyres(static_cast<std::size_t>(n_images), true);
+  if (batch_num_images.defined()) {
+    if (batch_num_images.dim() != 1 || batch_num_images.is_floating_point())
+      fail(where, "argument 'batch_num_images' must be an integer tensor [rows]");
+    const auto counts = batch_num_images.to(torch::kCPU, torch::kLong).contiguous();
+    std::int64_t k = 0;
+    for (std::int64_t r = 0; r < counts.size(0); ++r) {
+      const auto n = counts[r].item<std::int64_t>();
+      if (n < 0 || k + n > n_images) break;
+      for (std::int64_t j = 0; j < n; ++j) anyres[static_cast<std::size_t>(k++)] = n == 1;
+      if (r + 1 == counts.size(0) && k != n_images) k = -1;
+    }
+    if (k != n_images)
+      fail(where, "argument 'batch_num_images' must hold non-negative counts summing to the " + std::to_string(n_images) +
+                      " images of 'image_sizes'");
+  }
   std::vector<std::int64_t> tiles;
   std::int64_t total = 0;
   for (std::int64_t i = 0; i < n_images; ++i) {
     const auto h = sizes[i][0].item<std::int64_t>(), w = sizes[i][1].item<std::int64_t>();
     if (h <= 0 || w <= 0)
       fail(where, "argument 'image_sizes': row " + std::to_string(i) + " must be positive");
-    const auto best = select_best_resolution(h, w, config_.image_grid_pinpoints);
-    tiles.push_back(1 + (best[0] / config_.vision.image_size) * (best[1] / config_.vision.image_size));
-    total += tiles.back();
+    std::int64_t n = 1;
+    if (anyres[static_cast<std::size_t>(i)]) {
+      const auto best = select_best_resolution(h, w, config_.image_grid_pinpoints);
+      n = 1 + (best[0] / config_.vision.image_size) * (best[1] / config_.vision.image_size);
+    }
+    tiles.push_back(n);
+    total += n;
   }
-  // Anyres (one image per sample) gives 1 + grid tiles per image; the multi-image mode one tile each.
   if (total != pixel_values.size(0)) {
-    if (pixel_values.size(0) != n_images)
-      fail(where, "argument 'pixel_values' has " + std::to_string(pixel_values.size(0)) + " tiles but 'image_sizes' needs " +
-                      std::to_string(total) + " (anyres) or " + std::to_string(n_images) + " (one per image)");
+    // Without batch_num_images, one tile per image means multi-image mode (an anyres image has at
+    // least two).
+    if (batch_num_images.defined() || pixel_values.size(0) != n_images)
+      fail(where, "argument 'pixel_values' has " + std::to_string(pixel_values.size(0)) + " tiles but 'image_sizes'" +
+                      (batch_num_images.defined() ? " and 'batch_num_images' need " + std::to_string(total)
+                                                  : " needs " + std::to_string(total) + " (anyres) or " +
+                                                        std::to_string(n_images) + " (one per image)") +
+                      " (the images of a prompt with several are not tiled)");
     std::fill(tiles.begin(), tiles.end(), 1);
   }
   const auto features = tile_features(pixel_values);

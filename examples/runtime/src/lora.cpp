@@ -1,6 +1,7 @@
 // LoRA adapters in PEFT's format (see consr_runtime/lora.hpp).
 #include "consr_runtime/lora.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/generation.hpp"
+#include "consr_runtime/model_io.hpp"
 #include "consr_runtime/safetensors.hpp"
 
 namespace consr_runtime {
@@ -128,8 +130,30 @@ std::string peft_tensor_name(const vision_language_model& model, const std::stri
   return peft_prefix + prefix + in_memory_path.substr(scope.size()) + (lora_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
-void save_lora_adapter(const vision_language_model& model, const lora_config& config, const std::string& dir,
-                       const std::string& base_model_name_or_path, lora_naming naming) {
+std::vector<std::string> lora_module_tree(const vision_language_model& model, lora_naming naming) {
+  if (naming == lora_naming::checkpoint && !model.directory().empty()) return checkpoint(model.directory()).names();
+  return hub_parameter_names(model, hub_naming::transformers5);
+}
+
+std::vector<std::string> lora_names_outside_module_tree(const vision_language_model& model,
+                                                        const std::vector<std::string>& tensor_names,
+                                                        lora_naming naming) {
+  const std::vector<std::string> tree_list = lora_module_tree(model, naming);
+  const std::set<std::string> tree(tree_list.begin(), tree_list.end());
+  std::vector<std::string> outside;
+  for (const auto& name : tensor_names) {
+    const bool is_a = ends_with(name, ".lora_A.weight"), is_b = ends_with(name, ".lora_B.weight");
+    const std::size_t suffix = std::string(".lora_A.weight").size();
+    if (!starts_with(name, peft_prefix) || !(is_a || is_b) || name.size() < peft_prefix.size() + suffix ||
+        !tree.count(name.substr(peft_prefix.size(), name.size() - peft_prefix.size() - suffix) + ".weight"))
+      outside.push_back(name);
+  }
+  return outside;
+}
+
+std::vector<std::string> save_lora_adapter(const vision_language_model& model, const lora_config& config,
+                                           const std::string& dir, const std::string& base_model_name_or_path,
+                                           lora_naming naming) {
   const char* fn = "save_lora_adapter";
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   std::set<std::string> suffixes;
@@ -140,6 +164,17 @@ void save_lora_adapter(const vision_language_model& model, const lora_config& co
     suffixes.insert(name.substr(name.rfind('.') + 1));
   }
   if (tensors.empty()) fail(fn, "model", "has no LoRA adapter (call apply_lora or load_lora_adapter first)");
+  // Every name must hang in the module tree the loader will look it up in: a mismatch would load as
+  // a silent no-op (PEFT warns once and runs the base model).
+  std::vector<std::string> names;
+  for (const auto& t : tensors) names.push_back(t.first);
+  std::sort(names.begin(), names.end());
+  const std::vector<std::string> outside = lora_names_outside_module_tree(model, names, naming);
+  if (!outside.empty())
+    fail(fn, "naming", std::to_string(outside.size()) + " of " + std::to_string(names.size()) + " adapter tensors (e.g. '" +
+                           outside.front() + "') name no linear layer of the " +
+                           (naming == lora_naming::transformers5 ? "transformers 5 module tree"
+                                                                 : "checkpoint '" + model.directory() + "'"));
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw runtime_error("consr_runtime::save_lora_adapter: cannot create directory '" + dir + "': " + ec.message());
@@ -171,6 +206,7 @@ void save_lora_adapter(const vision_language_model& model, const lora_config& co
   std::ofstream out(path);
   out << cfg.dump(2) << "\n";
   if (!out) throw runtime_error("consr_runtime::save_lora_adapter: cannot write '" + path + "'");
+  return names;
 }
 
 lora_config load_lora_adapter(vision_language_model& model, const std::string& dir) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -110,35 +111,56 @@ void init_parameters(torch::nn::Module& module, std::uint64_t seed, double std) 
   }
 }
 
+namespace {
+
+// (in-memory prefix, checkpoint prefix) of each part of the model in `naming`.
+std::vector<std::pair<std::string, std::string>> hub_prefix_map(const vision_language_model& model, hub_naming naming) {
+  if (naming == hub_naming::transformers5) return {{"", ""}};
+  if (model.config().qwen2_5_vl.has_value())
+    return {{"model.language_model.", "model."}, {"model.visual.", "visual."}, {"lm_head.", "lm_head."}};
+  return {{"model.vision_tower.vision_model.", "vision_tower."},
+          {"model.multi_modal_projector.", "multi_modal_projector."},
+          {"model.language_model.", "language_model.model."},
+          {"model.image_newline", "image_newline"},
+          {"lm_head.", "language_model.lm_head."}};
+}
+
+bool is_lora_factor(const std::string& name) {
+  return name.find("lora_A.") != std::string::npos || name.find("lora_B.") != std::string::npos;
+}
+
+// The checkpoint name of the in-memory parameter `name` (the longest matching in-memory prefix).
+std::string hub_name(const std::vector<std::pair<std::string, std::string>>& map, const std::string& name,
+                     const char* fn) {
+  const std::pair<std::string, std::string>* best = nullptr;
+  for (const auto& m : map)
+    if (name.compare(0, m.first.size(), m.first) == 0 && (!best || m.first.size() > best->first.size())) best = &m;
+  if (!best)
+    throw runtime_error(std::string("consr_runtime::") + fn + ": argument 'model': parameter '" + name +
+                        "' has no checkpoint name");
+  return best->second + name.substr(best->first.size());
+}
+
+}  // namespace
+
 std::vector<std::pair<std::string, torch::Tensor>> hub_state_dict(const vision_language_model& model, hub_naming naming) {
-  // (in-memory prefix, checkpoint prefix), longest in-memory prefix first.
-  std::vector<std::pair<std::string, std::string>> map;
-  const bool qwen = model.config().qwen2_5_vl.has_value();
-  if (naming == hub_naming::transformers5) {
-    map = {{"", ""}};
-  } else if (qwen) {
-    map = {{"model.language_model.", "model."}, {"model.visual.", "visual."}, {"lm_head.", "lm_head."}};
-  } else {
-    map = {{"model.vision_tower.vision_model.", "vision_tower."},
-           {"model.multi_modal_projector.", "multi_modal_projector."},
-           {"model.language_model.", "language_model.model."},
-           {"model.image_newline", "image_newline"},
-           {"lm_head.", "language_model.lm_head."}};
-  }
+  const auto map = hub_prefix_map(model, naming);
   std::map<std::string, torch::Tensor> out;
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
-    if (name.find("lora_A.") != std::string::npos || name.find("lora_B.") != std::string::npos)
+    if (is_lora_factor(name))
       throw runtime_error("consr_runtime::hub_state_dict: argument 'model': parameter '" + name +
                           "' is a LoRA factor (merge or detach adapters before saving the model)");
-    const std::pair<std::string, std::string>* best = nullptr;
-    for (const auto& m : map)
-      if (name.compare(0, m.first.size(), m.first) == 0 && (!best || m.first.size() > best->first.size())) best = &m;
-    if (!best)
-      throw runtime_error("consr_runtime::hub_state_dict: argument 'model': parameter '" + name +
-                          "' has no checkpoint name");
-    out[best->second + name.substr(best->first.size())] = item.value();
+    out[hub_name(map, name, "hub_state_dict")] = item.value();
   }
+  return {out.begin(), out.end()};
+}
+
+std::vector<std::string> hub_parameter_names(const vision_language_model& model, hub_naming naming) {
+  const auto map = hub_prefix_map(model, naming);
+  std::set<std::string> out;
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    if (!is_lora_factor(item.key())) out.insert(hub_name(map, item.key(), "hub_parameter_names"));
   return {out.begin(), out.end()};
 }
 

@@ -325,7 +325,8 @@ torch::Tensor llava_onevision_model::image_features(const image_inputs& images) 
   if (images.features.defined()) return images.features.to(device());
   if (!images.pixel_values.defined()) fail(fn, "images", "neither pixel_values nor features given");
   if (!images.image_sizes.defined()) fail(fn, "image_sizes", "required with pixel_values");
-  return vision->forward(images.pixel_values.to(device(), dtype()), images.image_sizes.to(torch::kInt64));
+  return vision->forward(images.pixel_values.to(device(), dtype()), images.image_sizes.to(torch::kInt64),
+                         images.batch_num_images);
 }
 
 torch::Tensor llava_onevision_model::position_ids(const model_inputs& inputs, torch::Tensor* next_position) {

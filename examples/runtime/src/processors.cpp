@@ -1,11 +1,11 @@
 // Image processors of Qwen2.5-VL and LLaVA-OneVision. See consr_runtime/processors.hpp.
 #include "consr_runtime/processors.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <sstream>
-#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -19,19 +19,6 @@ namespace {
 
 [[noreturn]] void fail(const std::string& where, const std::string& what) {
   throw runtime_error("consr_runtime::" + where + ": " + what);
-}
-
-bool is_directory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-std::string read_text_file(const std::string& path, const std::string& where) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(where, "cannot open '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 nlohmann::json parse_object(const std::string& text, const std::string& source, const std::string& where) {
@@ -385,9 +372,13 @@ std::array<std::int64_t, 2> select_best_resolution(std::int64_t height, std::int
 }
 
 std::int64_t llava_onevision_num_image_tokens(std::int64_t height, std::int64_t width,
-                                              const llava_onevision_processor_config& config) {
-  const auto best = select_best_resolution(height, width, config.image_grid_pinpoints);
+                                              const llava_onevision_processor_config& config, bool anyres) {
   const std::int64_t side = config.tile_size / config.vision_patch_size;  // 27 features per tile side
+  const std::int64_t strategy = config.vision_feature_select_strategy == "default" ? 1 : 0;
+  // processing_llava_onevision._expand_image_tokens: an image of a multi-image prompt gets
+  // num_image_tokens (side²) + 1 for the image_newline, whatever its size.
+  if (!anyres) return side * side + 1 - strategy;
+  const auto best = select_best_resolution(height, width, config.image_grid_pinpoints);
   std::int64_t cur_h = side * (best[0] / config.tile_size);
   std::int64_t cur_w = side * (best[1] / config.tile_size);
   const double original_aspect = static_cast<double>(width) / static_cast<double>(height);
@@ -410,9 +401,7 @@ std::int64_t llava_onevision_num_image_tokens(std::int64_t height, std::int64_t 
     unpadded = h * w;
     newline = h;
   }
-  std::int64_t total = unpadded + newline + side * side;
-  if (config.vision_feature_select_strategy == "default") total -= 1;
-  return total;
+  return unpadded + newline + side * side - strategy;
 }
 
 llava_onevision_image_processor::llava_onevision_image_processor(llava_onevision_processor_config config)
@@ -457,9 +446,27 @@ std::int64_t llava_onevision_image_processor::num_tiles(std::int64_t height, std
   return 1 + (best[0] / config_.tile_size) * (best[1] / config_.tile_size);
 }
 
-torch::Tensor llava_onevision_image_processor::normalize(const rgb_image& image) const {
+torch::Tensor llava_onevision_image_processor::normalize(const rgb_image& image, bool anyres) const {
   const auto img = make_rgb_image(image.pixels, "image");
   const std::int64_t s = config_.tile_size;
+  if (!anyres) {
+    // LlavaOnevisionImageProcessor for batch_num_images > 1: pad_to_square with the background
+    // colour tuple(int(x * 255) for x in image_mean), the image at offset (max - side) // 2, then the
+    // resize to size; no tiles.
+    const std::int64_t h = img.height(), w = img.width(), side = std::max(h, w);
+    torch::Tensor square = img.pixels;
+    if (h != w) {
+      square = torch::empty({side, side, 3}, torch::kUInt8);
+      for (std::int64_t c = 0; c < 3; ++c) {
+        const double v = std::trunc(config_.image_mean[static_cast<std::size_t>(c)] * 255.0);  // Python int()
+        square.select(2, c).fill_(static_cast<std::int64_t>(std::min(255.0, std::max(0.0, v))));
+      }
+      square.narrow(0, (side - h) / 2, h).narrow(1, (side - w) / 2, w).copy_(img.pixels);
+    }
+    return rescale_normalize(resize_uint8(square, s, s, config_.resample), config_.rescale_factor, config_.image_mean,
+                             config_.image_std, config_.do_rescale, config_.do_normalize)
+        .unsqueeze(0);
+  }
   const auto best = select_best_resolution(img.height(), img.width(), config_.image_grid_pinpoints);
   const auto size = patch_output_size(img.height(), img.width(), best[0], best[1]);
   const auto resized = resize_uint8(img.pixels, size[0], size[1], config_.resample);
@@ -499,11 +506,12 @@ llava_onevision_packed llava_onevision_image_processor::pack(
     const auto h = image_sizes[i][0], w = image_sizes[i][1];
     if (h <= 0 || w <= 0) fail(where, "argument 'image_sizes[" + std::to_string(i) + "]' must be positive");
     const auto expected = num_tiles(h, w);
-    if (x.size(0) != expected)
+    if (x.size(0) != expected && x.size(0) != 1)
       fail(where, "argument '" + arg + "' has " + std::to_string(x.size(0)) + " tiles but an image of " +
-                      std::to_string(h) + " x " + std::to_string(w) + " needs " + std::to_string(expected));
+                      std::to_string(h) + " x " + std::to_string(w) + " needs " + std::to_string(expected) +
+                      " (anyres) or 1 (one of several images in a prompt)");
     sizes.insert(sizes.end(), {h, w});
-    out.num_image_tokens.push_back(llava_onevision_num_image_tokens(h, w, config_));
+    out.num_image_tokens.push_back(llava_onevision_num_image_tokens(h, w, config_, /*anyres=*/x.size(0) != 1));
   }
   out.pixel_values = torch::cat(normalized, 0).contiguous();
   out.image_sizes = torch::tensor(sizes, torch::kLong).view({static_cast<std::int64_t>(normalized.size()), 2});
@@ -513,11 +521,14 @@ llava_onevision_packed llava_onevision_image_processor::pack(
 llava_onevision_packed llava_onevision_image_processor::operator()(const std::vector<rgb_image>& images) const {
   std::vector<torch::Tensor> normalized;
   std::vector<std::array<std::int64_t, 2>> sizes;
+  const bool anyres = images.size() == 1;  // transformers: need_patching = (batch_num_images == 1)
   for (const auto& image : images) {
-    normalized.push_back(normalize(image));
+    normalized.push_back(normalize(image, anyres));
     sizes.push_back({image.height(), image.width()});
   }
-  return pack(normalized, sizes);
+  llava_onevision_packed out = pack(normalized, sizes);
+  out.batch_num_images = torch::tensor(std::vector<std::int64_t>{static_cast<std::int64_t>(images.size())}, torch::kLong);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,6 +562,12 @@ class qwen2_vl_family final : public image_processor {
     return out;
   }
   std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
+  vision_workload workload(std::int64_t height, std::int64_t width) const override {
+    const auto [h, w] = processor_.resized_size(height, width);
+    const std::int64_t p = processor_.config().patch_size, m = processor_.config().merge_size;
+    const std::int64_t patches = (h / p) * (w / p);  // one temporal patch: the still image
+    return {1, patches, patches / (m * m)};
+  }
 
  private:
   std::string model_type_;
@@ -579,6 +596,11 @@ class llava_onevision_family final : public image_processor {
     return out;
   }
   std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
+  vision_workload workload(std::int64_t height, std::int64_t width) const override {
+    const auto& c = processor_.config();
+    const std::int64_t side = c.tile_size / c.vision_patch_size;
+    return {processor_.num_tiles(height, width), side * side, llava_onevision_num_image_tokens(height, width, c)};
+  }
 
  private:
   std::string model_type_;
@@ -587,6 +609,15 @@ class llava_onevision_family final : public image_processor {
 };
 
 }  // namespace
+
+double vision_attention_bytes(const model_config& config, const vision_workload& w) {
+  std::int64_t heads = 0;
+  if (config.qwen2_5_vl) heads = config.qwen2_5_vl->vision.num_heads;
+  else if (config.llava_onevision) heads = config.llava_onevision->vision.num_attention_heads;
+  else fail("vision_attention_bytes", "argument 'config': model_type '" + config.model_type + "' has no vision tower");
+  const double n = static_cast<double>(w.sequence_length);
+  return static_cast<double>(heads) * static_cast<double>(w.sequences) * n * n * 8.0;
+}
 
 std::unique_ptr<image_processor> make_image_processor(const model_config& config, const std::string& model_dir,
                                                       const pixel_bounds& overrides) {

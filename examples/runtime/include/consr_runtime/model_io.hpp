@@ -44,6 +44,13 @@ enum class hub_naming {
 std::vector<std::pair<std::string, torch::Tensor>> hub_state_dict(const vision_language_model& model,
                                                                   hub_naming naming = hub_naming::save_pretrained);
 
+/// The names of the base model's parameters in `naming` (sorted; LoRA factors are skipped, so a model
+/// with adapters attached lists the names of the module tree the adapters hang in). With
+/// hub_naming::transformers5 these are the parameter names of transformers 5's in-memory module tree
+/// (what PEFT wraps and names adapters after: base_model.model.<module path>.lora_A.weight).
+std::vector<std::string> hub_parameter_names(const vision_language_model& model,
+                                             hub_naming naming = hub_naming::save_pretrained);
+
 /// The config.json of `config` in transformers 5's layout (the fixtures' files): `text_config`
 /// nested, `rope_parameters`, `vision_config`, the token ids, `dtype`. `dtype` is written as given
 /// ("float32", "bfloat16").

@@ -42,6 +42,11 @@ struct image_inputs {
   torch::Tensor image_grid_thw;
   /// LLaVA-OV: int64 [n_images, 2] original (height, width).
   torch::Tensor image_sizes;
+  /// LLaVA-OV: int64 [rows], the images of each prompt row (transformers' batch_num_images). The
+  /// images of a row with more than one are not tiled (one tile each, a single image_newline), as
+  /// LlavaOnevisionForConditionalGeneration does. Undefined: every image is tiled (anyres), unless
+  /// pixel_values hold exactly one tile per image. `collate` sets it from each row's image_sizes.
+  torch::Tensor batch_num_images;
   /// Optional precomputed image features [n_image_tokens, hidden] (the vision tower + merger /
   /// projector + packing output, e.g. from `image_features()`); when defined, `pixel_values` is
   /// not used. Lets the three ConSR scoring passes share one vision forward.

@@ -133,14 +133,20 @@ std::int64_t anyres_max_patches(const std::string& vision_aspect_ratio);
 
 /// The number of <image> tokens LLaVA-OneVision uses for one (single-image, anyres) image of the
 /// given original size: base (side²) + unpadded grid + one newline per grid row, with the anyres_max
-/// downsample (processing_llava_onevision._get_number_of_features).
+/// downsample (processing_llava_onevision._get_number_of_features). With `anyres` false (an image
+/// of a prompt that holds several, transformers' multi-image rule) the size does not matter: side²
+/// base features + one image_newline (730 for SigLIP-384/14). Both minus 1 with the "default"
+/// feature strategy.
 std::int64_t llava_onevision_num_image_tokens(std::int64_t height, std::int64_t width,
-                                              const llava_onevision_processor_config& config);
+                                              const llava_onevision_processor_config& config, bool anyres = true);
 
 /// The model inputs of a list of images.
 struct llava_onevision_packed {
-  torch::Tensor pixel_values;   ///< float32 [sum over images of (1 + tiles), 3, S, S], base tile first
+  torch::Tensor pixel_values;   ///< float32 [sum over images of tiles, 3, S, S], base tile first
   torch::Tensor image_sizes;    ///< int64 [n_images, 2] original (height, width)
+  /// int64 [1]: the images of the prompt (transformers' batch_num_images); more than 1 means that
+  /// none of them is tiled. Set by operator(); pack leaves it undefined.
+  torch::Tensor batch_num_images;
   std::vector<std::int64_t> num_image_tokens;
 };
 
@@ -153,17 +159,25 @@ class llava_onevision_image_processor {
 
   const llava_onevision_processor_config& config() const noexcept { return config_; }
 
-  /// Stage 1 (anyres): best resolution, aspect-keeping PIL bicubic resize, centre padding with 0,
-  /// tiles of tile_size row-major, and the whole image resized to tile_size² as the base tile;
-  /// rescale + normalize each. Returns [1 + tiles, 3, S, S] float32, base first.
-  torch::Tensor normalize(const rgb_image& image) const;
+  /// Stage 1. With `anyres` (an image alone in its prompt): best resolution, aspect-keeping PIL
+  /// bicubic resize, centre padding with 0, tiles of tile_size row-major, and the whole image resized
+  /// to tile_size² as the base tile; rescale + normalize each. Returns [1 + tiles, 3, S, S] float32,
+  /// base first. Without (one of several images in a prompt, transformers' multi-image rule): the
+  /// image centre-padded to a square with the colour int(image_mean · 255) per channel, resized to
+  /// tile_size², rescaled and normalized: [1, 3, S, S].
+  torch::Tensor normalize(const rgb_image& image, bool anyres = true) const;
 
   /// Stage 2: concatenates the tiles of each image; `image_sizes` are the original (height, width).
-  /// Throws runtime_error naming 'normalized' / 'image_sizes' when the tile count does not match the
-  /// size's best resolution or the shapes are wrong.
+  /// An image given as one tile is an image of a multi-image prompt (normalize without anyres; an
+  /// anyres image always has 1 + at least one tile) and gets llava_onevision_num_image_tokens(...,
+  /// anyres = false) tokens. Throws runtime_error naming 'normalized' / 'image_sizes' when the tile
+  /// count is neither 1 nor the size's 1 + grid, or the shapes are wrong.
   llava_onevision_packed pack(const std::vector<torch::Tensor>& normalized,
                               const std::vector<std::array<std::int64_t, 2>>& image_sizes) const;
 
+  /// The images of ONE prompt, as transformers' processor(images=[images], ...): one image is tiled
+  /// (anyres); several are not (each normalize(image, false)), as LlavaOnevisionImageProcessor and
+  /// LlavaOnevisionForConditionalGeneration do for batch_num_images > 1. Sets batch_num_images.
   llava_onevision_packed operator()(const std::vector<rgb_image>& images) const;
 
   /// Tiles (1 + grid) an image of this size is cut into.
@@ -184,6 +198,23 @@ struct pixel_bounds {
   std::int64_t min_pixels = 0;
   std::int64_t max_pixels = 0;
 };
+
+/// The attention work of the vision tower on one image: `sequences` sequences of `sequence_length`
+/// patches each attend within themselves at once (Qwen2.5-VL: one sequence of all the image's
+/// patches in its full-attention blocks; LLaVA-OneVision: one sequence of side² patches per tile,
+/// all tiles in one batch), and the LLM image tokens the image becomes.
+struct vision_workload {
+  std::int64_t sequences = 0;
+  std::int64_t sequence_length = 0;
+  std::int64_t image_tokens = 0;
+};
+
+/// Bytes of the eager attention scores the runtime's vision tower holds at once for `w`:
+/// vision heads × sequences × sequence_length² scores × 8 bytes (the scores and their fp32 softmax
+/// live together; in bfloat16 the scores, the fp32 softmax and its cast back: 2 + 4 + 2). The
+/// language model's attention is computed in query chunks of at most 2^26 scores and is not
+/// counted. Throws runtime_error naming 'config' for a config of no known family.
+double vision_attention_bytes(const model_config& config, const vision_workload& w);
 
 /// The model inputs of one image, whichever family (the fields a family does not use stay undefined).
 struct packed_image {
@@ -216,6 +247,9 @@ class image_processor {
   virtual packed_image pack(const torch::Tensor& normalized, std::int64_t height, std::int64_t width) const = 0;
   /// The image and the video placeholder token ids of the model config.
   virtual std::vector<std::int64_t> feature_token_ids() const = 0;
+  /// What the vision tower does with one image of this size (alone in its prompt), without
+  /// resizing it: see vision_workload. Throws as check_size.
+  virtual vision_workload workload(std::int64_t height, std::int64_t width) const = 0;
 };
 
 /// The image processor of the family `config` describes, read from `model_dir`

@@ -96,10 +96,14 @@ class llava_onevision_vision_impl : public torch::nn::Module {
   /// image_sizes [n_images, 2] int64 original (height, width) -> the packed features of all images
   /// concatenated [n_tokens, hidden]: per image the base tile's tokens, then the tile grid unpadded
   /// to the original aspect, bilinearly downsampled when it exceeds anyres_max (ratio > 1.1), with
-  /// image_newline appended to every row. An image given as a single tile (multi-image mode) gives its
-  /// tokens plus one image_newline. Throws runtime_error naming the argument when the tile count does
-  /// not match the sizes.
-  torch::Tensor forward(const torch::Tensor& pixel_values, const torch::Tensor& image_sizes);
+  /// image_newline appended to every row. An image of a prompt with several images (multi-image
+  /// mode, `batch_num_images` > 1 for its row) is one tile and gives its tokens plus one
+  /// image_newline. `batch_num_images` (int64 [rows], summing to n_images) as transformers'
+  /// get_image_features; undefined: every image anyres, or every image one tile when pixel_values
+  /// hold exactly one per image. Throws runtime_error naming the argument when the tile count does
+  /// not match the sizes and batch_num_images.
+  torch::Tensor forward(const torch::Tensor& pixel_values, const torch::Tensor& image_sizes,
+                        const torch::Tensor& batch_num_images = {});
 
   /// Packs projected tile features of one image ([tiles, tokens, hidden]) as forward does.
   torch::Tensor pack_image_features(const torch::Tensor& features, std::int64_t height, std::int64_t width);
