@@ -7,6 +7,15 @@
 #include <sstream>
 #include <system_error>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+
 namespace consr_pipeline {
 
 namespace fs = std::filesystem;
@@ -104,6 +113,62 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) fail("cannot rename '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
+}
+
+// ---- the output directory's lock ---------------------------------------------------------------------
+
+output_lock::output_lock(const fs::path& dir) {
+  const fs::path file = dir / lock_file_name;
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) fail("argument '--out': cannot open the lock file '" + file.string() + "': " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err != EWOULDBLOCK)
+      fail("argument '--out': cannot lock '" + file.string() + "': " + std::strerror(err));
+    std::string holder = "holder unknown";
+    try {
+      const json h = json::parse(read_file(file, "lock file"));
+      holder = "pid " + dump_compact(h.at("pid")) + " on host " + h.at("host").get<std::string>() + ", started " +
+               h.at("started").get<std::string>();
+    } catch (const std::exception&) {
+    }
+    fail("argument '--out': '" + dir.string() + "' is in use by another consr_pipeline run (" + holder +
+         "); wait for it to end or choose another --out");
+  }
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  char started[32];
+  std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  json info;
+  info["pid"] = static_cast<std::int64_t>(::getpid());
+  info["host"] = std::string(host);
+  info["started"] = std::string(started);
+  const std::string line = dump_compact(info) + "\n";
+  // Best effort: the lock itself is what protects the directory; the text only names the holder.
+  if (::ftruncate(fd, 0) == 0) {
+    const ssize_t written = ::pwrite(fd, line.data(), line.size(), 0);
+    (void)written;
+  }
+  fd_ = fd;
+}
+
+output_lock::~output_lock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
+}
+
+output_lock::output_lock(output_lock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+
+output_lock& output_lock::operator=(output_lock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
 }
 
 // ---- fingerprints and headers ---------------------------------------------------------------------

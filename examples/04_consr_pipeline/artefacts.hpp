@@ -70,6 +70,33 @@ struct fingerprint {
   std::string hash;  ///< fnv1a_hex(settings.dump())
 };
 
+/// The lock file of an output directory (kept after a run: removing it would race with a run that
+/// has just opened it).
+inline constexpr const char* lock_file_name = ".consr_pipeline.lock";
+
+/// An exclusive lock on an output directory: flock(LOCK_EX | LOCK_NB) on `<dir>/.consr_pipeline.lock`,
+/// held while the object lives. The kernel releases it when the process ends in any way (kill -9
+/// included), so a stale lock file never blocks a later run. The holder writes one JSON line into
+/// the file: {"pid", "host", "started"} (UTC, ISO 8601). Not reliable on network file systems
+/// whose flock is local to one client (older NFS).
+class output_lock {
+ public:
+  output_lock() = default;
+  /// Takes the lock; throws pipeline_error "argument '--out': '<dir>' is in use by another run
+  /// (pid P on host H, started T) ..." when another open file description holds it, or naming the
+  /// file when it cannot be opened.
+  explicit output_lock(const std::filesystem::path& dir);
+  ~output_lock();
+  output_lock(output_lock&& other) noexcept;
+  output_lock& operator=(output_lock&& other) noexcept;
+  output_lock(const output_lock&) = delete;
+  output_lock& operator=(const output_lock&) = delete;
+  bool held() const noexcept { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
 /// The output directory and the rules of its artefacts.
 class artefact_store {
  public:

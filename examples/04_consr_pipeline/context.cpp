@@ -6,11 +6,15 @@
 #include <sstream>
 #include <system_error>
 
+#include <unistd.h>
+
 #include <consr/adapters/torch.hpp>
 
 #include "consr_runtime/chat_template.hpp"
 #include "consr_runtime/config.hpp"
+#include "consr_runtime/device.hpp"
 #include "consr_runtime/image.hpp"
+#include "consr_runtime/safetensors.hpp"
 
 namespace consr_pipeline {
 
@@ -101,9 +105,32 @@ std::unique_ptr<cr::image_processor> make_processor(const options& o, const cr::
 
 }  // namespace
 
+namespace {
+
+// "68.7 GB".
+std::string gigabytes(double bytes) { return fixed(bytes / 1e9, bytes < 1e8 ? 4 : 1) + " GB"; }
+
+// The memory eager attention may use for one image (bytes) and where the limit comes from; 0 = none.
+std::pair<double, std::string> attention_memory_limit(const options& o) {
+  if (o.memory_limit_gb > 0) return {o.memory_limit_gb * 1e9, "--memory-limit-gb"};
+  if (o.device != "cpu") return {0.0, ""};  // the GPU's memory is not known here
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return {0.0, ""};
+  return {static_cast<double>(pages) * static_cast<double>(page), "the machine's physical memory; --memory-limit-gb"};
+}
+
+}  // namespace
+
 void run_context::prepare() {
   validate_options(o);
-  // The model directory first: the processor it names validates the images.
+  try {
+    (void)cr::parse_device(o.device, "--device");
+  } catch (const cr::runtime_error& e) {
+    fail(e.what());
+  }
+  // The model directory first: the processor it names validates the images. Everything a damaged
+  // model would fail on later is read here, before --out is created: the config, the processor
+  // settings, tokenizer.json and every safetensors header (and the index of a sharded checkpoint).
   model_dir = fs::absolute(o.model_dir).lexically_normal().string();
   std::error_code ec;
   if (!fs::is_directory(model_dir, ec)) fail("argument '--model': '" + o.model_dir + "' is not a directory");
@@ -115,18 +142,40 @@ void run_context::prepare() {
       !fs::is_regular_file(fs::path(model_dir) / "processor_config.json", ec))
     fail("argument '--model': '" + o.model_dir + "' has no preprocessor_config.json (nor a transformers 5.x processor_config.json)");
   processor = make_processor(o, config, model_dir);
+  if (!fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec))
+    fail("argument '--model': '" + o.model_dir + "' has no tokenizer.json");
+  try {
+    tok_ = cr::tokenizer::from_directory(model_dir);
+    (void)cr::checkpoint(model_dir);  // validates the headers and the offsets against the file sizes
+  } catch (const cr::runtime_error& e) {
+    fail("argument '--model': '" + o.model_dir + "' is damaged: " + e.what());
+  }
 
   items = load_items(o);
   // Every image must decode and be accepted by the processor before anything is written (decoding
-  // and the size rules only: the resize itself happens when a stage needs the pixels).
+  // and the size rules only: the resize itself happens when a stage needs the pixels), and its
+  // eager attention must fit in memory (a 10000 x 10000 image at the hub's max_pixels asks the
+  // vision tower for tens of GB at once).
+  const auto [limit, limit_source] = attention_memory_limit(o);
   for (std::size_t i = 0; i < items.size(); ++i) {
+    const std::string which = "item " + std::to_string(i) + " (id '" + items[i].id + "'): image '" + items[i].image + "'";
+    cr::vision_workload w;
+    std::string size;
     try {
       const cr::rgb_image image = cr::load_image(items[i].image);
       processor->check_size(image.height(), image.width());
+      w = processor->workload(image.height(), image.width());
+      size = std::to_string(image.width()) + "x" + std::to_string(image.height());
     } catch (const std::exception& e) {
-      fail("item " + std::to_string(i) + " (id '" + items[i].id + "'): image '" + items[i].image +
-           "' cannot be used: " + e.what());
+      fail(which + " cannot be used: " + e.what());
     }
+    const double need = cr::vision_attention_bytes(config, w);
+    if (limit > 0 && need > limit)
+      fail(which + " (" + size + ") is processed to " + std::to_string(w.sequences) + " x " +
+           std::to_string(w.sequence_length) + " vision patches (" + std::to_string(w.image_tokens) +
+           " image tokens); eager attention would need about " + gigabytes(need) + " at once, more than the " +
+           gigabytes(limit) + " limit (" + limit_source + ")" +
+           (processor->bounds() ? "; lower --image-max-pixels" : ""));
   }
   // Model identity for the fingerprints: directory, config.json, and the weight files' sizes
   // (hashing a 16 GB checkpoint on every run would cost minutes).
@@ -152,8 +201,9 @@ void run_context::prepare() {
   model_identity["device"] = o.device;
 
   const fs::path out = fs::absolute(o.output_dir).lexically_normal();
-  fs::create_directories(out);
+  fs::create_directories(out, ec);
   if (!fs::is_directory(out, ec)) fail("argument '--out': cannot create directory '" + o.output_dir + "'");
+  lock = output_lock(out);  // a second run on the same --out stops here, naming the holder
   store = artefact_store(out);
 }
 
@@ -165,7 +215,7 @@ model_context& run_context::model() {
   const torch::Dtype dtype = o.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
   model_.model = cr::load_model(model_dir, torch::TensorOptions().dtype(dtype).device(torch::Device(o.device)));
   model_.model->eval();
-  model_.tok = cr::tokenizer::from_directory(model_dir);
+  model_.tok = *tok_;
   model_.format = cr::parse_chat_format(model_.model->config().model_type);
   model_.end_of_turn = model_.tok->token_id("<|im_end|>");
   model_.stop_ids = cr::chat_stop_token_ids(*model_.tok);

@@ -105,8 +105,10 @@ class run_context {
  public:
   run_context(const options& o, std::ostream& log) : o(o), log(log) {}
 
-  /// Checks the options, the model directory and the items (every image decodes and the processor
-  /// accepts its size), computes the model identity, and creates the output directory.
+  /// Checks the options, the device, the model directory (config, processor settings, tokenizer,
+  /// safetensors headers and index) and the items (every image decodes, the processor accepts its
+  /// size, and its eager attention fits --memory-limit-gb), computes the model identity, then creates
+  /// the output directory and locks it (output_lock).
   void prepare();
 
   const options& o;
@@ -116,9 +118,12 @@ class run_context {
   std::vector<item> items;
   json model_identity;  ///< directory, config hash, weight file sizes, pixel bounds, dtype, device
   artefact_store store;
+  output_lock lock;  ///< held for the whole run
 
   /// The model and tokenizer, loaded on first use.
   model_context& model();
+  /// The tokenizer alone (read and checked by prepare; the write stage re-tokenizes with it).
+  const cr::tokenizer& tokenizer() const { return *tok_; }
 
   // ---- settings helpers ---------------------------------------------------------------------------
   json items_json() const;
@@ -147,6 +152,7 @@ class run_context {
 
  private:
   model_context model_;
+  std::optional<cr::tokenizer> tok_;
 };
 
 /// "stop_token" / "length" / "context_full".

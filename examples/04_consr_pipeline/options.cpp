@@ -38,7 +38,7 @@ void require(bool ok, const std::string& arg, const std::string& message) {
 // reward.hpp, dpo.hpp); the pipeline's own choices (dtype, LoRA naming, profile) are listed here.
 
 std::vector<std::string> dtype_names() { return {"float32", "bfloat16"}; }
-std::vector<std::string> lora_naming_names() { return {"checkpoint", "transformers5"}; }
+std::vector<std::string> lora_naming_names() { return {"transformers5", "checkpoint"}; }
 std::vector<std::string> profile_names() { return {"paper", "demo"}; }
 
 // "a, b or c".
@@ -145,6 +145,8 @@ void validate_options(const options& o) {
                                                           std::to_string(o.image_max_pixels));
   require(o.image_min_pixels >= 0, "--image-min-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
                                                           std::to_string(o.image_min_pixels));
+  require(std::isfinite(o.memory_limit_gb) && o.memory_limit_gb >= 0, "--memory-limit-gb",
+          "must be finite and >= 0 (0 = physical memory on cpu), got " + number_string(o.memory_limit_gb));
   require_one_of(o.lora_naming, lora_naming_names(), "--lora-naming");
   require(o.description_max_new_tokens >= 1, "--description-max-new-tokens",
           "must be >= 1, got " + std::to_string(o.description_max_new_tokens));
@@ -322,6 +324,7 @@ const std::vector<value_option>& value_options() {
       text("--device", &options::device),
       integer("--image-max-pixels", &options::image_max_pixels),
       integer("--image-min-pixels", &options::image_min_pixels),
+      real("--memory-limit-gb", &options::memory_limit_gb),
       integer("--description-max-new-tokens", &options::description_max_new_tokens),
       real("--description-temperature", &options::description_temperature),
       integer("--num-sampled", &options::num_sampled),
@@ -380,6 +383,7 @@ constexpr flag_option flag_options[] = {
     {"--force", &options::force, true},
     {"--fresh", &options::fresh, true},
     {"--skip-duplicates", &options::skip_duplicates, true},
+    {"--require-round-trip", &options::require_round_trip, true},
     {"--no-length-normalize", &options::length_normalize, false},
     {"--no-visual-weights", &options::visual_weights, false},
     {"--scale-by-beta", &options::scale_by_beta, true},
@@ -454,6 +458,7 @@ std::string usage(const std::string& program) {
      << "  --force             recompute the target stage   --fresh  recompute every stage\n"
      << "  --dtype float32|bfloat16   --device cpu|cuda[:n]\n"
      << "  --image-max-pixels N  --image-min-pixels N   Qwen2.5-VL resize bounds (default: preprocessor_config.json)\n"
+     << "  --memory-limit-gb G   refuse an image whose eager attention needs more (default 0: physical memory on cpu)\n"
      << "describe / candidates:\n"
      << "  --description-max-new-tokens N (512; demo 24)  --description-temperature T (0 = greedy)\n"
      << "  --num-sampled N (5) --num-revised N (5) --num-noisy N (5)  --temperature T (1.2)  --top-p P (1)\n"
@@ -465,11 +470,14 @@ std::string usage(const std::string& program) {
      << "  --pairs-per-group K (1)  --min-margin M (0)  --skip-duplicates  --pair-rule reward|povid (reward)\n"
      << "  --reward-corruption noise|mask|mixup|resized-crop (noise; Table 7)  --mask-probability P (0.5)\n"
      << "  --mask-patch-size S (14)  --mixup-lambda L (0.5, with the next item's image)\n"
+     << "write:\n"
+     << "  --require-round-trip  drop the pairs whose text does not re-tokenize to the scored ids\n"
      << "train:\n"
      << "  --lora-rank R (128; demo 8)  --lora-alpha A (256; demo 16)  --lora-targets q_proj,k_proj,...\n"
      << "  --lr LR (2e-7; demo 1e-3)  --weight-decay W (0)  --epochs E (1; demo 3)  --max-steps N (0 = all)\n"
      << "  --batch-size B (1)  --loss consr|standard  --beta B (0.1)  --no-length-normalize  --no-visual-weights\n"
-     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --scale-by-beta  --lora-naming checkpoint|transformers5\n"
+     << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --scale-by-beta\n"
+     << "  --lora-naming transformers5|checkpoint (transformers5: what PEFT loads on transformers 5; checkpoint: legacy)\n"
      << "  --lr-schedule cosine|constant (cosine)  --warmup-ratio R (0.1)  --max-grad-norm G (1; 0 = off)\n"
      << "  --validation-report FILE (another run's report.json: validation loss per epoch)  --early-stop-patience N (0 = off)\n";
   return os.str();

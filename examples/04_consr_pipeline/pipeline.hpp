@@ -82,6 +82,10 @@ struct options {
   /// 768·768 by default, so pass 589824 to score at the resolution it will train at.
   std::int64_t image_max_pixels = 0;
   std::int64_t image_min_pixels = 0;
+  /// Memory the eager attention of one image may need, in GB (10^9 bytes): an image whose processed
+  /// size would need more (cr::vision_attention_bytes) is refused before anything runs. 0 = the
+  /// machine's physical memory on --device cpu, no limit on cuda.
+  double memory_limit_gb = 0.0;
 
   // ---- 1. describe -------------------------------------------------------------------------------
   std::int64_t description_max_new_tokens = 512;
@@ -106,6 +110,9 @@ struct options {
   std::int64_t pairs_per_group = 1;
   double min_margin = 0.0;
   bool skip_duplicates = false;
+  /// Drop the pairs whose chosen or rejected text does not re-tokenize to the scored token ids
+  /// (the write stage checks every candidate and marks the pairs either way).
+  bool require_round_trip = false;
   /// Ĩ of eq. 2 (Table 7): noise (diffusion noise, reward_noise_step) | mask (random patch mask) |
   /// mixup (with the next item's image) | resized-crop (random resized crop, resized back).
   std::string reward_corruption = "noise";
@@ -147,10 +154,12 @@ struct options {
   /// Stop after this many epochs without a lower validation loss and keep the adapter of the best
   /// epoch (0 = off; needs validation_report).
   std::int64_t early_stop_patience = 0;
-  /// Module paths in the saved adapter: "checkpoint" (the checkpoint's own naming, e.g.
-  /// model.layers.* for the Qwen2.5-VL hub files) or "transformers5" (model.language_model.layers.*,
-  /// what peft.PeftModel.from_pretrained needs for Qwen2.5-VL with transformers >= 4.52); lora.hpp.
-  std::string lora_naming = "checkpoint";
+  /// Module paths in the saved adapter: "transformers5" (default: model.language_model.layers.*,
+  /// transformers >= 4.52's module tree, what peft.PeftModel.from_pretrained loads on transformers 5)
+  /// or "checkpoint" (the legacy layout: the checkpoint's own naming, e.g. model.layers.* for the
+  /// Qwen2.5-VL hub files, which PeftModel.from_pretrained on transformers 5 silently does not load
+  /// for Qwen2.5-VL); the written names are checked against the naming's module tree (lora.hpp).
+  std::string lora_naming = "transformers5";
 };
 
 /// Every option at its default for `p`; model_dir is the tiny Qwen2.5-VL fixture for profile::demo
@@ -179,10 +188,15 @@ struct stage_result {
 
 /// Runs the stages up to o.target, skipping the up-to-date ones, and prints progress and a
 /// per-stage summary to `log`. Before anything is created or loaded it validates the options, the
-/// input list (JSON / JSONL, non-empty, every item with a non-empty prompt and a decodable image
-/// the processor accepts) and the model directory (config.json present). Throws pipeline_error
-/// (or the runtime's / consr's exceptions) naming the argument or file; artefacts are written
-/// atomically (write to a temporary name, then rename), so a failed run leaves no partial artefact.
+/// device (--device cuda without a GPU is one line), the model directory (config.json, the
+/// processor settings, tokenizer.json, and every safetensors header and the index: a damaged model
+/// is reported before --out is created) and the input list (JSON / JSONL, non-empty, every item with
+/// a non-empty prompt and a decodable image the processor accepts, whose eager attention fits
+/// --memory-limit-gb). It then takes an exclusive lock on the output directory (flock on
+/// `<out>/.consr_pipeline.lock`, released when the run ends or its process dies): a second run on the
+/// same --out fails with one line naming the holder. Throws pipeline_error (or the runtime's /
+/// consr's exceptions) naming the argument or file; artefacts are written atomically (write to a
+/// temporary name, then rename), so a failed run leaves no partial artefact.
 std::vector<stage_result> run_pipeline(const options& o, std::ostream& log);
 
 /// The embedded default input (JSON), its image paths relative to default_image_dir().

@@ -390,9 +390,15 @@ std::string train(run_context& ctx, const stage_run& run) {
 
   // The adapter in PEFT's format, moved into place as a whole directory.
   const std::filesystem::path tmp = ctx.store.begin_directory(files::adapter);
-  cr::save_lora_adapter(*m.model, lora, tmp.string(), ctx.model_dir,
-                        o.lora_naming == "transformers5" ? cr::lora_naming::transformers5 : cr::lora_naming::checkpoint);
+  // Named for transformers 5's module tree by default (what PeftModel.from_pretrained loads);
+  // save_lora_adapter checks every name against the tree of the naming before writing.
+  const bool t5 = o.lora_naming == "transformers5";
+  const std::vector<std::string> tensor_names = cr::save_lora_adapter(
+      *m.model, lora, tmp.string(), ctx.model_dir, t5 ? cr::lora_naming::transformers5 : cr::lora_naming::checkpoint);
   ctx.store.commit_directory(files::adapter);
+  ctx.log << "  adapter: " << tensor_names.size() << " tensors named for "
+          << (t5 ? "transformers 5's module tree (" : "the checkpoint's tensor names (") << tensor_names.front()
+          << ", ...), every name checked against it (--lora-naming " << o.lora_naming << ")\n";
 
   json log = run.header();
   log["pairs"] = num_pairs;
@@ -406,7 +412,10 @@ std::string train(run_context& ctx, const stage_run& run) {
     log["stopped_early"] = stopped_early;
   }
   log["final"] = fin;
-  log["adapter"] = {{"dir", files::adapter}, {"files", {"adapter_model.safetensors", "adapter_config.json"}}};
+  log["adapter"] = {{"dir", files::adapter},
+                    {"files", {"adapter_model.safetensors", "adapter_config.json"}},
+                    {"naming", o.lora_naming},
+                    {"tensors", tensor_names.size()}};
   ctx.store.write(files::train_log, log);
   ctx.log << "  after training (all pairs): dpo_loss " << fixed(fin["dpo_loss"].get<double>(), 6) << " (initial "
           << fixed(log["initial"]["dpo_loss"].get<double>(), 6) << "), reward margin " << std::scientific

@@ -5,11 +5,19 @@
 // and the command line, bfloat16 training, and LLaVA-OneVision end to end; and, without running a
 // model, the command line (CLI11), consr::derive_key's stream keys and the image-processor interface.
 // LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
 
 #include <cmath>
 #include <cstdlib>
@@ -30,6 +38,7 @@
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
+#include "consr_runtime/tokenizer.hpp"
 #include "pipeline.hpp"
 
 namespace {
@@ -209,7 +218,10 @@ std::size_t check_report_against_recomputation(const fs::path& dir, double lambd
   return pairs.size();
 }
 
-void check_adapter(const fs::path& dir, std::int64_t rank, std::size_t modules) {
+// The adapter's tensors: rank, count, trained B, and the names: by default transformers 5's module
+// tree (what peft.PeftModel.from_pretrained loads on transformers 5), base_model.model.<path>.
+void check_adapter(const fs::path& dir, std::int64_t rank, std::size_t modules,
+                   const std::string& prefix = "base_model.model.model.language_model.layers.") {
   const fs::path adapter = dir / "adapter";
   REQUIRE(fs::is_regular_file(adapter / "adapter_model.safetensors"));
   REQUIRE(fs::is_regular_file(adapter / "adapter_config.json"));
@@ -222,7 +234,7 @@ void check_adapter(const fs::path& dir, std::int64_t rank, std::size_t modules) 
   double b_norm = 0;
   for (const auto& e : file.entries()) {
     INFO(e.name);
-    CHECK(e.name.rfind("base_model.model.", 0) == 0);
+    CHECK(e.name.rfind(prefix, 0) == 0);
     const bool is_a = e.name.size() > 14 && e.name.substr(e.name.size() - 14) == ".lora_A.weight";
     const bool is_b = e.name.size() > 14 && e.name.substr(e.name.size() - 14) == ".lora_B.weight";
     CHECK((is_a || is_b));
@@ -307,6 +319,42 @@ TEST_CASE("pipeline: the default run writes every artefact with the documented f
     }
   }
 
+  // Text vs scored tokens: every scored candidate is re-tokenized (the fixture's tokenizer, encode +
+  // <|im_end|>) and compared with its scored ids; the counts, the candidates and the pairs say so.
+  const consr_runtime::tokenizer tok = consr_runtime::tokenizer::from_directory(fixtures + "/models/qwen2_5_vl_tiny");
+  const json scores = load(dir / "scores.json");
+  const std::int64_t im_end = tok.token_id("<|im_end|>");
+  std::size_t scored = 0, round_trip = 0;
+  for (std::size_t i = 0; i < report["items"].size(); ++i)
+    for (std::size_t c = 0; c < report["items"][i]["candidates"].size(); ++c) {
+      const json& rc = report["items"][i]["candidates"][c];
+      const json& ids = scores["items"][i]["candidates"][c]["token_ids"];
+      REQUIRE(rc.contains("round_trip"));
+      if (ids.empty()) {
+        CHECK(rc["round_trip"].is_null());
+        continue;
+      }
+      std::vector<std::int64_t> again = tok.encode(rc["text"].get<std::string>());
+      again.push_back(im_end);
+      const bool same = again == ids.get<std::vector<std::int64_t>>();
+      CHECK(rc["round_trip"] == same);
+      ++scored;
+      round_trip += same ? 1 : 0;
+    }
+  const json& rt = report["round_trip"];
+  CHECK(rt["candidates_scored"] == scored);
+  CHECK(rt["candidates_round_trip"] == round_trip);
+  CHECK(rt["candidates_not_round_trip"] == scored - round_trip);
+  CHECK(rt["required"] == false);
+  CHECK(rt["pairs_dropped"] == 0);
+  std::size_t pairs_not = 0;
+  for (const auto& pr : pairs) {
+    const bool both = pr["chosen"]["round_trip"] == true && pr["rejected"]["round_trip"] == true;
+    CHECK(pr["round_trip"] == both);
+    pairs_not += both ? 0 : 1;
+  }
+  CHECK(rt["pairs_not_round_trip"] == pairs_not);
+
   // LLaMA-Factory sharegpt ranking format and its dataset_info.json entry.
   const json lf = load(dir / "llamafactory/consr_preference.json");
   REQUIRE(lf.is_array());
@@ -324,6 +372,12 @@ TEST_CASE("pipeline: the default run writes every artefact with the documented f
     CHECK(e["rejected"]["from"] == "gpt");
     CHECK(e["chosen"]["value"] == pairs[k]["chosen"]["text"]);
     CHECK(e["rejected"]["value"] == pairs[k]["rejected"]["text"]);
+    // Beside the text: the round-trip mark, the scored ids and their log-probs under (x, I).
+    CHECK(e["round_trip"] == pairs[k]["round_trip"]);
+    CHECK(e["chosen_token_ids"] == pairs[k]["chosen"]["token_ids"]);
+    CHECK(e["rejected_token_ids"] == pairs[k]["rejected"]["token_ids"]);
+    CHECK(e["chosen_token_logps"] == pairs[k]["chosen"]["logp_clean"]);
+    CHECK(e["rejected_token_logps"] == pairs[k]["rejected"]["logp_clean"]);
   }
   const json info = load(dir / "llamafactory/dataset_info.json");
   const json& entry = info["consr_preference"];
@@ -332,7 +386,8 @@ TEST_CASE("pipeline: the default run writes every artefact with the documented f
   CHECK(entry["ranking"] == true);
   CHECK(entry["columns"] == json{{"messages", "conversations"}, {"chosen", "chosen"}, {"rejected", "rejected"}, {"images", "images"}});
 
-  // LLaVA-OV DPO records: exactly id, prompt, answer (empty), image, chosen, rejected.
+  // LLaVA-OV DPO records: id, prompt, answer (empty), image, chosen, rejected (what its loader
+  // reads), and the round-trip mark, scored ids and log-probs beside them.
   const json llava = load(dir / "llava_ov_dpo.json");
   REQUIRE(llava.size() == pairs.size());
   std::set<std::string> ids;
@@ -340,7 +395,12 @@ TEST_CASE("pipeline: the default run writes every artefact with the documented f
     const json& e = llava[k];
     std::set<std::string> keys;
     for (auto it = e.begin(); it != e.end(); ++it) keys.insert(it.key());
-    CHECK(keys == std::set<std::string>{"id", "prompt", "answer", "image", "chosen", "rejected"});
+    CHECK(keys == std::set<std::string>{"id", "prompt", "answer", "image", "chosen", "rejected", "round_trip",
+                                        "chosen_token_ids", "rejected_token_ids", "chosen_token_logps",
+                                        "rejected_token_logps"});
+    CHECK(e["round_trip"] == pairs[k]["round_trip"]);
+    CHECK(e["chosen_token_ids"] == pairs[k]["chosen"]["token_ids"]);
+    CHECK(e["rejected_token_logps"] == pairs[k]["rejected"]["logp_clean"]);
     CHECK(e["answer"] == "");
     CHECK(e["prompt"].get<std::string>().find("<image>") == std::string::npos);
     CHECK(e["chosen"] == pairs[k]["chosen"]["text"]);
@@ -360,7 +420,28 @@ TEST_CASE("pipeline: the default run writes every artefact with the documented f
   CHECK(train["steps"][0]["dpo_loss"].get<double>() == Approx(std::log(2.0)).margin(1e-6));
   CHECK(train["final"]["dpo_loss"].get<double>() < train["initial"]["dpo_loss"].get<double>());
   CHECK(train["final"]["reward_margin"].get<double>() > 0);
+  // The adapter is named for transformers 5's module tree by default (check_adapter's prefix), all
+  // 28 tensors of the 14 wrapped modules.
+  CHECK(train["adapter"]["naming"] == "transformers5");
+  CHECK(train["adapter"]["tensors"] == 2 * train["lora_modules"].get<std::size_t>());
   check_adapter(dir, 8, train["lora_modules"].get<std::size_t>());
+}
+
+TEST_CASE("pipeline: --lora-naming checkpoint writes the legacy layout, checked against the checkpoint", "[pipeline][naming]") {
+  // The train stage alone on a copy of the default run (its fingerprint includes the naming).
+  const fs::path dir = test_root / "naming_checkpoint";
+  fs::remove_all(dir);
+  fs::copy(default_run(), dir, fs::copy_options::recursive);
+  cp::options o = tiny_options("naming_checkpoint");
+  o.lora_naming = "checkpoint";
+  std::string log;
+  const auto r = run_again(o, &log);
+  for (const auto& s : r) CHECK(s.ran == (s.which == cp::stage::train));
+  CHECK(log.find("tensors named for the checkpoint's tensor names") != std::string::npos);
+  const json train = load(dir / "train_log.json");
+  CHECK(train["adapter"]["naming"] == "checkpoint");
+  // The tiny Qwen2.5-VL fixture is saved as transformers 5.24's save_pretrained does: model.layers.*.
+  check_adapter(dir, 8, train["lora_modules"].get<std::size_t>(), "base_model.model.model.layers.");
 }
 
 TEST_CASE("pipeline: the same seed gives byte-identical artefacts, another seed other samples", "[pipeline]") {
@@ -490,6 +571,13 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
   write_text(scratch / "not_an_image.png", "this is not a PNG file");
   write_text(scratch / "undecodable.json", R"([{"id": "a", "image": "not_an_image.png", "prompt": "q"}])");
   fs::create_directories(scratch / "empty_model_dir");
+  // Damaged models: no tokenizer.json; a model.safetensors cut short (its header promises more data).
+  const fs::path qwen_fixture = fixtures + "/models/qwen2_5_vl_tiny";
+  for (const char* name : {"no_tokenizer", "truncated"}) {
+    fs::copy(qwen_fixture, scratch / name, fs::copy_options::recursive);
+  }
+  fs::remove(scratch / "no_tokenizer" / "tokenizer.json");
+  fs::resize_file(scratch / "truncated" / "model.safetensors", fs::file_size(scratch / "truncated" / "model.safetensors") - 1000);
 
   struct bad_case {
     std::string args;
@@ -514,7 +602,16 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
       {" --image-max-pixels 100", {"--image-max-pixels", "below min_pixels"}},
       {" --model '" + fixtures + "/models/llava_onevision_tiny' --profile demo --image-max-pixels 100000",
        {"--image-max-pixels", "Qwen2.5-VL only"}},
-      {" --lora-naming peft", {"--lora-naming", "checkpoint or transformers5"}},
+      {" --lora-naming peft", {"--lora-naming", "transformers5 or checkpoint"}},
+      // Checked before --out is created: a damaged model, a device that does not exist, an image
+      // whose eager attention would not fit, an unknown option at the end of the line.
+      {" --model '" + (scratch / "no_tokenizer").string() + "' --profile demo", {"--model", "no_tokenizer", "tokenizer.json"}},
+      {" --model '" + (scratch / "truncated").string() + "' --profile demo",
+       {"--model", "truncated", "is damaged", "model.safetensors"}},
+      {" --device cuda:99", {"--device", "'cuda:99'", "CUDA device"}},
+      {" --memory-limit-gb 0.0000001", {"item 0", "qwen_a_101x159.png", "eager attention would need about", "--memory-limit-gb"}},
+      {" --memory-limit-gb -1", {"--memory-limit-gb", ">= 0"}},
+      {" --seed 3 --frobnicate", {"--frobnicate", "unknown option"}},
       {" describe write", {"stage", "given twice"}},
       {" finetune", {"stage", "'finetune'"}},
   };
@@ -525,8 +622,18 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
     INFO("stderr: " << r.err);
     CHECK(r.status == 1);
     CHECK(r.err.rfind("error: ", 0) == 0);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line, no LibTorch trace
     for (const auto& part : cases[k].message) CHECK(r.err.find(part) != std::string::npos);
     CHECK_FALSE(fs::exists(out));  // validated before anything is created
+  }
+  // Without a GPU, plain --device cuda is the same one line.
+  if (!torch::cuda::is_available()) {
+    const fs::path out = scratch / "out_cuda";
+    const command_result r = run_command(" --device cuda --out '" + out.string() + "'", scratch);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("argument '--device': 'cuda' asked, but this process sees no CUDA device") != std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK_FALSE(fs::exists(out));
   }
 
   // The library throws the same errors.
@@ -595,6 +702,136 @@ TEST_CASE("pipeline: LLaVA-OneVision end to end", "[pipeline][llava]") {
   check_adapter(dir, 8, train["lora_modules"].get<std::size_t>());
 }
 
+namespace {
+
+// Takes the output directory's lock the way a run does (flock on <dir>/.consr_pipeline.lock) and
+// writes a holder line; returns the descriptor (closing it releases the lock).
+int hold_lock(const fs::path& dir, const std::string& holder_json) {
+  fs::create_directories(dir);
+  const int fd = ::open((dir / ".consr_pipeline.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  REQUIRE(::ftruncate(fd, 0) == 0);
+  REQUIRE(::pwrite(fd, holder_json.data(), holder_json.size(), 0) == static_cast<ssize_t>(holder_json.size()));
+  return fd;
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: a second run on the same --out is refused, naming the holder; a dead holder does not block",
+          "[pipeline][lock]") {
+  const fs::path dir = test_root / "locked";
+  fs::remove_all(dir);
+  const std::string args = "describe --description-max-new-tokens 4 --out '" + dir.string() + "'";
+  const std::string pid = std::to_string(::getpid());
+
+  // Held (as by a running pipeline): the command fails with one line naming the holder, and the
+  // library throws the same; nothing is written.
+  int fd = hold_lock(dir, "{\"pid\":" + pid + ",\"host\":\"test-host\",\"started\":\"2030-01-02T03:04:05Z\"}\n");
+  command_result r = run_command(args, test_root / "locked_cmd");
+  CHECK(r.status == 1);
+  INFO(r.err);
+  CHECK(r.err.find("argument '--out'") != std::string::npos);
+  CHECK(r.err.find("in use by another consr_pipeline run (pid " + pid + " on host test-host, started 2030-01-02T03:04:05Z)") !=
+        std::string::npos);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  cp::options o = tiny_options("locked");
+  o.target = cp::stage::describe;
+  o.description_max_new_tokens = 4;
+  CHECK_THROWS_WITH(run_again(o), Catch::Contains("in use by another consr_pipeline run (pid " + pid));
+  CHECK_FALSE(fs::exists(dir / "descriptions.json"));
+  ::close(fd);
+
+  // Released: the run proceeds and names itself in the lock file.
+  run_again(o);
+  CHECK(fs::is_regular_file(dir / "descriptions.json"));
+  const json holder = load(dir / ".consr_pipeline.lock");
+  CHECK(holder["pid"].get<long>() == ::getpid());
+  CHECK(holder["host"].is_string());
+  CHECK(holder["started"].get<std::string>().size() == 20);
+
+  // A holder killed with SIGKILL leaves its lock file (naming it) but not its lock.
+  const std::string lock_path = (dir / ".consr_pipeline.lock").string();
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {  // only system calls and a stack buffer after fork
+    char line[96];
+    const int n = std::snprintf(line, sizeof line, "{\"pid\":%ld,\"host\":\"h\",\"started\":\"s\"}\n",
+                                static_cast<long>(::getpid()));
+    const int cfd = ::open(lock_path.c_str(), O_RDWR);
+    if (n <= 0 || cfd < 0 || ::flock(cfd, LOCK_EX) != 0 || ::ftruncate(cfd, 0) != 0 ||
+        ::pwrite(cfd, line, static_cast<std::size_t>(n), 0) != n)
+      ::_exit(1);
+    for (;;) ::pause();
+  }
+  const std::string child_pid = "pid " + std::to_string(child) + " ";
+  bool held = false;
+  for (int k = 0; k < 500 && !held; ++k) {  // until the child has written its line (<= 5 s)
+    held = slurp(dir / ".consr_pipeline.lock").find("\"pid\":" + std::to_string(child)) != std::string::npos;
+    if (!held) ::usleep(10000);
+  }
+  REQUIRE(held);
+  r = run_command(args, test_root / "locked_cmd");
+  CHECK(r.status == 1);
+  CHECK(r.err.find(child_pid) != std::string::npos);
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  r = run_command(args + " --force", test_root / "locked_cmd");
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(slurp(dir / ".consr_pipeline.lock").find(child_pid) == std::string::npos);
+}
+
+TEST_CASE("pipeline: text vs scored tokens — marked pairs, --require-round-trip drops the others", "[pipeline][round_trip]") {
+  // Item 0's candidates get canonical texts (their ids = encode(text)), so they round-trip; the
+  // random model's own samples mostly do not. Rerun from score on a copy of the default run.
+  const fs::path dir = test_root / "round_trip";
+  fs::remove_all(dir);
+  fs::copy(default_run(), dir, fs::copy_options::recursive);
+  const consr_runtime::tokenizer tok = consr_runtime::tokenizer::from_directory(fixtures + "/models/qwen2_5_vl_tiny");
+  json cand = load(dir / "candidates.json");
+  for (std::size_t c = 0; c < cand["items"][0]["candidates"].size(); ++c) {
+    const std::string text = "A canonical answer number " + std::to_string(c) + ".";
+    cand["items"][0]["candidates"][c]["text"] = text;
+    cand["items"][0]["candidates"][c]["token_ids"] = tok.encode(text);
+  }
+  write_text(dir / "candidates.json", cand.dump(1));
+  cp::options o = tiny_options("round_trip");
+  o.target = cp::stage::write;
+  std::string log;
+  run_again(o, &log);
+  json report = load(dir / "report.json");
+  for (const auto& c : report["items"][0]["candidates"]) CHECK(c["round_trip"] == true);
+  const std::size_t pairs_before = report["pairs"].size();
+  std::size_t marked_false = 0;
+  for (const auto& pr : report["pairs"]) {
+    if (pr["item"] == 0) CHECK(pr["round_trip"] == true);
+    marked_false += pr["round_trip"] == false ? 1 : 0;
+  }
+  CHECK(report["round_trip"]["pairs_not_round_trip"] == marked_false);
+  CHECK(log.find("round trip: " + std::to_string(report["round_trip"]["candidates_round_trip"].get<int>()) + "/") !=
+        std::string::npos);
+
+  // --require-round-trip: only the write stage reruns; the pairs that do not round-trip leave the
+  // preference files and the training pairs, and are listed under dropped_pairs.
+  o.require_round_trip = true;
+  const auto r = run_again(o, &log);
+  for (const auto& s : r) CHECK(s.ran == (s.which == cp::stage::write));
+  report = load(dir / "report.json");
+  CHECK(report["pairs"].size() == pairs_before - marked_false);
+  REQUIRE(report["pairs"].size() >= 1);
+  for (const auto& pr : report["pairs"]) CHECK(pr["round_trip"] == true);
+  CHECK(report["round_trip"]["required"] == true);
+  CHECK(report["round_trip"]["pairs_dropped"] == marked_false);
+  CHECK(report["dropped_pairs"].size() == marked_false);
+  for (const auto& pr : report["dropped_pairs"]) CHECK(pr["round_trip"] == false);
+  CHECK(load(dir / "llamafactory/consr_preference.json").size() == report["pairs"].size());
+  CHECK(load(dir / "llava_ov_dpo.json").size() == report["pairs"].size());
+  for (const auto& e : load(dir / "llava_ov_dpo.json")) CHECK(e["round_trip"] == true);
+  CHECK(log.find("(dropped: --require-round-trip)") != std::string::npos);
+}
+
 // ---- command line, keys and the image-processor interface (no model run) ---------------------------
 
 namespace {
@@ -637,6 +874,14 @@ TEST_CASE("pipeline: the command line — profiles, overrides, flags and named e
   CHECK(o.lora_targets == std::vector<std::string>{"q_proj", "v_proj"});
   CHECK(o.noise_schedule == "cosine");
   CHECK(o.epochs == 4);  // the last one wins
+  // The adapter naming defaults to what PEFT loads on transformers 5; the legacy layout is an option.
+  CHECK(demo.lora_naming == "transformers5");
+  CHECK(paper.lora_naming == "transformers5");
+  CHECK(parse({"--lora-naming", "checkpoint"}).lora_naming == "checkpoint");
+  CHECK(parse({"--require-round-trip"}).require_round_trip);
+  CHECK_FALSE(demo.require_round_trip);
+  CHECK(parse({"--memory-limit-gb", "2.5"}).memory_limit_gb == 2.5);
+  CHECK(demo.memory_limit_gb == 0);
 
   bool help = false;
   parse({"--frobnicate", "--help"}, &help);
