@@ -49,6 +49,15 @@ int main(int argc, char** argv) {
   app.add_option("--image-size", o.sizes.image_size, "LLaVA-OV: SigLIP image size (the tile and the only pinpoint)")->capture_default_str();
   app.add_option("--patch-size", o.sizes.patch_size, "vision patch size")->capture_default_str();
   app.add_option("--rope-theta", o.sizes.rope_theta, "decoder RoPE base")->capture_default_str();
+  app.add_option("--paper-description", o.augment.paper_description,
+                 "share of description questions also trained with the paper's description prompt (App. B.1)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_option("--enriched", o.augment.enriched,
+                 "share of short-answer questions also trained with the paper's enriched prompt (reference description)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_option("--revision", o.augment.revision,
+                 "share of short-answer questions also trained as the paper's revision prompt (answer: the reference)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
   bool no_reference = false;
   app.add_flag("--no-reference", no_reference, "do not write runtime_reference.safetensors");
   CLI11_PARSE(app, argc, argv);

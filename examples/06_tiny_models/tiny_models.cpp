@@ -532,9 +532,94 @@ std::vector<example> read_split(const std::string& world_dir, const std::string&
     e.type = str("type", true);
     e.label = str("label", false);
     e.pope = str("pope_split", false);
+    e.scene = str("scene", false);
     out.push_back(std::move(e));
   }
   if (out.empty()) fail("'" + path + "' holds no questions");
+  return out;
+}
+
+paper_prompt_texts paper_prompts() {
+  paper_prompt_texts p;
+  // ConSR App. B.1, word for word (the "inlucde" typo kept, as the pipeline does).
+  p.description =
+      "Describe the given image in detail. Compress the description in one paragraph. Please inlucde all "
+      "foreground and background contents such object types, colors, states, actions, number of objects, precise "
+      "object locations, texts or OCR results, relationships and relative positions between objects, environment, "
+      "background, time, weather, etc. In case of non-real-world scenes, like charts, graphs, tables, etc., please "
+      "describe the table, mention all numbers (if any), mention the written text, and all other details.";
+  p.revision =
+      "You are given an image, its description, a question or an instruction about the image, and your original "
+      "response. Carefully review all information, and revise your original response only if necessary to make it "
+      "more accurate and clearly grounded in the image or description. Preserve the original phrasing and structure "
+      "as much as possible. If the original response is already correct, leave it unchanged. Do not invent details "
+      "not supported by the image. Provide the final revised response without any prefix directly.\n\n"
+      "Description: {Description}\n\nQuestion: {Question}\n\nOriginal Response: {Original Response}";
+  p.enriched = "For your reference, the input image can be described as follows: {Image Description} {Original Prompt}";
+  return p;
+}
+
+namespace {
+/// Replaces each slot once, as the pipeline's fill_template does for templates with one of each.
+std::string fill(std::string text, const std::vector<std::pair<std::string, std::string>>& slots) {
+  for (const auto& [name, value] : slots) {
+    const std::size_t at = text.find(name);
+    if (at == std::string::npos) fail("internal: template without the " + name + " slot");
+    text.replace(at, name.size(), value);
+  }
+  return text;
+}
+}  // namespace
+
+std::vector<example> augment(const std::vector<example>& train, const augment_options& o) {
+  for (double f : {o.paper_description, o.enriched, o.revision})
+    if (!(f >= 0 && f <= 1)) fail("augmentation shares must be in [0, 1]");
+  const paper_prompt_texts t = paper_prompts();
+  std::map<std::string, std::string> description_of;  // scene -> reference description
+  std::map<std::string, std::vector<std::string>> answers_of_type;
+  for (const auto& e : train) {
+    if (e.type == "description" && !e.scene.empty()) description_of.emplace(e.scene, e.answer);
+    else if (e.type != "description") answers_of_type[e.type].push_back(e.answer);
+  }
+  for (auto& [type, a] : answers_of_type) {
+    std::sort(a.begin(), a.end());
+    a.erase(std::unique(a.begin(), a.end()), a.end());
+  }
+  std::vector<example> out;
+  for (std::size_t i = 0; i < train.size(); ++i) {
+    const example& e = train[i];
+    const auto d = description_of.find(e.scene);
+    if (d == description_of.end()) continue;
+    auto draw = [&](std::uint64_t stream) { return cr::counter_uniform(o.seed, 0xA06E000000000000ull + stream, i); };
+    if (e.type == "description") {
+      if (draw(0) < o.paper_description) {
+        example c = e;
+        c.prompt = t.description;
+        c.variant = "paper_description";
+        out.push_back(std::move(c));
+      }
+      continue;
+    }
+    if (draw(1) < o.enriched) {
+      example c = e;
+      c.prompt = fill(t.enriched, {{"{Image Description}", d->second}, {"{Original Prompt}", e.prompt}});
+      c.variant = "enriched";
+      out.push_back(std::move(c));
+    }
+    if (draw(2) < o.revision) {
+      // The original response: the reference or, half of the time, another answer of the same type.
+      std::string original = e.answer;
+      const auto& pool = answers_of_type[e.type];
+      if (draw(3) < 0.5 && pool.size() > 1) {
+        const std::size_t k = std::min(pool.size() - 1, static_cast<std::size_t>(draw(4) * static_cast<double>(pool.size())));
+        original = pool[k] != e.answer ? pool[k] : pool[(k + 1) % pool.size()];
+      }
+      example c = e;
+      c.prompt = fill(t.revision, {{"{Description}", d->second}, {"{Question}", e.prompt}, {"{Original Response}", original}});
+      c.variant = "revision";
+      out.push_back(std::move(c));
+    }
+  }
   return out;
 }
 
@@ -558,6 +643,23 @@ train_summary train(const train_options& o, std::ostream& log) {
   const std::vector<example> val_set = read_split(o.world, "validation");
   if (o.train_limit > 0 && static_cast<std::int64_t>(train_set.size()) > o.train_limit)
     train_set.resize(static_cast<std::size_t>(o.train_limit));
+  {
+    augment_options ao = o.augment;
+    ao.seed = o.seed;
+    std::vector<example> extra = augment(train_set, ao);
+    std::map<std::string, std::int64_t> n;
+    for (const auto& e : extra) ++n[e.variant];
+    if (!extra.empty()) {
+      log << "augmented: +" << extra.size() << " questions in the paper's prompt formats (";
+      bool first = true;
+      for (const auto& [k, v] : n) {
+        log << (first ? "" : ", ") << k << " " << v;
+        first = false;
+      }
+      log << ")\n";
+    }
+    train_set.insert(train_set.end(), std::make_move_iterator(extra.begin()), std::make_move_iterator(extra.end()));
+  }
   log << "data: " << train_set.size() << " training questions, " << val_set.size() << " validation questions from "
       << o.world << "\n";
 
@@ -619,9 +721,14 @@ train_summary train(const train_options& o, std::ostream& log) {
 
   // Answers as token ids; the longest answer of each type bounds generation at validation.
   std::vector<std::vector<std::int64_t>> answers;
+  std::vector<std::int64_t> sequence_tokens;  // what a batch pads to (see below)
   std::map<std::string, std::int64_t> max_tokens_by_type;
   for (const auto& e : train_set) {
     answers.push_back(m.tok->encode(e.answer));
+    // The world's questions are all about as long, so their answers decide; the paper's prompts are
+    // long (a revision prompt is ~150 tokens), so they count too.
+    sequence_tokens.push_back(static_cast<std::int64_t>(answers.back().size()) +
+                              (e.variant.empty() ? 0 : static_cast<std::int64_t>(m.tok->encode(e.prompt).size())));
     auto& mt = max_tokens_by_type[e.type];
     mt = std::max<std::int64_t>(mt, static_cast<std::int64_t>(answers.back().size()) + 8);
   }
@@ -650,8 +757,9 @@ train_summary train(const train_options& o, std::ostream& log) {
   // Data order (a pure function of the seed): each draw picks a question type with probability
   // ∝ count^type_temperature, then the next question of that type in a per-type permutation (a new
   // one each time a type is used up). The draws are cut into groups of 8 batches; within a group the
-  // questions are sorted by answer length and cut into batches (so a description does not pad 15
-  // one-word answers to its length), and the group's batches are taken in an order drawn from the seed.
+  // questions are sorted by length (answer tokens, plus the prompt's for the paper's prompt formats)
+  // and cut into batches (so a description or a revision prompt does not pad 15 short questions to
+  // its length), and the group's batches are taken in an order drawn from the seed.
   std::map<std::string, std::vector<std::size_t>> by_type;
   for (std::size_t i = 0; i < train_set.size(); ++i) by_type[train_set[i].type].push_back(i);
   std::vector<const std::vector<std::size_t>*> type_members;
@@ -683,7 +791,7 @@ train_summary train(const train_options& o, std::ostream& log) {
         members.push_back((*type_members[t])[type_order[t][type_cursor[t]++]]);
       }
       std::stable_sort(members.begin(), members.end(),
-                       [&](std::size_t a, std::size_t b) { return answers[a].size() < answers[b].size(); });
+                       [&](std::size_t a, std::size_t b) { return sequence_tokens[a] < sequence_tokens[b]; });
       std::vector<std::vector<std::size_t>> batches;
       for (std::size_t k = 0; k < members.size(); k += static_cast<std::size_t>(o.batch_size))
         batches.emplace_back(members.begin() + static_cast<std::ptrdiff_t>(k),
@@ -778,6 +886,19 @@ train_summary train(const train_options& o, std::ostream& log) {
   print_eval(log, summary.final_eval, "final validation");
   for (const auto& [ref, gen] : summary.final_eval.samples)
     log << "  description reference: " << ref << "\n  description generated: " << gen << "\n";
+  // The same questions in the paper's formats: does the model follow the description prompt, and does
+  // it use a (reference) description given in the enriched prompt?
+  std::optional<evaluation> formats_eval;
+  if (o.augment.paper_description > 0 || o.augment.enriched > 0) {
+    augment_options all;
+    all.paper_description = all.enriched = 1;
+    const std::vector<example> val_formats = augment(val_set, all);
+    if (!val_formats.empty()) {
+      formats_eval = evaluate(m, val_formats, eval_subset(val_formats, o.final_eval_per_type / 2), max_tokens_by_type,
+                              o.eval_batch_size, o.steps);
+      print_eval(log, *formats_eval, "final validation, paper's prompts (enriched with the reference description)");
+    }
+  }
 
   ojson j;
   j["generator"] = "consr_train_tiny (examples/06_tiny_models)";
@@ -787,7 +908,10 @@ train_summary train(const train_options& o, std::ostream& log) {
                        {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup},     {"weight_decay", o.weight_decay},
                        {"betas", {o.beta1, o.beta2}}, {"clip", o.clip},             {"seed", o.seed},
                        {"threads", o.threads},       {"train_limit", o.train_limit}, {"vocab_size", o.vocab_size},
-                       {"type_temperature", o.type_temperature}};
+                       {"type_temperature", o.type_temperature},
+                       {"augment", {{"paper_description", o.augment.paper_description},
+                                    {"enriched", o.augment.enriched},
+                                    {"revision", o.augment.revision}}}};
   j["sizes"] = ojson{{"hidden", o.sizes.hidden},
                      {"layers", o.sizes.layers},
                      {"heads", o.sizes.heads},
@@ -817,6 +941,7 @@ train_summary train(const train_options& o, std::ostream& log) {
   for (const auto& ev : summary.evals) evals.push_back(eval_json(ev));
   j["validation_during_training"] = evals;
   j["final_validation"] = eval_json(summary.final_eval);
+  if (formats_eval) j["final_validation_paper_prompts"] = eval_json(*formats_eval);
   j["reload_max_abs_logit_diff"] = summary.reload_max_abs_diff;
   j["total_seconds"] = seconds_since(t_start);
   cr::write_json_file((fs::path(o.out) / "training_log.json").string(), j);

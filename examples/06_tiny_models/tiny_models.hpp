@@ -26,7 +26,36 @@ struct example {
   std::string type;    ///< existence | colour | count | position | reading | description
   std::string label;   ///< existence only: "yes" / "no" (may be empty)
   std::string pope;    ///< existence only: "random" / "popular" / "adversarial" (may be empty)
+  std::string scene;   ///< the image's scene id (may be empty)
+  /// How the prompt was made: "" (the world's question), "paper_description" (App. B.1's description
+  /// prompt), "enriched" (App. B.1's enriched prompt with the scene's reference description) or
+  /// "revision" (App. B.1's revision prompt; the answer is the reference). See augment().
+  std::string variant;
 };
+
+/// The paper's three prompt templates (ConSR App. B.1), byte for byte those of the pipeline
+/// (examples/04_consr_pipeline paper_prompts(); a test checks they agree).
+struct paper_prompt_texts {
+  std::string description, revision, enriched;
+};
+paper_prompt_texts paper_prompts();
+
+/// How many of the training questions are also shown in the paper's prompt formats, so that the model
+/// can follow the pipeline's description, revision and enriched prompts (docs/tiny-models.md).
+struct augment_options {
+  double paper_description = 0;  ///< share of description questions repeated with App. B.1's prompt
+  double enriched = 0;           ///< share of short-answer questions repeated with the enriched prompt
+  double revision = 0;           ///< share of short-answer questions repeated as a revision
+  std::uint64_t seed = 0;
+};
+
+/// The extra examples: each is a copy of a training question (same image, type and answer) whose
+/// prompt is one of the paper's templates, filled with the scene's reference description (the
+/// world's description answer of the same scene) and, for a revision, an original response that is
+/// the reference (half of them) or a wrong answer of the same type taken from another question.
+/// Which questions are copied is a pure function of the seed. Questions without a scene description
+/// are not copied.
+std::vector<example> augment(const std::vector<example>& train, const augment_options& options);
 
 /// Reads DIR/<split>.jsonl (image paths resolved against DIR). Throws std::runtime_error naming the
 /// file and line for unreadable files, invalid JSON or a missing/mistyped required field.
@@ -75,6 +104,7 @@ struct train_options {
   std::int64_t final_eval_per_type = 150; ///< validation questions per type at the end
   std::int64_t eval_batch_size = 32;
   bool write_reference = true;   ///< write runtime_reference.safetensors for the transformers check
+  augment_options augment;       ///< the paper's prompt formats in the training mix (seed: `seed`)
 };
 
 /// Validation result: exact-match accuracy per type, and the hallucination measures.

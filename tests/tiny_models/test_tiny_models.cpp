@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -22,6 +23,9 @@
 #include "consr_runtime/safetensors.hpp"
 #include "consr_runtime/tokenizer.hpp"
 #include "tiny_models.hpp"
+#ifdef CONSR_TINY_HAVE_PIPELINE
+#include "pipeline.hpp"
+#endif
 
 using namespace consr_runtime;
 namespace fs = std::filesystem;
@@ -208,4 +212,82 @@ TEST_CASE("read_split reads the world's question files and names bad lines", "[t
   }
   CHECK_THROWS_WITH(consr_tiny::read_split(dir, "validation"), Catch::Contains("validation.jsonl:1") && Catch::Contains("answer"));
   CHECK_THROWS_WITH(consr_tiny::read_split(dir, "test"), Catch::Contains("test.jsonl"));
+}
+
+#ifdef CONSR_TINY_HAVE_PIPELINE
+TEST_CASE("The tiny models are trained on the pipeline's prompts, byte for byte", "[tiny_models][augment]") {
+  const auto mine = consr_tiny::paper_prompts();
+  const auto pipeline = consr_pipeline::paper_prompts();
+  CHECK(mine.description == pipeline.description);
+  CHECK(mine.revision == pipeline.revision);
+  CHECK(mine.enriched == pipeline.enriched);
+}
+#endif
+
+TEST_CASE("augment copies questions into the paper's prompt formats with the scene's description", "[tiny_models][augment]") {
+  auto q = [](std::string scene, std::string type, std::string prompt, std::string answer) {
+    consr_tiny::example e;
+    e.id = scene + "-" + type;
+    e.image = scene + ".png";
+    e.scene = scene;
+    e.type = type;
+    e.prompt = prompt;
+    e.answer = answer;
+    return e;
+  };
+  std::vector<consr_tiny::example> train{
+      q("s0", "description", "Describe the image in detail.", "There is one object. A small red circle in the center."),
+      q("s0", "colour", "What colour is the circle?", "Red."),
+      q("s1", "colour", "What colour is the star?", "Blue."),  // s1 has no description: never copied
+      q("s0", "count", "How many objects are there?", "1."),
+      q("s2", "description", "Describe the image in detail.", "There are no objects."),
+      q("s2", "count", "How many objects are there?", "0."),
+  };
+  consr_tiny::augment_options none;
+  CHECK(consr_tiny::augment(train, none).empty());
+
+  consr_tiny::augment_options all;
+  all.paper_description = all.enriched = all.revision = 1;
+  all.seed = 7;
+  const auto extra = consr_tiny::augment(train, all);
+  const auto t = consr_tiny::paper_prompts();
+  std::map<std::string, int> n;
+  for (const auto& e : extra) {
+    ++n[e.variant];
+    CHECK(e.scene != "s1");
+    const auto& desc = e.scene == "s0" ? train[0].answer : train[4].answer;
+    if (e.variant == "paper_description") {
+      CHECK(e.type == "description");
+      CHECK(e.prompt == t.description);
+      CHECK(e.answer == desc);
+    } else if (e.variant == "enriched") {
+      CHECK(e.prompt == "For your reference, the input image can be described as follows: " + desc + " " +
+                            (e.type == "colour" ? "What colour is the circle?" : "How many objects are there?"));
+    } else {
+      REQUIRE(e.variant == "revision");
+      CHECK(e.prompt.find("Description: " + desc + "\n\nQuestion: ") != std::string::npos);
+      // The answer stays the reference; the original response is the reference or another answer of its type.
+      const std::string original = e.prompt.substr(e.prompt.find("Original Response: ") + 19);
+      if (e.type == "count") CHECK((original == "0." || original == "1."));
+      if (e.type == "colour") CHECK((original == "Red." || original == "Blue."));
+    }
+    CHECK(e.answer == (e.type == "colour" ? "Red." : e.type == "count" ? (e.scene == "s0" ? "1." : "0.") : desc));
+  }
+  CHECK(n["paper_description"] == 2);
+  CHECK(n["enriched"] == 3);
+  CHECK(n["revision"] == 3);
+  // A pure function of the seed; a share selects about that share.
+  CHECK(consr_tiny::augment(train, all).size() == extra.size());
+  std::vector<consr_tiny::example> many;
+  for (int i = 0; i < 1000; ++i) {
+    many.push_back(q("s" + std::to_string(i), "description", "Describe.", "Nothing."));
+    many.push_back(q("s" + std::to_string(i), "count", "How many?", std::to_string(i % 4) + "."));
+  }
+  consr_tiny::augment_options some;
+  some.enriched = 0.3;
+  const auto part = consr_tiny::augment(many, some);
+  CHECK(part.size() > 240);
+  CHECK(part.size() < 360);
+  some.enriched = 1.5;
+  CHECK_THROWS_WITH(consr_tiny::augment(many, some), Catch::Contains("[0, 1]"));
 }
