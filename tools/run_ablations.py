@@ -4,7 +4,8 @@ synthetic world, for each shipped model family, and writes docs/experiments.md w
 command, the date and the machine. Not run in CI (tens of minutes).
 
     python3 tools/run_ablations.py [--build build/default] [--out build/ablations] [--families qwen,llava]
-                                   [--only table3,table4,...] [--items 120] [--test-images 60] [--doc docs/experiments.md]
+                                   [--only table3,table4,table6,table7,table8]
+                                   [--pipeline-args "--lr 3e-4"] [--items 120] [--test-images 60] [--doc docs/experiments.md]
 
 Every variant is the main job (examples/08_consr_experiment) with pipeline options changed; the
 pipeline stages a variant shares with the base run (descriptions, candidates, scores) are copied from
@@ -44,7 +45,14 @@ VARIANTS = [
     ("table7", "reward corruption: patch mask", ["--reward-corruption", "mask"]),
     ("table7", "reward corruption: mixup", ["--reward-corruption", "mixup"]),
     ("table7", "reward corruption: resized crop", ["--reward-corruption", "resized-crop"]),
+    # Table 8: the enriched prompt's text (the file is written into --out at run time)
+    ("table8", "enriched prompt: a grounding instruction (no description)", ["--enriched-prompt-file", "{instruction}"]),
 ]
+
+# Table 8's alternative to "For your reference, the input image can be described as follows: {Image
+# Description} {Original Prompt}": a fixed instruction that asks for grounding but carries no description.
+GROUNDING_INSTRUCTION = ("Look carefully at the image and answer based only on what is visible in it. "
+                         "{Original Prompt}")
 
 TITLES = {
     "base": "The base run",
@@ -52,6 +60,7 @@ TITLES = {
     "table4": "Table 4 in miniature — the loss",
     "table6": "Table 6 in miniature — the reward's noise step",
     "table7": "Table 7 in miniature — the reward's corruption",
+    "table8": "Table 8 in miniature — the enriched prompt's text (base row: the model's own description)",
 }
 
 FAMILIES = {"qwen": "models/qwen2_5_vl_world", "llava": "models/llava_onevision_world"}
@@ -101,6 +110,8 @@ def main():
     ap.add_argument("--train-images", default="40")
     ap.add_argument("--test-images", default="60")
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "experiments-ablations.md"))
+    ap.add_argument("--pipeline-args", default="",
+                    help="pipeline options appended to every variant, e.g. \"--lr 3e-4\" (they override the job's)")
     args = ap.parse_args()
     exe = os.path.join(args.build, "examples", "08_consr_experiment", "consr_experiment")
     if not os.path.isfile(exe):
@@ -108,6 +119,9 @@ def main():
     only = set(filter(None, args.only.split(",")))
     os.makedirs(args.out, exist_ok=True)
     world = os.path.join(args.out, "world")
+    instruction = os.path.join(args.out, "grounding_instruction.txt")
+    with open(instruction, "w") as f:
+        f.write(GROUNDING_INSTRUCTION)
     sections = {}
     started = time.time()
     for fam in filter(None, args.families.split(",")):
@@ -123,7 +137,8 @@ def main():
                 os.makedirs(out)
                 shutil.copytree(os.path.join(base_dir, "pipeline"), os.path.join(out, "pipeline"))
             cmd = [exe, "--out", out, "--world", world, "--model", model, "--items", args.items,
-                   "--train-images", args.train_images, "--test-images", args.test_images, "--no-plots", "--"] + extra
+                   "--train-images", args.train_images, "--test-images", args.test_images, "--no-plots", "--"] + [
+                       instruction if e == "{instruction}" else e for e in extra] + args.pipeline_args.split()
             print("run_ablations: " + " ".join(cmd), flush=True)
             t0 = time.time()
             res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -146,11 +161,12 @@ def main():
              "reverse, and how many in all (the POVID row's pairs do not come from r). *Pair agreement* and *AUC* "
              "describe the reward r of the variant on the train questions against ground truth (see "
              "docs/experiments.md). Then base vs base + adapter on the held-out test split, with the experiment's "
-             "training defaults (lr 1e-4, 2 epochs, early stopping on validation pairs). Intervals are 95 % (paired "
+             "training defaults (lr 1e-4, 2 epochs, early stopping on validation pairs)" + (
+                 ", with `%s` added to every run" % args.pipeline_args if args.pipeline_args else "") + ". Intervals are 95 % (paired "
              "bootstrap for the difference). Analysis: docs/experiments.md.", ""]
     for fam in filter(None, args.families.split(",")):
         lines += ["## %s (`%s`)" % (fam, FAMILIES[fam]), ""]
-        for table in ["base", "table3", "table4", "table6", "table7"]:
+        for table in ["base", "table3", "table4", "table6", "table7", "table8"]:
             if (fam, table) not in sections:
                 continue
             lines += ["### " + TITLES[table], "", HEADER]

@@ -225,7 +225,9 @@ void validate_options(const options& o) {
   };
   require(!o.prompts.description.empty(), "--description-prompt-file", "empty prompt");
   needs(o.prompts.revision, "--revision-prompt-file", {"{Description}", "{Question}", "{Original Response}"});
-  needs(o.prompts.enriched, "--enriched-prompt-file", {"{Image Description}", "{Original Prompt}"});
+  // {Image Description} may be left out: Table 8 compares the model's description with a plain
+  // grounding instruction ("Answer based only on what you see in the image. {Original Prompt}").
+  needs(o.prompts.enriched, "--enriched-prompt-file", {"{Original Prompt}"});
 }
 
 namespace {

@@ -1061,3 +1061,18 @@ TEST_CASE("pipeline: reward corruptions of Table 7 and the POVID-style pair rule
     CHECK(cs[pr["rejected"].get<std::size_t>()]["kind"] == "noisy");
   }
 }
+
+TEST_CASE("pipeline: an enriched template without {Image Description} is a fixed instruction (Table 8)",
+          "[pipeline][options]") {
+  const fs::path dir = fs::temp_directory_path() / "consr_pipeline_table8";
+  fs::create_directories(dir);
+  const std::string instruction = (dir / "instruction.txt").string(), broken = (dir / "broken.txt").string();
+  std::ofstream(instruction) << "Answer based only on what you see in the image. {Original Prompt}";
+  std::ofstream(broken) << "For your reference: {Image Description}";
+  const cp::options o = parse({"--enriched-prompt-file", instruction});
+  CHECK(o.prompts.enriched == "Answer based only on what you see in the image. {Original Prompt}");
+  CHECK_NOTHROW(cp::validate_options(o));
+  CHECK_THROWS_WITH(cp::validate_options(parse({"--enriched-prompt-file", broken})),
+                    Catch::Contains("--enriched-prompt-file") && Catch::Contains("{Original Prompt}"));
+  fs::remove_all(dir);
+}
