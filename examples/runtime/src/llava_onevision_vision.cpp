@@ -11,22 +11,13 @@
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/vision.hpp"
 #include "python_math.hpp"
+#include "torch_util.hpp"
 
 namespace consr_runtime {
 namespace {
 
 [[noreturn]] void fail(const std::string& where, const std::string& what) {
   throw runtime_error("consr_runtime::" + where + ": " + what);
-}
-
-torch::nn::Linear make_linear(std::int64_t in, std::int64_t out, bool bias, const torch::TensorOptions& options) {
-  torch::nn::Linear l(torch::nn::LinearOptions(in, out).bias(bias));
-  l->to(options.dtype().toScalarType());
-  if (options.has_device()) l->to(options.device());
-  torch::NoGradGuard guard;
-  l->weight.zero_();
-  if (bias) l->bias.zero_();
-  return l;
 }
 
 torch::nn::LayerNorm make_layer_norm(std::int64_t dim, double eps, const torch::TensorOptions& options) {

@@ -13,16 +13,10 @@
 #include "consr_runtime/safetensors.hpp"
 #include "consr_runtime/vision.hpp"
 #include "consr_runtime/weights.hpp"
+#include "torch_util.hpp"
 
 namespace consr_runtime {
 namespace {
-
-std::string shape_string(const torch::Tensor& t) {
-  if (!t.defined()) return "(undefined)";
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
 
 [[noreturn]] void fail(const std::string& function, const std::string& argument, const std::string& message) {
   throw runtime_error("consr_runtime::" + function + ": argument '" + argument + "': " + message);

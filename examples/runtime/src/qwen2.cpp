@@ -10,16 +10,10 @@
 #include <torch/torch.h>
 
 #include "consr_runtime/error.hpp"
+#include "torch_util.hpp"
 
 namespace consr_runtime {
 namespace {
-
-std::string shape_string(const torch::Tensor& t) {
-  if (!t.defined()) return "(undefined)";
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
 
 [[noreturn]] void fail(const char* function, const char* argument, const std::string& message) {
   throw runtime_error(std::string("consr_runtime::") + function + ": argument '" + argument + "': " + message);

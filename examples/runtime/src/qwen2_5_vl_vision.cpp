@@ -8,6 +8,7 @@
 
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/vision.hpp"
+#include "torch_util.hpp"
 
 namespace consr_runtime {
 namespace {
@@ -30,16 +31,6 @@ struct rms_norm_impl : torch::nn::Module {
   torch::Tensor weight;
 };
 TORCH_MODULE_IMPL(rms_norm, rms_norm_impl);
-
-torch::nn::Linear make_linear(std::int64_t in, std::int64_t out, bool bias, const torch::TensorOptions& options) {
-  torch::nn::Linear l(torch::nn::LinearOptions(in, out).bias(bias));
-  l->to(options.dtype().toScalarType());
-  if (options.has_device()) l->to(options.device());
-  torch::NoGradGuard guard;
-  l->weight.zero_();
-  if (bias) l->bias.zero_();
-  return l;
-}
 
 torch::Tensor rotate_half(const torch::Tensor& x) {
   const auto half = x.size(-1) / 2;
