@@ -1,6 +1,8 @@
 // Writing and reading the world's files (see dataset.hpp).
 #include "consr_world/dataset.hpp"
 
+#include "jsonl.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -193,20 +195,8 @@ std::string plain(std::string a) {
 }  // namespace
 
 std::vector<question> read_questions(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("consr_world: cannot read " + path);
   std::vector<question> out;
-  std::string line;
-  int lineno = 0;
-  while (std::getline(f, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("consr_world: " + path + ":" + std::to_string(lineno) + ": " + e.what());
-    }
+  detail::for_each_jsonl(path, [&](const nlohmann::json& j, int lineno) {
     question q;
     q.id = str(j, "id");
     q.image = str(j, "image");
@@ -216,7 +206,7 @@ std::vector<question> read_questions(const std::string& path) {
     q.label = str(j, "label");
     q.pope = str(j, "pope_split");
     if (!parse_question_type(str(j, "type"), q.type))
-      throw std::runtime_error("consr_world: " + path + ":" + std::to_string(lineno) + ": unknown type");
+      throw detail::jsonl_error(path, lineno, "unknown type");
     const std::string a = plain(q.answer);
     switch (q.type) {
       case question_type::colour: {
@@ -230,7 +220,7 @@ std::vector<question> read_questions(const std::string& path) {
       default: break;
     }
     out.push_back(std::move(q));
-  }
+  });
   return out;
 }
 

@@ -9,34 +9,22 @@
 
 #include "consr_world/checker.hpp"
 #include "consr_world/metrics.hpp"
+#include "jsonl.hpp"
 
 namespace consr_world {
 
 using ojson = nlohmann::ordered_json;
 
 std::vector<answer_record> read_answers(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("consr_world: cannot read " + path);
   std::vector<answer_record> out;
-  std::string line;
-  int lineno = 0;
-  while (std::getline(f, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("consr_world: " + path + ":" + std::to_string(lineno) + ": " + e.what());
-    }
+  detail::for_each_jsonl(path, [&](const nlohmann::json& j, int lineno) {
     answer_record a;
-    if (!j.contains("id") || !j["id"].is_string())
-      throw std::runtime_error("consr_world: " + path + ":" + std::to_string(lineno) + ": no string \"id\"");
+    if (!j.contains("id") || !j["id"].is_string()) throw detail::jsonl_error(path, lineno, "no string \"id\"");
     a.id = j["id"].get<std::string>();
     if (j.contains("answer") && j["answer"].is_string()) a.answer = j["answer"].get<std::string>();
     if (j.contains("tokens") && j["tokens"].is_number_integer()) a.tokens = j["tokens"].get<long long>();
     out.push_back(std::move(a));
-  }
+  });
   return out;
 }
 
