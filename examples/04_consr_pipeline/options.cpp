@@ -14,6 +14,7 @@
 #include <consr/error.hpp>
 #include <consr/reward.hpp>
 
+#include "consr_runtime/paper_prompts.hpp"
 #include "pipeline.hpp"
 
 namespace consr_pipeline {
@@ -96,24 +97,11 @@ stage parse_stage(const std::string& name) {
 }
 
 prompt_templates paper_prompts() {
+  namespace pp = consr_runtime::paper_prompts;  // ConSR App. B.1, word for word
   prompt_templates p;
-  // ConSR App. B.1, word for word (spec §9 asks for the "inlucde" typo to be kept).
-  p.description =
-      "Describe the given image in detail. Compress the description in one paragraph. Please inlucde all "
-      "foreground and background contents such object types, colors, states, actions, number of objects, precise "
-      "object locations, texts or OCR results, relationships and relative positions between objects, environment, "
-      "background, time, weather, etc. In case of non-real-world scenes, like charts, graphs, tables, etc., please "
-      "describe the table, mention all numbers (if any), mention the written text, and all other details.";
-  // The paper prints the three slot labels on their own lines after the instruction; the filled-in
-  // values follow each label (decision, docs/pipeline.md).
-  p.revision =
-      "You are given an image, its description, a question or an instruction about the image, and your original "
-      "response. Carefully review all information, and revise your original response only if necessary to make it "
-      "more accurate and clearly grounded in the image or description. Preserve the original phrasing and structure "
-      "as much as possible. If the original response is already correct, leave it unchanged. Do not invent details "
-      "not supported by the image. Provide the final revised response without any prefix directly.\n\n"
-      "Description: {Description}\n\nQuestion: {Question}\n\nOriginal Response: {Original Response}";
-  p.enriched = "For your reference, the input image can be described as follows: {Image Description} {Original Prompt}";
+  p.description = pp::description;
+  p.revision = pp::revision;
+  p.enriched = pp::enriched;
   return p;
 }
 

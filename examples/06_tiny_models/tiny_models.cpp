@@ -25,6 +25,7 @@
 #include "consr_runtime/generation.hpp"
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/model_io.hpp"
+#include "consr_runtime/paper_prompts.hpp"
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
@@ -540,23 +541,7 @@ std::vector<example> read_split(const std::string& world_dir, const std::string&
 }
 
 paper_prompt_texts paper_prompts() {
-  paper_prompt_texts p;
-  // ConSR App. B.1, word for word (the "inlucde" typo kept, as the pipeline does).
-  p.description =
-      "Describe the given image in detail. Compress the description in one paragraph. Please inlucde all "
-      "foreground and background contents such object types, colors, states, actions, number of objects, precise "
-      "object locations, texts or OCR results, relationships and relative positions between objects, environment, "
-      "background, time, weather, etc. In case of non-real-world scenes, like charts, graphs, tables, etc., please "
-      "describe the table, mention all numbers (if any), mention the written text, and all other details.";
-  p.revision =
-      "You are given an image, its description, a question or an instruction about the image, and your original "
-      "response. Carefully review all information, and revise your original response only if necessary to make it "
-      "more accurate and clearly grounded in the image or description. Preserve the original phrasing and structure "
-      "as much as possible. If the original response is already correct, leave it unchanged. Do not invent details "
-      "not supported by the image. Provide the final revised response without any prefix directly.\n\n"
-      "Description: {Description}\n\nQuestion: {Question}\n\nOriginal Response: {Original Response}";
-  p.enriched = "For your reference, the input image can be described as follows: {Image Description} {Original Prompt}";
-  return p;
+  return {cr::paper_prompts::description, cr::paper_prompts::revision, cr::paper_prompts::enriched};
 }
 
 namespace {
