@@ -235,7 +235,7 @@ TEST_CASE("answers: a zero-B adapter gives exactly the base model's answers", "[
       REQUIRE(adapted.adapter().has_value());
       CHECK(adapted.adapter()->rank == 4);
       CHECK(adapted.adapter()->target_modules.size() == 7);
-      CHECK(cr::lora_parameters(adapted.model()).size() == base.model().text().num_hidden_layers * 7 * 2);
+      CHECK(static_cast<std::int64_t>(cr::lora_parameters(adapted.model()).size()) == base.model().text().num_hidden_layers * 7 * 2);
       require_same_answers(adapted.generate(set.questions, short_options(16)), base_answers);
       CHECK(torch::equal(fingerprint(adapted), base_logits));
     }
