@@ -146,11 +146,26 @@ void check_unit_stride_vector(const host_view<T, 1>& v, const char* fn, const ch
   CONSR_CHECK_ARG(v.has_unit_inner_stride(), fn, arg, "must be contiguous (stride ", v.stride(0), ", must be 1)");
 }
 
-template <class A, int RA, class B, int RB>
-void check_no_overlap(const host_view<A, RA>& out, const char* out_name, const host_view<B, RB>& other,
-                      const char* other_name, const char* fn) {
-  CONSR_CHECK_ARG(!views_overlap(out, other), fn, out_name, "overlaps '", other_name,
-                  "'; outputs and workspace must not share memory with any other argument");
+// A view and the name the messages give it.
+template <class T, int R>
+struct named_view {
+  const host_view<T, R>& view;
+  const char* name;
+};
+template <class T, int R>
+named_view<T, R> named(const host_view<T, R>& view, const char* name) {
+  return {view, name};
+}
+
+// `out` must share no memory with any of `others`; checked in the order given (the first overlap is
+// the one reported).
+template <class A, int RA, class... Others>
+void check_no_overlap(const char* fn, const named_view<A, RA>& out, const Others&... others) {
+  const auto check_one = [&](const auto& other) {
+    CONSR_CHECK_ARG(!views_overlap(out.view, other.view), fn, out.name, "overlaps '", other.name,
+                    "'; outputs and workspace must not share memory with any other argument");
+  };
+  (check_one(others), ...);
 }
 
 // The workspace: the caller's (checked for size and stride) or a fresh allocation, aligned.
@@ -315,12 +330,8 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   const bool write_lse = check_row_outputs(token_logp, lse, tokens, fn, "tokens, rows of hidden",
                                            "tokens, rows of hidden; or an empty view to skip it");
   check_view(workspace, fn, "workspace");
-  check_no_overlap(workspace, "workspace", hidden, "hidden", fn);
-  check_no_overlap(workspace, "workspace", weight, "weight", fn);
-  check_no_overlap(workspace, "workspace", bias, "bias", fn);
-  check_no_overlap(workspace, "workspace", labels, "labels", fn);
-  check_no_overlap(workspace, "workspace", token_logp, "token_logp", fn);
-  check_no_overlap(workspace, "workspace", lse, "lse", fn);
+  check_no_overlap(fn, named(workspace, "workspace"), named(hidden, "hidden"), named(weight, "weight"),
+                   named(bias, "bias"), named(labels, "labels"), named(token_logp, "token_logp"), named(lse, "lse"));
   check_labels(labels, vocab, options.ignore_index, fn);
   const linear_workspace_layout layout =
       linear_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, /*forward=*/true, fn);
@@ -423,27 +434,17 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   }
   check_view(workspace, fn, "workspace");
   // Outputs must not alias inputs, each other or the workspace (a GEMM reading what it writes is garbage).
-  check_no_overlap(grad_hidden, "grad_hidden", hidden, "hidden", fn);
-  check_no_overlap(grad_hidden, "grad_hidden", weight, "weight", fn);
-  check_no_overlap(grad_hidden, "grad_hidden", bias, "bias", fn);
-  check_no_overlap(grad_hidden, "grad_hidden", grad_weight, "grad_weight", fn);
-  check_no_overlap(grad_hidden, "grad_hidden", grad_bias, "grad_bias", fn);
-  check_no_overlap(grad_weight, "grad_weight", hidden, "hidden", fn);
-  check_no_overlap(grad_weight, "grad_weight", weight, "weight", fn);
-  check_no_overlap(grad_weight, "grad_weight", bias, "bias", fn);
-  check_no_overlap(grad_weight, "grad_weight", grad_bias, "grad_bias", fn);
-  check_no_overlap(grad_bias, "grad_bias", hidden, "hidden", fn);
-  check_no_overlap(grad_bias, "grad_bias", weight, "weight", fn);
-  check_no_overlap(grad_bias, "grad_bias", bias, "bias", fn);
-  check_no_overlap(workspace, "workspace", hidden, "hidden", fn);
-  check_no_overlap(workspace, "workspace", weight, "weight", fn);
-  check_no_overlap(workspace, "workspace", bias, "bias", fn);
-  check_no_overlap(workspace, "workspace", labels, "labels", fn);
-  check_no_overlap(workspace, "workspace", lse, "lse", fn);
-  check_no_overlap(workspace, "workspace", grad_token_logp, "grad_token_logp", fn);
-  check_no_overlap(workspace, "workspace", grad_hidden, "grad_hidden", fn);
-  check_no_overlap(workspace, "workspace", grad_weight, "grad_weight", fn);
-  check_no_overlap(workspace, "workspace", grad_bias, "grad_bias", fn);
+  const auto in_hidden = named(hidden, "hidden");
+  const auto in_weight = named(weight, "weight");
+  const auto in_bias = named(bias, "bias");
+  const auto out_hidden = named(grad_hidden, "grad_hidden");
+  const auto out_weight = named(grad_weight, "grad_weight");
+  const auto out_bias = named(grad_bias, "grad_bias");
+  check_no_overlap(fn, out_hidden, in_hidden, in_weight, in_bias, out_weight, out_bias);
+  check_no_overlap(fn, out_weight, in_hidden, in_weight, in_bias, out_bias);
+  check_no_overlap(fn, out_bias, in_hidden, in_weight, in_bias);
+  check_no_overlap(fn, named(workspace, "workspace"), in_hidden, in_weight, in_bias, named(labels, "labels"),
+                   named(lse, "lse"), named(grad_token_logp, "grad_token_logp"), out_hidden, out_weight, out_bias);
   check_labels(labels, vocab, options.ignore_index, fn);
   const linear_workspace_layout layout =
       linear_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, /*forward=*/false, fn);
@@ -522,8 +523,14 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   }
 }
 
-template <class Space, class... Spaces>
-inline constexpr bool all_host_v = (std::is_same_v<Space, host_space> && ... && std::is_same_v<Spaces, host_space>);
+// The public *_workspace_bytes: the sizes and options checked, then the layout's total.
+template <class T>
+std::size_t linear_workspace_bytes(index_t tokens, index_t hidden, index_t vocab, const linear_logprob_options& options,
+                                   bool forward, const char* fn) {
+  check_linear_extents(tokens, hidden, vocab, fn);
+  check_linear_options(options, fn);
+  return linear_layout<T>(tokens, hidden, vocab, options.vocab_chunk, forward, fn).bytes;
+}
 
 }  // namespace detail
 
@@ -539,10 +546,8 @@ inline constexpr bool all_host_v = (std::is_same_v<Space, host_space> && ... && 
 template <class T>
 std::size_t linear_token_logprobs_workspace_bytes(index_t tokens, index_t hidden, index_t vocab,
                                                   const linear_logprob_options& options = {}) {
-  constexpr const char* fn = "consr::linear_token_logprobs_workspace_bytes";
-  detail::check_linear_extents(tokens, hidden, vocab, fn);
-  detail::check_linear_options(options, fn);
-  return detail::linear_layout<std::remove_const_t<T>>(tokens, hidden, vocab, options.vocab_chunk, true, fn).bytes;
+  return detail::linear_workspace_bytes<std::remove_const_t<T>>(tokens, hidden, vocab, options, /*forward=*/true,
+                                                                "consr::linear_token_logprobs_workspace_bytes");
 }
 
 /// Workspace bytes linear_token_logprobs_backward needs: as for the forward without the 3 · A(8 · N)
@@ -550,10 +555,8 @@ std::size_t linear_token_logprobs_workspace_bytes(index_t tokens, index_t hidden
 template <class T>
 std::size_t linear_token_logprobs_backward_workspace_bytes(index_t tokens, index_t hidden, index_t vocab,
                                                            const linear_logprob_options& options = {}) {
-  constexpr const char* fn = "consr::linear_token_logprobs_backward_workspace_bytes";
-  detail::check_linear_extents(tokens, hidden, vocab, fn);
-  detail::check_linear_options(options, fn);
-  return detail::linear_layout<std::remove_const_t<T>>(tokens, hidden, vocab, options.vocab_chunk, false, fn).bytes;
+  return detail::linear_workspace_bytes<std::remove_const_t<T>>(
+      tokens, hidden, vocab, options, /*forward=*/false, "consr::linear_token_logprobs_backward_workspace_bytes");
 }
 
 /// Token log-probabilities from hidden states and the output projection (spec §4, last paragraph):
@@ -582,11 +585,7 @@ void linear_token_logprobs(strided_view<HiddenT, 2, S1> hidden, strided_view<Wei
                            host_view<const std::remove_const_t<HiddenT>, 1> bias, strided_view<LabelT, 1, S3> labels,
                            strided_view<LogpT, 1, S4> token_logp, strided_view<LseT, 1, S5> lse,
                            const linear_logprob_options& options = {}, host_view<std::byte, 1> workspace = {}) {
-  CONSR_REQUIRE_HOST_VIEW(decltype(hidden));
-  CONSR_REQUIRE_HOST_VIEW(decltype(weight));
-  CONSR_REQUIRE_HOST_VIEW(decltype(labels));
-  CONSR_REQUIRE_HOST_VIEW(decltype(token_logp));
-  CONSR_REQUIRE_HOST_VIEW(decltype(lse));
+  CONSR_REQUIRE_HOST_SPACES(S1, S2, S3, S4, S5);
   using T = std::remove_const_t<HiddenT>;
   using Label = std::remove_const_t<LabelT>;
   constexpr bool same_type = std::is_same_v<std::remove_const_t<WeightT>, T>;
@@ -628,11 +627,7 @@ void linear_token_logprobs_backward(strided_view<HiddenT, 2, S1> hidden, strided
                                     host_view<accum_t<std::remove_const_t<HiddenT>>, 1> grad_bias,
                                     const linear_logprob_options& options = {},
                                     host_view<std::byte, 1> workspace = {}) {
-  CONSR_REQUIRE_HOST_VIEW(decltype(hidden));
-  CONSR_REQUIRE_HOST_VIEW(decltype(weight));
-  CONSR_REQUIRE_HOST_VIEW(decltype(labels));
-  CONSR_REQUIRE_HOST_VIEW(decltype(lse));
-  CONSR_REQUIRE_HOST_VIEW(decltype(grad_token_logp));
+  CONSR_REQUIRE_HOST_SPACES(S1, S2, S3, S4, S5);
   using T = std::remove_const_t<HiddenT>;
   using Label = std::remove_const_t<LabelT>;
   using Acc = accum_t<T>;

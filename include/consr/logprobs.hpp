@@ -478,37 +478,29 @@ template <class LogitsT, class LabelsT, class LogpT, class LseT, class S1, class
 void token_logprobs(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1, S2> labels,
                     strided_view<LogpT, 1, S3> token_logp, strided_view<LseT, 1, S4> lse,
                     const logprob_options& options = {}) {
-  CONSR_REQUIRE_HOST_VIEW(decltype(logits));
-  CONSR_REQUIRE_HOST_VIEW(decltype(labels));
-  CONSR_REQUIRE_HOST_VIEW(decltype(token_logp));
-  CONSR_REQUIRE_HOST_VIEW(decltype(lse));
+  CONSR_REQUIRE_HOST_SPACES(S1, S2, S3, S4);
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
   constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
   static_assert(outputs_ok,
                 "consr::token_logprobs: token_logp and lse must be non-const views of accum_t<Logit> (float for "
                 "float/bfloat16/float16 logits, double for double)");
-  constexpr bool host = std::is_same_v<S1, host_space> && std::is_same_v<S2, host_space> &&
-                        std::is_same_v<S3, host_space> && std::is_same_v<S4, host_space>;
-  if constexpr (host && outputs_ok) detail::token_logprobs_impl<Logit, Label>(logits, labels, token_logp, lse, options);
+  if constexpr (detail::all_host_v<S1, S2, S3, S4> && outputs_ok)
+    detail::token_logprobs_impl<Logit, Label>(logits, labels, token_logp, lse, options);
 }
 
 /// token_logprobs without the lse output (for scoring passes that need no backward).
 template <class LogitsT, class LabelsT, class LogpT, class S1, class S2, class S3>
 void token_logprobs(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1, S2> labels,
                     strided_view<LogpT, 1, S3> token_logp, const logprob_options& options = {}) {
-  CONSR_REQUIRE_HOST_VIEW(decltype(logits));
-  CONSR_REQUIRE_HOST_VIEW(decltype(labels));
-  CONSR_REQUIRE_HOST_VIEW(decltype(token_logp));
+  CONSR_REQUIRE_HOST_SPACES(S1, S2, S3);
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
   constexpr bool output_ok = std::is_same_v<LogpT, accum_t<Logit>>;
   static_assert(output_ok,
                 "consr::token_logprobs: token_logp must be a non-const view of accum_t<Logit> (float for "
                 "float/bfloat16/float16 logits, double for double)");
-  constexpr bool host =
-      std::is_same_v<S1, host_space> && std::is_same_v<S2, host_space> && std::is_same_v<S3, host_space>;
-  if constexpr (host && output_ok)
+  if constexpr (detail::all_host_v<S1, S2, S3> && output_ok)
     detail::token_logprobs_impl<Logit, Label>(logits, labels, token_logp, host_view<accum_t<Logit>, 1>{}, options);
 }
 
@@ -533,21 +525,14 @@ template <class LogitsT, class LabelsT, class LseT, class GradLogpT, class Grad,
 void token_logprobs_backward(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1, S2> labels,
                              strided_view<LseT, 1, S3> lse, strided_view<GradLogpT, 1, S4> grad_token_logp,
                              strided_view<Grad, 2, S5> grad_logits, const logprob_options& options = {}) {
-  CONSR_REQUIRE_HOST_VIEW(decltype(logits));
-  CONSR_REQUIRE_HOST_VIEW(decltype(labels));
-  CONSR_REQUIRE_HOST_VIEW(decltype(lse));
-  CONSR_REQUIRE_HOST_VIEW(decltype(grad_token_logp));
-  CONSR_REQUIRE_HOST_VIEW(decltype(grad_logits));
+  CONSR_REQUIRE_HOST_SPACES(S1, S2, S3, S4, S5);
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
   using Acc = accum_t<Logit>;
   constexpr bool inputs_ok =
       std::is_same_v<std::remove_const_t<LseT>, Acc> && std::is_same_v<std::remove_const_t<GradLogpT>, Acc>;
   static_assert(inputs_ok, "consr::token_logprobs_backward: lse and grad_token_logp must be views of accum_t<Logit>");
-  constexpr bool host = std::is_same_v<S1, host_space> && std::is_same_v<S2, host_space> &&
-                        std::is_same_v<S3, host_space> && std::is_same_v<S4, host_space> &&
-                        std::is_same_v<S5, host_space>;
-  if constexpr (host && inputs_ok)
+  if constexpr (detail::all_host_v<S1, S2, S3, S4, S5> && inputs_ok)
     detail::token_logprobs_backward_impl<Logit, Label, Grad>(logits, labels, lse, grad_token_logp, grad_logits,
                                                              options);
 }

@@ -232,15 +232,20 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE void sincos_2pi_u32(std::uint32_t x, double&
 /// constant 0x5fe6ec…, found by a scan of the first 12 mantissa bits, is the
 /// classic "fast inverse square root" value) converge to rounding level;
 /// √x = x · y. Measured relative error ≤ 3.5e-16 (asserted < 5e-16).
-CONSR_HOST_DEVICE CONSR_FORCEINLINE double sqrt_portable(double x) noexcept {
+/// sqrt_newton<Steps> is that with 3 or 4 Newton steps, written out (no loop, so that nothing depends
+/// on the compiler unrolling one inside the vectorized Box–Muller loop).
+template <int Steps>
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double sqrt_newton(double x) noexcept {
+  static_assert(Steps == 3 || Steps == 4, "sqrt_newton: 3 or 4 Newton steps");
   const double half_x = 0.5 * x;
   double y = bits_double(0x5fe6ec0000000000ull - (double_bits(x) >> 1));
   y = y * (1.5 - half_x * y * y);
   y = y * (1.5 - half_x * y * y);
   y = y * (1.5 - half_x * y * y);
-  y = y * (1.5 - half_x * y * y);
+  if constexpr (Steps == 4) y = y * (1.5 - half_x * y * y);
   return x * y;
 }
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double sqrt_portable(double x) noexcept { return sqrt_newton<4>(x); }
 
 // The three functions below are what box_muller evaluates: log, square root and sincos with
 // series sized to the accuracy a *float* normal needs rather than to full double precision (their
@@ -276,14 +281,7 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_log(double x) noexcept {
 /// relative error ≤ 4.1e-11: sqrt_portable with three Newton steps instead of four. From the
 /// bit-level guess (≤ 3.5e-2) each step maps the error e of 1/√x to 1.5e² + 0.5e³:
 /// 3.5e-2 → 1.9e-3 → 5.2e-6 → 4.1e-11. Measured on 2·10^6 random x in [2^-40, 2^40]: 3.3e-11.
-CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_sqrt(double x) noexcept {
-  const double half_x = 0.5 * x;
-  double y = bits_double(0x5fe6ec0000000000ull - (double_bits(x) >> 1));
-  y = y * (1.5 - half_x * y * y);
-  y = y * (1.5 - half_x * y * y);
-  y = y * (1.5 - half_x * y * y);
-  return x * y;
-}
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double box_muller_sqrt(double x) noexcept { return sqrt_newton<3>(x); }
 
 /// sin and cos of 2π·(x + 0.5)·2^-32, like sincos_2pi_u32 (the same exact integer argument
 /// reduction to θ ∈ [−π/4, π/4] and quadrant swap), relative error ≤ 1e-11: Taylor series to

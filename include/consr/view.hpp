@@ -262,11 +262,16 @@ template <class V>
 inline constexpr bool is_host_view_v =
     is_strided_view_v<V> && std::is_same_v<typename std::remove_reference_t<V>::space, host_space>;
 
+/// True when every one of the memory spaces is host_space.
+template <class Space, class... Spaces>
+inline constexpr bool all_host_v = (std::is_same_v<Space, host_space> && ... && std::is_same_v<Spaces, host_space>);
+
 }  // namespace detail
 
-/// Host algorithms reject device views at compile time with this message.
-#define CONSR_REQUIRE_HOST_VIEW(V)                                                                     \
-  static_assert(std::is_same_v<typename std::remove_cv_t<std::remove_reference_t<V>>::space, ::consr::host_space>, \
+/// Host algorithms reject device views at compile time with this message (the memory spaces of all
+/// of an overload's view arguments at once).
+#define CONSR_REQUIRE_HOST_SPACES(...)                      \
+  static_assert(::consr::detail::all_host_v<__VA_ARGS__>, \
                 "consr: a host algorithm was given a device view; use the consr::cuda version")
 
 }  // namespace consr
