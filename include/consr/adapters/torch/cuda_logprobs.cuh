@@ -23,17 +23,26 @@ namespace consr {
 namespace libtorch {
 namespace detail {
 
-inline void cuda_token_logprobs(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& token_logp,
-                                const at::Tensor& lse, const logprob_options& options) {
-  constexpr const char* fn = "consr::libtorch::token_logprobs";
+/// On logits' device: f(type_tag<Logit>{}, x, y, stream) with Logit the element type of logits, x and y
+/// the device views of logits [N, V] and labels [N] and the current stream.
+template <class F>
+void with_logprob_inputs(const at::Tensor& logits, const at::Tensor& labels, const char* fn, F&& f) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = current_stream(logits);
   dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
     using Logit = typename decltype(logit_tag)::type;
     using Label = typename decltype(label_tag)::type;
-    using Acc = accum_t<Logit>;
     const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
     const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
+    f(logit_tag, x, y, stream);
+  });
+}
+
+inline void cuda_token_logprobs(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& token_logp,
+                                const at::Tensor& lse, const logprob_options& options) {
+  constexpr const char* fn = "consr::libtorch::token_logprobs";
+  with_logprob_inputs(logits, labels, fn, [&](auto logit_tag, const auto& x, const auto& y, cudaStream_t stream) {
+    using Acc = accum_t<typename decltype(logit_tag)::type>;
     const auto out = device_view_of<Acc, 1>(token_logp, "token_logp", fn);
     const auto out_lse = device_view_of<Acc, 1>(lse, "lse", fn);
     // Labels were checked against [0, V) by torch.hpp; the kernels clamp any index regardless.
@@ -47,14 +56,9 @@ inline void cuda_token_logprobs_backward(const at::Tensor& logits, const at::Ten
                                          const at::Tensor& grad_token_logp, const at::Tensor& grad_logits,
                                          const logprob_options& options) {
   constexpr const char* fn = "consr::libtorch::token_logprobs_backward";
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = current_stream(logits);
-  dispatch_values_and_labels(logits, labels, fn, "logits", [&](auto logit_tag, auto label_tag) {
+  with_logprob_inputs(logits, labels, fn, [&](auto logit_tag, const auto& x, const auto& y, cudaStream_t stream) {
     using Logit = typename decltype(logit_tag)::type;
-    using Label = typename decltype(label_tag)::type;
     using Acc = accum_t<Logit>;
-    const auto x = device_view_of<const Logit, 2>(logits, "logits", fn);
-    const auto y = device_view_of<const Label, 1>(labels, "labels", fn);
     const auto l = device_view_of<const Acc, 1>(lse, "lse", fn);
     const auto g = device_view_of<const Acc, 1>(grad_token_logp, "grad_token_logp", fn);
     const auto out = device_view_of<Logit, 2>(grad_logits, "grad_logits", fn);

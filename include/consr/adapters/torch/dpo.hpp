@@ -34,6 +34,13 @@ struct dpo_side {
   at::Tensor weights;
 };
 
+namespace detail {
+/// A dpo_side after validation: 1-D tensors on one device, policy/reference/weights of one float
+/// dtype (float32 or float64), offsets and labels int64; the constants are detached. Undefined
+/// tensors are absent (one of the two references is). What the CUDA registry's dpo entries receive.
+struct dpo_prepared_side : dpo_side {};
+}  // namespace detail
+
 /// The columns of dpo_result::metrics (consr::dpo_pair_metrics, spec §7 "reported per pair").
 enum class dpo_metric : int {
   margin_logit = 0,     ///< Δ (eq. 7) or Δ' (eq. 11)

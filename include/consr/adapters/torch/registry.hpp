@@ -23,17 +23,7 @@ namespace libtorch {
 /// CUDA device) with the views the host path uses: logits [N, V] with unit inner stride, per-row
 /// tensors [N].
 namespace detail {
-/// A dpo_side after validation: 1-D tensors on one device, policy/reference/weights of one float
-/// dtype (float32 or float64), offsets and labels int64; the constants are detached. Undefined
-/// tensors are absent (one of the two references is).
-struct dpo_prepared_side {
-  at::Tensor policy_logp;
-  at::Tensor offsets;
-  at::Tensor reference_logp;
-  at::Tensor reference_logp_sum;
-  at::Tensor labels;
-  at::Tensor weights;
-};
+struct dpo_prepared_side;  // a validated dpo_side (torch/dpo.hpp)
 }  // namespace detail
 
 struct cuda_backend {
