@@ -1,6 +1,7 @@
 // config.json parsing for Qwen2.5-VL and LLaVA-OneVision (see consr_runtime/config.hpp).
 #include "consr_runtime/config.hpp"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <sys/stat.h>
@@ -198,11 +199,7 @@ qwen2_5_vl_config parse_qwen(const object_ref& top) {
   return cfg;
 }
 
-llava_onevision_config parse_llava(const object_ref& top) {
-  llava_onevision_config cfg;
-  cfg.text = parse_text(top, top.child("text_config"), false);
-  object_ref v = top.child("vision_config");
-  auto& vc = cfg.vision;
+void parse_siglip(const object_ref& v, siglip_vision_config& vc) {
   vc.hidden_size = v.get_positive("hidden_size");
   vc.intermediate_size = v.get_positive("intermediate_size");
   vc.num_hidden_layers = v.get_positive("num_hidden_layers");
@@ -215,9 +212,29 @@ llava_onevision_config parse_llava(const object_ref& top) {
   if (vc.hidden_size % vc.num_attention_heads != 0) v.fail("hidden_size", "not divisible by num_attention_heads");
   // image_size need not be a multiple of patch_size: SigLIP-so400m has 384/14 → 27 patches ("valid" conv).
   if (vc.image_size < vc.patch_size) v.fail("image_size", "smaller than patch_size");
-  cfg.image_token_index = top.get_int("image_token_index", top.get_int("image_token_id", 151646));
-  cfg.video_token_index = top.get_int("video_token_index", top.get_int("video_token_id", 151647));
-  if (const json* p = top.find("image_grid_pinpoints")) {
+}
+
+// image_grid_pinpoints as a list of [height, width] (or, lmms_lab, LLaVA-NeXT's "(1x1),...,(6x6)"
+// string: every grid from the first to the last, times the tile size); absent: HF's 36 pairs.
+void parse_pinpoints(const object_ref& top, llava_onevision_config& cfg, bool lmms_lab) {
+  const json* p = top.find("image_grid_pinpoints");
+  if (p && lmms_lab && p->is_string()) {
+    const std::string text = p->get<std::string>();
+    std::vector<std::array<std::int64_t, 2>> grids;
+    for (std::size_t at = text.find('('); at != std::string::npos; at = text.find('(', at + 1)) {
+      long long a = 0, b = 0;
+      char close = 0;
+      if (std::sscanf(text.c_str() + at, "(%lldx%lld%c", &a, &b, &close) != 3 || close != ')' || a <= 0 || b <= 0)
+        top.fail("image_grid_pinpoints", "\"" + text + "\" is not of the form \"(1x1),...,(6x6)\"");
+      grids.push_back({a, b});
+    }
+    if (grids.empty()) top.fail("image_grid_pinpoints", "\"" + text + "\" is not of the form \"(1x1),...,(6x6)\"");
+    const auto first = grids.front(), last = grids.back();
+    for (std::int64_t i = first[0]; i <= last[0]; ++i)
+      for (std::int64_t j = first[1]; j <= last[1]; ++j)
+        cfg.image_grid_pinpoints.push_back({i * cfg.vision.image_size, j * cfg.vision.image_size});
+    if (cfg.image_grid_pinpoints.empty()) top.fail("image_grid_pinpoints", "\"" + text + "\" gives no grid");
+  } else if (p) {
     if (!p->is_array() || p->empty()) top.fail("image_grid_pinpoints", "expected a non-empty list of [height, width]");
     for (const auto& pair : *p) {
       auto hw = top.get_int_list("image_grid_pinpoints", pair);
@@ -230,6 +247,17 @@ llava_onevision_config parse_llava(const object_ref& top) {
     for (auto a : sides)
       for (auto b : sides) cfg.image_grid_pinpoints.push_back({a, b});
   }
+}
+
+llava_onevision_config parse_llava(const object_ref& top) {
+  llava_onevision_config cfg;
+  cfg.text = parse_text(top, top.child("text_config"), false);
+  object_ref v = top.child("vision_config");
+  auto& vc = cfg.vision;
+  parse_siglip(v, vc);
+  cfg.image_token_index = top.get_int("image_token_index", top.get_int("image_token_id", 151646));
+  cfg.video_token_index = top.get_int("video_token_index", top.get_int("video_token_id", 151647));
+  parse_pinpoints(top, cfg, false);
   cfg.vision_feature_layer = top.get_int_or_list("vision_feature_layer", {-1});
   if (cfg.vision_feature_layer.empty()) top.fail("vision_feature_layer", "empty list");
   for (auto l : cfg.vision_feature_layer)
@@ -242,6 +270,60 @@ llava_onevision_config parse_llava(const object_ref& top) {
   cfg.vision_aspect_ratio = top.get_string("vision_aspect_ratio", "anyres_max_9");
   cfg.projector_hidden_act = top.get_string("projector_hidden_act", "gelu");
   cfg.multimodal_projector_bias = top.get_bool("multimodal_projector_bias", true);
+  return cfg;
+}
+
+// The lmms-lab layout (LLaVA-NeXT's LlavaQwenConfig): a flat Qwen2 config plus the mm_* keys of
+// LLaVA-NeXT's builder. Every key that would change the computation is checked against what the
+// runtime implements (LLaVA-OV: SigLIP, mlp2x_gelu, anyres_max with spatial_unpad).
+llava_onevision_config parse_lmms_llava(const object_ref& top) {
+  llava_onevision_config cfg;
+  cfg.checkpoint_layout = "lmms-lab";
+  cfg.text = parse_text(top, top, false);
+  cfg.text.model_type = "qwen2";  // the flat file's model_type is the wrapper's ("llava" / "llava_qwen")
+  auto& vc = cfg.vision;
+  const std::string tower = top.get_string("mm_vision_tower", "");
+  if (top.has("vision_config")) {
+    parse_siglip(top.child("vision_config"), vc);
+  } else if (tower.find("siglip-so400m-patch14-384") != std::string::npos) {
+    // SigLIP-so400m-patch14-384 (LLaVA-NeXT's SigLipVisionConfig defaults) without its last layer:
+    // LLaVA-NeXT's SigLipVisionTower deletes encoder.layers[-1] and takes hidden_states[-1].
+    vc.hidden_size = 1152;
+    vc.intermediate_size = 4304;
+    vc.num_hidden_layers = 26;
+    vc.num_attention_heads = 16;
+    vc.image_size = 384;
+    vc.patch_size = 14;
+  } else if (tower.empty()) {
+    top.fail("mm_vision_tower", "missing (required for an lmms-lab LLaVA checkpoint)");
+  } else {
+    top.fail("mm_vision_tower", "\"" + tower + "\" is not supported (only SigLIP-so400m-patch14-384, the tower of "
+                                "LLaVA-OneVision; or give its dims in a vision_config object)");
+  }
+  if (top.has("mm_hidden_size") && top.get_int("mm_hidden_size") != vc.hidden_size)
+    top.fail("mm_hidden_size", std::to_string(top.get_int("mm_hidden_size")) + " differs from the vision tower's width " +
+                                   std::to_string(vc.hidden_size));
+  const std::string projector = top.get_string("mm_projector_type", "linear");
+  if (projector != "mlp2x_gelu")
+    top.fail("mm_projector_type", "\"" + projector + "\" is not supported (only \"mlp2x_gelu\", LLaVA-OneVision's)");
+  const std::string merge = top.get_string("mm_patch_merge_type", "flat");
+  if (merge != "spatial_unpad")
+    top.fail("mm_patch_merge_type", "\"" + merge + "\" is not supported (only \"spatial_unpad\", LLaVA-OneVision's)");
+  cfg.vision_aspect_ratio = top.get_string("image_aspect_ratio", "square");
+  if (cfg.vision_aspect_ratio.rfind("anyres_max_", 0) != 0)
+    top.fail("image_aspect_ratio", "\"" + cfg.vision_aspect_ratio +
+                                       "\" is not supported (only \"anyres_max_<n>\", LLaVA-OneVision's)");
+  if (top.get_bool("mm_use_im_start_end", false))
+    top.fail("mm_use_im_start_end", "true is not supported (LLaVA-OneVision uses no image start/end tokens)");
+  parse_pinpoints(top, cfg, true);
+  // LLaVA-NeXT marks the image with IMAGE_TOKEN_INDEX (-200) in code; the runtime uses the id that
+  // transformers' conversion gives "<image>" (151646, after Qwen2's 151646 tokens) unless the file says.
+  cfg.image_token_index = top.get_int("image_token_index", 151646);
+  cfg.video_token_index = top.get_int("video_token_index", cfg.image_token_index + 1);
+  cfg.vision_feature_layer = {-1};
+  cfg.vision_feature_select_strategy = "full";
+  cfg.projector_hidden_act = "gelu";
+  cfg.multimodal_projector_bias = true;
   return cfg;
 }
 
@@ -276,8 +358,12 @@ model_config parse_model_config(const std::string& json_text, const std::string&
     out.qwen2_5_vl = parse_qwen(top);
   } else if (out.model_type == "llava_onevision") {
     out.llava_onevision = parse_llava(top);
+  } else if (out.model_type == "llava" || out.model_type == "llava_qwen") {
+    out.llava_onevision = parse_lmms_llava(top);
+    out.model_type = "llava_onevision";
   } else {
-    top.fail("model_type", "unsupported model type \"" + out.model_type + "\" (expected qwen2_5_vl or llava_onevision)");
+    top.fail("model_type", "unsupported model type \"" + out.model_type +
+                               "\" (expected qwen2_5_vl, llava_onevision, or lmms-lab's llava / llava_qwen)");
   }
   return out;
 }

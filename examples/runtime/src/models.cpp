@@ -292,6 +292,29 @@ std::shared_ptr<llava_onevision_model> llava_onevision_model::load(const std::st
                                                                    const torch::TensorOptions& options) {
   auto model = std::make_shared<llava_onevision_model>(load_model_config(dir), options);
   checkpoint ck(dir);
+  if (model->config().llava_onevision->checkpoint_layout == "lmms-lab") {
+    // LLaVA-NeXT's LlavaQwenForCausalLM names (what transformers' convert_llava_onevision_weights_to_hf
+    // maps from): the Qwen2 decoder at model.* / lm_head.*, SigLIP under
+    // model.vision_tower.vision_tower.vision_model.*, the projector as the nn.Sequential
+    // model.mm_projector.{0,2}.* (Linear, GELU, Linear), model.image_newline. A tensor missing under
+    // these names is reported by load_weights with the name it was looked up as.
+    model->lm_hub_prefix_ = "model.";
+    model->lm_head_hub_prefix_ = "lm_head.";
+    load_options opt;
+    if (model->text().tie_word_embeddings) opt.ignore_extra.push_back("^lm_head\\.weight$");
+    opt.ignore_extra.push_back("^model\\.vision_tower\\.vision_tower\\.vision_model\\.head\\.");  // SigLIP's unused pooling head
+    opt.ignore_extra.push_back("\\.rotary_emb\\.inv_freq$");  // computed, not loaded (older saves kept it)
+    load_weights(*model, ck,
+                 {{"model.language_model.", {"model."}},
+                  {"lm_head.", {"lm_head."}},
+                  {"model.vision_tower.vision_model.", {"model.vision_tower.vision_tower.vision_model."}},
+                  {"model.multi_modal_projector.linear_1.", {"model.mm_projector.0."}},
+                  {"model.multi_modal_projector.linear_2.", {"model.mm_projector.2."}},
+                  {"model.image_newline", {"model.image_newline"}}},
+                 opt);
+    model->directory_ = dir;
+    return model;
+  }
   model->lm_hub_prefix_ = find_prefix(ck, {"model.language_model.", "language_model.model."}, "embed_tokens.weight");
   model->lm_head_hub_prefix_ = ck.contains("lm_head.weight") || !ck.contains("language_model.lm_head.weight")
                                    ? "lm_head."

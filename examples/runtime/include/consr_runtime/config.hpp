@@ -1,6 +1,7 @@
 // consr_runtime/config.hpp — the parts of a Hugging Face `config.json` the runtime needs, for the
 // two model families of the pipeline: Qwen2.5-VL (`model_type: qwen2_5_vl`) and LLaVA-OneVision
-// (`model_type: llava_onevision`).
+// (`model_type: llava_onevision`, the llava-hf layout; or the lmms-lab layout of LLaVA-NeXT's
+// LlavaQwenForCausalLM, `model_type: llava` / `llava_qwen`, read into the same llava_onevision config).
 //
 // Both layouts are accepted: the flat one (text keys at the top level, as the Qwen2.5-VL hub
 // file) and the nested `text_config` one that newer transformers write (LLaVA-OV always nests).
@@ -93,12 +94,22 @@ struct llava_onevision_config {
   std::string vision_aspect_ratio = "anyres_max_9";
   std::string projector_hidden_act = "gelu";
   bool multimodal_projector_bias = true;
+  /// "llava-hf" (transformers' LlavaOnevisionForConditionalGeneration) or "lmms-lab" (LLaVA-NeXT's
+  /// LlavaQwenForCausalLM, as the paper used it): the lmms-lab config.json is a flat Qwen2 config
+  /// plus `mm_*` keys — `mm_vision_tower` (SigLIP-so400m-patch14-384: its dims are SigLIP's, with 26
+  /// layers since LLaVA-NeXT drops the last one and takes the last stored layer's output;
+  /// a `vision_config` object, if present, overrides them), `mm_projector_type` "mlp2x_gelu",
+  /// `mm_patch_merge_type` "spatial_unpad", `image_aspect_ratio` "anyres_max_<n>",
+  /// `image_grid_pinpoints` (a list of [height, width] or LLaVA-NeXT's "(1x1),...,(6x6)" string,
+  /// in units of the tile size), `mm_hidden_size` (= the vision width); anything else is an error
+  /// naming the key. The weights are then read under LLaVA-NeXT's names (models.cpp).
+  std::string checkpoint_layout = "llava-hf";
 };
 
 /// A parsed `config.json` of one of the two supported families. Exactly one of `qwen2_5_vl` /
 /// `llava_onevision` is set, according to `model_type`.
 struct model_config {
-  std::string model_type;   ///< "qwen2_5_vl" or "llava_onevision"
+  std::string model_type;   ///< "qwen2_5_vl" or "llava_onevision" (also for an lmms-lab "llava"/"llava_qwen" file)
   std::string source;       ///< the file the config was read from (for error messages)
   std::optional<qwen2_5_vl_config> qwen2_5_vl;
   std::optional<llava_onevision_config> llava_onevision;
