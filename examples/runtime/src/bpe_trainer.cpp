@@ -3,7 +3,6 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
-#include <utf8proc.h>
 
 #include <algorithm>
 #include <array>
@@ -14,6 +13,8 @@
 #include <set>
 #include <unordered_map>
 
+#include "byte_level.hpp"
+
 namespace consr_runtime {
 namespace {
 
@@ -21,57 +22,9 @@ namespace {
   throw runtime_error("consr_runtime::" + function + ": argument '" + argument + "': " + message);
 }
 
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {  // the byte table needs at most U+0143
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
-/// GPT-2's bytes_to_unicode: `order` lists the bytes in vocabulary order (printable ones first),
-/// `stand_in[b]` is the UTF-8 of the character standing for byte b.
-struct byte_level_table {
-  std::array<std::string, 256> stand_in;
-  std::array<int, 256> order{};
-  byte_level_table() {
-    int n = 0, k = 0;
-    std::array<bool, 256> printable{};
-    for (int b = 0; b < 256; ++b)
-      printable[b] = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    for (int b = 0; b < 256; ++b)
-      if (printable[b]) {
-        append_utf8(stand_in[b], static_cast<char32_t>(b));
-        order[k++] = b;
-      }
-    for (int b = 0; b < 256; ++b)
-      if (!printable[b]) {
-        append_utf8(stand_in[b], static_cast<char32_t>(256 + n++));
-        order[k++] = b;
-      }
-  }
-};
-const byte_level_table& table() {
-  static const byte_level_table t;
-  return t;
-}
-
 /// NFC of `s`; utf8proc rejects invalid UTF-8.
 std::string nfc(const std::string& s, const char* function) {
-  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) return s;
-  utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()), &out,
-                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  if (n < 0) fail(function, "text", std::string("not valid UTF-8 (") + utf8proc_errmsg(n) + ")");
-  std::string r(reinterpret_cast<const char*>(out), static_cast<std::size_t>(n));
-  std::free(out);
-  return r;
+  return byte_level::nfc(s, [&](const char* why) { fail(function, "text", std::string("not valid UTF-8 (") + why + ")"); });
 }
 
 struct code_deleter {
@@ -126,7 +79,7 @@ std::unique_ptr<pcre2_code, code_deleter> compile_regex(const std::string& patte
 
 std::string bytes_to_byte_level(const std::string& bytes) {
   std::string out;
-  for (unsigned char b : bytes) out += table().stand_in[b];
+  for (unsigned char b : bytes) out += byte_level::bytes().to_unicode[b];
   return out;
 }
 
@@ -160,9 +113,9 @@ bpe_model train_byte_level_bpe(const std::vector<std::string>& texts, const bpe_
   std::unordered_map<std::string, std::int64_t> id_of;
   std::array<std::int64_t, 256> byte_id{};
   for (int k = 0; k < 256; ++k) {
-    const int b = table().order[k];
-    model.tokens.push_back(table().stand_in[b]);
-    id_of[table().stand_in[b]] = k;
+    const int b = byte_level::bytes().order[k];
+    model.tokens.push_back(byte_level::bytes().to_unicode[b]);
+    id_of[byte_level::bytes().to_unicode[b]] = k;
     byte_id[b] = k;
   }
   struct word {

@@ -4,7 +4,6 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <sys/stat.h>
-#include <utf8proc.h>
 
 #include <algorithm>
 #include <array>
@@ -16,6 +15,8 @@
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
+
+#include "byte_level.hpp"
 
 namespace consr_runtime {
 
@@ -34,24 +35,6 @@ using json = nlohmann::json;
 }
 
 // ---- UTF-8 -----------------------------------------------------------------------------------------
-
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 /// Length of the well-formed UTF-8 sequence at s[i] (Unicode Table 3-7), or 0 if ill-formed; in
 /// that case `*maximal` receives the length of its maximal subpart (>= 1), the unit errors="replace"
@@ -129,38 +112,9 @@ bool is_white_space(char32_t c) {
 
 /// NFC of valid UTF-8 `s` (ASCII is already NFC).
 std::string nfc(const std::string& s) {
-  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) return s;
-  utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                                          static_cast<utf8proc_ssize_t>(s.size()), &out,
-                                          static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  if (n < 0)
-    throw runtime_error(std::string("consr_runtime::tokenizer::encode: NFC normalization failed: ") +
-                        utf8proc_errmsg(n));
-  std::string r(reinterpret_cast<const char*>(out), static_cast<std::size_t>(n));
-  std::free(out);
-  return r;
-}
-
-// ---- GPT-2 byte <-> printable character table --------------------------------------------------------
-
-struct byte_table {
-  std::array<std::string, 256> to_unicode;  // UTF-8 of the character standing for each byte
-  std::array<int, 324> to_byte;             // code point -> byte, -1 if the code point stands for none
-  byte_table() {
-    to_byte.fill(-1);
-    int n = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      const char32_t cp = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + n++);
-      append_utf8(to_unicode[b], cp);
-      to_byte[cp] = b;
-    }
-  }
-};
-const byte_table& bytes_table() {
-  static const byte_table t;
-  return t;
+  return byte_level::nfc(s, [](const char* why) {
+    throw runtime_error(std::string("consr_runtime::tokenizer::encode: NFC normalization failed: ") + why);
+  });
 }
 
 struct pcre2_code_deleter {
@@ -323,7 +277,7 @@ void tokenizer::impl::encode_piece(const std::string& s, std::size_t begin, std:
     }
   }
   std::vector<std::int64_t> ids;
-  const auto& table = bytes_table();
+  const auto& table = byte_level::bytes();
   bool done = false;
   if (ignore_merges) {
     std::string mapped;
@@ -524,7 +478,7 @@ tokenizer tokenizer::from_file(const std::string& path) {
       p->merges[impl::pair_key(ia->second, ib->second)] = {rank, static_cast<std::int32_t>(iab->second)};  // later wins, as HF
       ++rank;
     }
-    const auto& table = bytes_table();
+    const auto& table = byte_level::bytes();
     for (int b = 0; b < 256; ++b) {
       auto it = p->vocab.find(table.to_unicode[b]);
       p->byte_id[b] = it == p->vocab.end() ? -1 : it->second;
@@ -633,7 +587,7 @@ std::vector<int64_t> tokenizer::encode(const std::string& text) const {
 
 std::string tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special) const {
   const impl& m = *impl_;
-  const auto& table = bytes_table();
+  const auto& table = byte_level::bytes();
   std::string bytes;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids[i];
