@@ -128,6 +128,7 @@ void validate_options(const options& o) {
   require(!o.model_dir.empty(), "--model", "no model directory given");
   require(!o.output_dir.empty(), "--out", "empty output directory");
   require_one_of(o.dtype, dtype_names(), "--dtype");
+  require_one_of(o.input_format, {"auto", "consr", "llava", "sharegpt", "hf"}, "--input-format");
   require(o.device == "cpu" || o.device.rfind("cuda", 0) == 0, "--device", "is '" + o.device + "' but must be cpu or cuda[:n]");
   require(o.image_max_pixels >= 0, "--image-max-pixels", "must be >= 0 (0 = preprocessor_config.json's), got " +
                                                           std::to_string(o.image_max_pixels));
@@ -306,6 +307,8 @@ value_option prompt_file(std::string name, std::string prompt_templates::*field)
 const std::vector<value_option>& value_options() {
   static const std::vector<value_option> list{
       text("--input", &options::input),
+      text("--input-format", &options::input_format),
+      text("--image-folder", &options::image_folder),
       text("--model", &options::model_dir),
       text("--out", &options::output_dir),
       {"--profile", [](options&, const std::string&) {}},
@@ -440,7 +443,10 @@ std::string usage(const std::string& program) {
   os << "usage: " << program << " [stage] [options]\n"
      << "  stage: all (default) | describe | candidates | score | write | train — runs the stale stages up to it\n"
      << "what and where:\n"
-     << "  --input FILE        JSON array or JSONL of {id, image, prompt} (default: the embedded fixture list)\n"
+     << "  --input FILE        JSON array or JSONL of {id, image, prompt} (default: the embedded fixture list),\n"
+     << "                      or LLaVA / sharegpt / Hugging Face export records (docs/pipeline.md \"Input\")\n"
+     << "  --input-format F    auto (default: from the first record) | consr | llava | sharegpt | hf\n"
+     << "  --image-folder DIR  relative image paths resolve here (default: the input file's directory)\n"
      << "  --model DIR         Qwen2.5-VL or LLaVA-OneVision checkpoint directory (default: the tiny Qwen fixture)\n"
      << "  --out DIR           output directory (default consr_pipeline_out)\n"
      << "  --profile P         paper | demo: the defaults (default: demo without --model, paper with it)\n"

@@ -68,6 +68,8 @@ struct options {
   // ---- what and where --------------------------------------------------------------------------
   stage target = stage::train;  ///< the last stage to run
   std::string input;            ///< JSON array / JSONL of {id, image, prompt}; empty: the embedded default
+  std::string input_format = "auto";  ///< auto | consr | llava | sharegpt | hf (docs/pipeline.md "Input")
+  std::string image_folder;     ///< relative image paths resolve here (default: the input file's directory)
   std::string model_dir;        ///< a Hugging Face model directory (Qwen2.5-VL or LLaVA-OneVision)
   std::string output_dir = "consr_pipeline_out";
   bool force = false;           ///< recompute the target stage even when its artefact is up to date
