@@ -1,5 +1,6 @@
 // tests/runtime/runtime_test_support.hpp — what the runtime's tests share: LibTorch before Catch, the
-// fixture directories, JSON fixtures, tensor differences, exception messages and temporary directories.
+// fixture directories, JSON fixtures, the models' reference outputs, tensor differences, exception
+// messages and temporary directories.
 #pragma once
 
 // LibTorch first: its glog headers define CHECK(condition), which Catch's CHECK must replace.
@@ -17,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "consr_runtime/safetensors.hpp"
+
 namespace runtime_test {
 
 /// tests/fixtures and its model fixtures (tools/make_*_fixture*.py).
@@ -29,6 +32,17 @@ inline nlohmann::json read_json(const std::string& path) {
   REQUIRE(in.good());
   return nlohmann::json::parse(in);
 }
+
+/// A model fixture's reference outputs from transformers (tools/make_model_fixtures.py):
+/// <dir>/reference.safetensors as `ref` (f["name"] loads a tensor) and <dir>/reference.json as `meta`.
+struct model_reference {
+  std::string dir;
+  consr_runtime::safetensors_file ref;
+  nlohmann::json meta;
+  explicit model_reference(const std::string& d)
+      : dir(d), ref(d + "/reference.safetensors"), meta(read_json(d + "/reference.json")) {}
+  torch::Tensor operator[](const std::string& name) const { return ref.load(name); }
+};
 
 /// max |a − b| in double.
 inline double max_abs(const torch::Tensor& a, const torch::Tensor& b) {

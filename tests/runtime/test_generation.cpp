@@ -1,14 +1,10 @@
 // Generation and teacher-forced log-probs against Hugging Face (greedy tokens of model.generate and
 // log_softmax(logits[t−1])[id_t] from tools/make_model_fixtures.py), plus the sampler against a
 // plain reference of HF's temperature + top-p rule, seeding, stop tokens and batching.
-// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -29,17 +25,9 @@ namespace {
 
 const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models/";
 
-struct fixture {
-  std::string dir;
-  safetensors_file ref;
-  nlohmann::json meta;
+struct fixture : runtime_test::model_reference {
   std::shared_ptr<vision_language_model> model;
-  explicit fixture(const std::string& name)
-      : dir(models_dir + name), ref(dir + "/reference.safetensors"), model(load_model(dir)) {
-    std::ifstream in(dir + "/reference.json");
-    in >> meta;
-  }
-  torch::Tensor operator[](const std::string& name) const { return ref.load(name); }
+  explicit fixture(const std::string& name) : model_reference(models_dir + name), model(load_model(dir)) {}
   std::vector<std::int64_t> ids(const std::string& name) const {
     torch::Tensor t = ref.load(name).reshape({-1}).contiguous();
     return std::vector<std::int64_t>(t.data_ptr<std::int64_t>(), t.data_ptr<std::int64_t>() + t.numel());

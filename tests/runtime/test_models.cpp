@@ -3,12 +3,8 @@
 // image in the input and text-only, from the processor's pixel_values and from HF's vision features;
 // get_rope_index; the sharded copies in the other hub naming; KV-cache decoding and batching with
 // images; bad input.
-// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -32,16 +28,7 @@ const std::string models_dir = std::string(CONSR_FIXTURES_DIR) + "/models/";
 const std::string qwen_dir = models_dir + "qwen2_5_vl_tiny";
 const std::string llava_dir = models_dir + "llava_onevision_tiny";
 
-struct fixture {
-  std::string dir;
-  safetensors_file ref;
-  nlohmann::json meta;
-  explicit fixture(const std::string& d) : dir(d), ref(d + "/reference.safetensors") {
-    std::ifstream in(d + "/reference.json");
-    in >> meta;
-  }
-  torch::Tensor operator[](const std::string& name) const { return ref.load(name); }
-};
+using fixture = runtime_test::model_reference;
 
 const fixture& qwen_fixture() {
   static fixture f(qwen_dir);

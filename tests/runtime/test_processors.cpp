@@ -90,9 +90,7 @@ TEST_CASE("select_best_resolution: ties go to the least waste, then to the first
 }
 
 TEST_CASE("Qwen2-VL processor reproduces HF pixel_values and image_grid_thw", "[processors]") {
-  const std::string dir = models_dir + "/qwen2_5_vl_tiny";
-  const auto meta = read_json(dir + "/reference.json");
-  consr_runtime::safetensors_file ref(dir + "/reference.safetensors");
+  const auto& [dir, ref, meta] = model_reference(models_dir + "/qwen2_5_vl_tiny");
   const auto proc = consr_runtime::qwen2_vl_image_processor::from_file(dir);
   CHECK(proc.config().min_pixels == 3136);
   CHECK(proc.config().max_pixels == 28 * 28 * 16384);
@@ -167,9 +165,7 @@ TEST_CASE("Qwen2-VL processor rejects bad arguments with named errors", "[proces
 }
 
 TEST_CASE("LLaVA-OneVision processor reproduces HF tiles, image_sizes and token counts", "[processors]") {
-  const std::string dir = models_dir + "/llava_onevision_tiny";
-  const auto meta = read_json(dir + "/reference.json");
-  consr_runtime::safetensors_file ref(dir + "/reference.safetensors");
+  const auto& [dir, ref, meta] = model_reference(models_dir + "/llava_onevision_tiny");
   const auto proc = consr_runtime::llava_onevision_image_processor::from_directory(dir);
   CHECK(proc.config().tile_size == 384);
   CHECK(proc.config().image_grid_pinpoints.size() == 36);
