@@ -108,10 +108,10 @@ void BM_random_resized_crop(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_noise_batch<float>)->Name("consr/noise/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_noise_batch<consr::bfloat16>)->Name("consr/noise/bf16/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_noise_patch_rows)->Name("consr/noise/fp32/patch_rows_7840x1176")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_noise_patch_frame_strided)->Name("consr/noise/fp32/patch_frame_strided_7840x3x14x14")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_patch_mask)->Name("consr/patch_mask/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_mixup)->Name("consr/mixup/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_random_resized_crop)->Name("consr/random_resized_crop/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_noise_batch<float>)->Name("consr/noise/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_noise_batch<consr::bfloat16>)->Name("consr/noise/bf16/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_noise_patch_rows)->Name("consr/noise/fp32/patch_rows_7840x1176")->Apply(gpu_timed);
+BENCHMARK(BM_noise_patch_frame_strided)->Name("consr/noise/fp32/patch_frame_strided_7840x3x14x14")->Apply(gpu_timed);
+BENCHMARK(BM_patch_mask)->Name("consr/patch_mask/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_mixup)->Name("consr/mixup/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_random_resized_crop)->Name("consr/random_resized_crop/fp32/10x3x384x384")->Apply(gpu_timed);

@@ -102,6 +102,6 @@ void BM_dpo_forward_backward(benchmark::State& state, consr::dpo_loss_type loss)
 }  // namespace
 
 BENCHMARK_CAPTURE(BM_dpo_forward_backward, consr, consr::dpo_loss_type::consr)
-    ->Name("consr/dpo_forward_backward/consr/fp32")->Arg(64)->Arg(1024)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+    ->Name("consr/dpo_forward_backward/consr/fp32")->Arg(64)->Arg(1024)->Apply(gpu_timed);
 BENCHMARK_CAPTURE(BM_dpo_forward_backward, standard, consr::dpo_loss_type::standard)
-    ->Name("consr/dpo_forward_backward/standard/fp32")->Arg(64)->Arg(1024)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+    ->Name("consr/dpo_forward_backward/standard/fp32")->Arg(64)->Arg(1024)->Apply(gpu_timed);

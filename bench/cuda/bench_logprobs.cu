@@ -139,16 +139,11 @@ void BM_forward_splits(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK_TEMPLATE(BM_forward, consr::bfloat16)
-    ->Name("consr/logprobs_forward/bf16")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_forward, float)
-    ->Name("consr/logprobs_forward/fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_forward_no_temp, consr::bfloat16)
-    ->Name("consr/logprobs_forward_no_temp/bf16")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_forward_backward, consr::bfloat16)
-    ->Name("consr/logprobs_forward_backward/bf16")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_forward_backward, float)
-    ->Name("consr/logprobs_forward_backward/fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_forward, consr::bfloat16)->Name("consr/logprobs_forward/bf16")->Apply(logprob_rows);
+BENCHMARK_TEMPLATE(BM_forward, float)->Name("consr/logprobs_forward/fp32")->Apply(logprob_rows);
+BENCHMARK_TEMPLATE(BM_forward_no_temp, consr::bfloat16)->Name("consr/logprobs_forward_no_temp/bf16")->Apply(logprob_rows);
+BENCHMARK_TEMPLATE(BM_forward_backward, consr::bfloat16)->Name("consr/logprobs_forward_backward/bf16")->Apply(logprob_rows);
+BENCHMARK_TEMPLATE(BM_forward_backward, float)->Name("consr/logprobs_forward_backward/fp32")->Apply(logprob_rows);
 BENCHMARK(BM_forward_splits)
     ->Name("consr/logprobs_forward_splits/bf16")
     ->ArgsProduct({{256, 1024, 4096}, {1, 2, 3, 5, 9, 19}})->UseManualTime()->MinTime(0.2)->Unit(benchmark::kMicrosecond);

@@ -72,11 +72,7 @@ void BM_segmented_sum_bf16(benchmark::State& state, index_t segments, index_t mi
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_segmented_sum_fp32, short_segments, 150000, 1, 400)
-    ->Name("consr/segmented_sum/fp32/150000_segments_1-400")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_segmented_sum_fp32, long_segments, 64, 65536, 65536)
-    ->Name("consr/segmented_sum/fp32/64_segments_65536")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_segmented_sum_bf16, short_segments_bf16, 150000, 1, 400)
-    ->Name("consr/segmented_sum/bf16/150000_segments_1-400")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_segmented_masked_mean, short_segments, 150000, 1, 400)
-    ->Name("consr/segmented_masked_mean/fp32/150000_segments_1-400")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_segmented_sum_fp32, short_segments, 150000, 1, 400)->Name("consr/segmented_sum/fp32/150000_segments_1-400")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_segmented_sum_fp32, long_segments, 64, 65536, 65536)->Name("consr/segmented_sum/fp32/64_segments_65536")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_segmented_sum_bf16, short_segments_bf16, 150000, 1, 400)->Name("consr/segmented_sum/bf16/150000_segments_1-400")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_segmented_masked_mean, short_segments, 150000, 1, 400)->Name("consr/segmented_masked_mean/fp32/150000_segments_1-400")->Apply(gpu_timed);

@@ -147,10 +147,7 @@ void BM_reward_then_pairs(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_reward, labels, true)
-    ->Name("consr/contrastive_reward/fp32/10000x15_labels")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_reward, no_labels, false)
-    ->Name("consr/contrastive_reward/fp32/10000x15")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_select_pairs)->Name("consr/select_pairs/fp32/10000x15")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_reward_then_pairs)
-    ->Name("consr/reward_then_pairs/fp32/10000x15_labels")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_reward, labels, true)->Name("consr/contrastive_reward/fp32/10000x15_labels")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_reward, no_labels, false)->Name("consr/contrastive_reward/fp32/10000x15")->Apply(gpu_timed);
+BENCHMARK(BM_select_pairs)->Name("consr/select_pairs/fp32/10000x15")->Apply(gpu_timed);
+BENCHMARK(BM_reward_then_pairs)->Name("consr/reward_then_pairs/fp32/10000x15_labels")->Apply(gpu_timed);

@@ -33,6 +33,16 @@ inline void check_cuda(cudaError_t e, const char* what) {
   }
 }
 
+/// The timing every CUDA benchmark and LibTorch baseline registers with (`->Apply(gpu_timed)`):
+/// manual time (the batch's GPU time, see run_timed), at least 0.3 s each, in microseconds.
+inline void gpu_timed(benchmark::internal::Benchmark* b) {
+  b->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+}
+
+/// The row counts N of the token log-prob benchmarks and of their LibTorch baselines (one list, so
+/// that both measure the same sizes), timed as gpu_timed.
+inline void logprob_rows(benchmark::internal::Benchmark* b) { gpu_timed(b->Arg(256)->Arg(1024)->Arg(4096)); }
+
 /// Device-to-device copy bandwidth of this GPU in bytes/s (read + written),
 /// measured once per process (defined in cuda_bench_common.cu).
 double device_copy_bandwidth();

@@ -67,14 +67,9 @@ void BM_torch_random_resized_crop(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_torch_noise, fp32, torch::kFloat32)
-    ->Name("torch/noise/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_noise, bf16, torch::kBFloat16)
-    ->Name("torch/noise/bf16/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_torch_noise_patch_rows)
-    ->Name("torch/noise/fp32/patch_rows_7840x1176")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_torch_patch_mask)
-    ->Name("torch/patch_mask/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_torch_mixup)->Name("torch/mixup/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_torch_random_resized_crop)
-    ->Name("torch/random_resized_crop/fp32/10x3x384x384")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_torch_noise, fp32, torch::kFloat32)->Name("torch/noise/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_torch_noise, bf16, torch::kBFloat16)->Name("torch/noise/bf16/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_torch_noise_patch_rows)->Name("torch/noise/fp32/patch_rows_7840x1176")->Apply(gpu_timed);
+BENCHMARK(BM_torch_patch_mask)->Name("torch/patch_mask/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_torch_mixup)->Name("torch/mixup/fp32/10x3x384x384")->Apply(gpu_timed);
+BENCHMARK(BM_torch_random_resized_crop)->Name("torch/random_resized_crop/fp32/10x3x384x384")->Apply(gpu_timed);

@@ -60,7 +60,5 @@ void BM_torch_dpo(benchmark::State& state, bool consr_loss) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_torch_dpo, consr, true)
-    ->Name("torch/dpo_forward_backward/consr/fp32")->Arg(64)->Arg(1024)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_dpo, standard, false)
-    ->Name("torch/dpo_forward_backward/standard/fp32")->Arg(64)->Arg(1024)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_torch_dpo, consr, true)->Name("torch/dpo_forward_backward/consr/fp32")->Arg(64)->Arg(1024)->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_torch_dpo, standard, false)->Name("torch/dpo_forward_backward/standard/fp32")->Arg(64)->Arg(1024)->Apply(gpu_timed);

@@ -59,15 +59,10 @@ void BM_torch_forward_backward(benchmark::State& state, torch::Dtype dtype, bool
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_torch_forward, bf16, torch::kBFloat16, false)
-    ->Name("torch/logprobs_forward/bf16")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_forward, bf16_upcast, torch::kBFloat16, true)
-    ->Name("torch/logprobs_forward/bf16_upcast_fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_forward, fp32, torch::kFloat32, false)
-    ->Name("torch/logprobs_forward/fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_forward_backward, bf16, torch::kBFloat16, false)
-    ->Name("torch/logprobs_forward_backward/bf16")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_torch_forward, bf16, torch::kBFloat16, false)->Name("torch/logprobs_forward/bf16")->Apply(logprob_rows);
+BENCHMARK_CAPTURE(BM_torch_forward, bf16_upcast, torch::kBFloat16, true)->Name("torch/logprobs_forward/bf16_upcast_fp32")->Apply(logprob_rows);
+BENCHMARK_CAPTURE(BM_torch_forward, fp32, torch::kFloat32, false)->Name("torch/logprobs_forward/fp32")->Apply(logprob_rows);
+BENCHMARK_CAPTURE(BM_torch_forward_backward, bf16, torch::kBFloat16, false)->Name("torch/logprobs_forward_backward/bf16")->Apply(logprob_rows);
 BENCHMARK_CAPTURE(BM_torch_forward_backward, bf16_upcast, torch::kBFloat16, true)
-    ->Name("torch/logprobs_forward_backward/bf16_upcast_fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_forward_backward, fp32, torch::kFloat32, false)
-    ->Name("torch/logprobs_forward_backward/fp32")->Arg(256)->Arg(1024)->Arg(4096)->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+    ->Name("torch/logprobs_forward_backward/bf16_upcast_fp32")->Apply(logprob_rows);
+BENCHMARK_CAPTURE(BM_torch_forward_backward, fp32, torch::kFloat32, false)->Name("torch/logprobs_forward_backward/fp32")->Apply(logprob_rows);

@@ -42,9 +42,6 @@ void BM_torch_masked_mean(benchmark::State& state, int64_t segments, int64_t min
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_torch_segment_sum, short_segments, 150000, 1, 400)
-    ->Name("torch/segment_reduce_sum/fp32/150000_segments_1-400")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_segment_sum, long_segments, 64, 65536, 65536)
-    ->Name("torch/segment_reduce_sum/fp32/64_segments_65536")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_masked_mean, short_segments, 150000, 1, 400)
-    ->Name("torch/masked_mean/fp32/150000_segments_1-400")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_torch_segment_sum, short_segments, 150000, 1, 400)->Name("torch/segment_reduce_sum/fp32/150000_segments_1-400")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_torch_segment_sum, long_segments, 64, 65536, 65536)->Name("torch/segment_reduce_sum/fp32/64_segments_65536")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_torch_masked_mean, short_segments, 150000, 1, 400)->Name("torch/masked_mean/fp32/150000_segments_1-400")->Apply(gpu_timed);

@@ -70,8 +70,6 @@ void BM_torch_pairs(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_torch_reward, labels, true)
-    ->Name("torch/contrastive_reward/fp32/10000x15_labels")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_torch_reward, no_labels, false)
-    ->Name("torch/contrastive_reward/fp32/10000x15")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_torch_pairs)->Name("torch/select_pairs/fp32/10000x15")->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_torch_reward, labels, true)->Name("torch/contrastive_reward/fp32/10000x15_labels")->Apply(gpu_timed);
+BENCHMARK_CAPTURE(BM_torch_reward, no_labels, false)->Name("torch/contrastive_reward/fp32/10000x15")->Apply(gpu_timed);
+BENCHMARK(BM_torch_pairs)->Name("torch/select_pairs/fp32/10000x15")->Apply(gpu_timed);
