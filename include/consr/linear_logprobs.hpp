@@ -434,17 +434,15 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   }
   check_view(workspace, fn, "workspace");
   // Outputs must not alias inputs, each other or the workspace (a GEMM reading what it writes is garbage).
-  const auto in_hidden = named(hidden, "hidden");
-  const auto in_weight = named(weight, "weight");
-  const auto in_bias = named(bias, "bias");
-  const auto out_hidden = named(grad_hidden, "grad_hidden");
-  const auto out_weight = named(grad_weight, "grad_weight");
-  const auto out_bias = named(grad_bias, "grad_bias");
-  check_no_overlap(fn, out_hidden, in_hidden, in_weight, in_bias, out_weight, out_bias);
-  check_no_overlap(fn, out_weight, in_hidden, in_weight, in_bias, out_bias);
-  check_no_overlap(fn, out_bias, in_hidden, in_weight, in_bias);
-  check_no_overlap(fn, named(workspace, "workspace"), in_hidden, in_weight, in_bias, named(labels, "labels"),
-                   named(lse, "lse"), named(grad_token_logp, "grad_token_logp"), out_hidden, out_weight, out_bias);
+  const auto h = named(hidden, "hidden"), w = named(weight, "weight");
+  const auto b = named(bias, "bias");
+  const auto gh = named(grad_hidden, "grad_hidden"), gw = named(grad_weight, "grad_weight");
+  const auto gb = named(grad_bias, "grad_bias");
+  check_no_overlap(fn, gh, h, w, b, gw, gb);
+  check_no_overlap(fn, gw, h, w, b, gb);
+  check_no_overlap(fn, gb, h, w, b);
+  check_no_overlap(fn, named(workspace, "workspace"), h, w, b, named(labels, "labels"), named(lse, "lse"),
+                   named(grad_token_logp, "grad_token_logp"), gh, gw, gb);
   check_labels(labels, vocab, options.ignore_index, fn);
   const linear_workspace_layout layout =
       linear_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, /*forward=*/false, fn);
