@@ -3,7 +3,8 @@
 // names, a flat Qwen2 config.json with the mm_* keys, bf16 weights in two shards with an index, the
 // SigLIP preprocessor_config.json — and must load to exactly the logits of the llava-hf model with
 // its weights rounded to bf16. Also: the config of the real 7B checkpoint parses to
-// SigLIP-so400m without its last layer, and bad configs / a missing tensor are named.
+// SigLIP-so400m without its last layer, and bad configs / a missing tensor are named; the lmms-lab
+// tokenizer (Qwen2's, no "<image>") gets "<image>" / "<video>" at the config's ids.
 #include "runtime_test_support.hpp"
 
 #include <functional>
@@ -21,6 +22,7 @@
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
+#include "consr_runtime/tokenizer.hpp"
 
 using namespace consr_runtime;
 using runtime_test::temp_dir;
@@ -320,4 +322,33 @@ TEST_CASE("lmms-lab: the 7B checkpoint's config.json is SigLIP-so400m without it
     CHECK_THAT(thrown([&] { (void)parse_model_config(b.dump(), "lmms/config.json"); }),
                Catch::Contains("key 'mm_vision_tower'") && Catch::Contains("missing"));
   }
+}
+
+TEST_CASE("lmms-lab: the Qwen2 tokenizer of the directory gets <image> and <video> at the config's ids", "[lmms_lab]") {
+  temp_dir dir("consr_lmms_lab");
+  json config = lmms_config(hf_config());
+  write_json_file(dir.file("config.json"), nlohmann::ordered_json(config));
+  // The fixture's tokenizer.json without its <image> / <video> added tokens, as lmms-lab ships Qwen2's.
+  json tok = runtime_test::read_json(llava_dir + "/tokenizer.json");
+  json kept = json::array();
+  for (const auto& t : tok["added_tokens"])
+    if (t["content"] != "<image>" && t["content"] != "<video>") kept.push_back(t);
+  REQUIRE(kept.size() + 2 == tok["added_tokens"].size());
+  tok["added_tokens"] = kept;
+  dir.write("tokenizer.json", tok.dump());
+  CHECK(!tokenizer::from_file(dir.file("tokenizer.json")).find_token("<image>"));
+
+  const tokenizer hf = tokenizer::from_directory(llava_dir), lmms = tokenizer::from_directory(dir.path.string());
+  CHECK(lmms.token_id("<image>") == 1608);  // the config's image_token_index
+  CHECK(lmms.token_id("<video>") == 1609);
+  CHECK(lmms.is_special(1608));
+  const std::string prompt = "<|im_start|>user\n<image><image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n";
+  CHECK(lmms.encode(prompt) == hf.encode(prompt));
+  CHECK(lmms.decode(lmms.encode(prompt), true) == hf.decode(hf.encode(prompt), true));
+
+  // An id the tokenizer already uses is an error naming the file and the id.
+  config["image_token_index"] = 1602;
+  write_json_file(dir.file("config.json"), nlohmann::ordered_json(config));
+  CHECK_THAT(thrown([&] { (void)tokenizer::from_directory(dir.path.string()); }),
+             Catch::Contains("tokenizer.json") && Catch::Contains("'<image>' at id 1602"));
 }

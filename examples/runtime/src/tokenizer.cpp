@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "byte_level.hpp"
+#include "consr_runtime/config.hpp"
 
 namespace consr_runtime {
 
@@ -363,10 +364,27 @@ std::string type_of(const json& j) {
 }  // namespace
 
 tokenizer tokenizer::from_directory(const std::string& dir) {
-  return from_file(dir.empty() || dir.back() == '/' ? dir + "tokenizer.json" : dir + "/tokenizer.json");
+  const std::string base = dir.empty() || dir.back() == '/' ? dir : dir + "/";
+  std::vector<added_token> extra;
+  struct stat cst {};
+  if (::stat((base + "config.json").c_str(), &cst) == 0 && S_ISREG(cst.st_mode)) {
+    // An lmms-lab LLaVA-OneVision directory: its tokenizer is Qwen2's, without "<image>" / "<video>".
+    std::ifstream cin(base + "config.json", std::ios::binary);
+    std::stringstream text;
+    text << cin.rdbuf();
+    const json c = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+    if (c.is_object() && c.contains("model_type") && (c["model_type"] == "llava" || c["model_type"] == "llava_qwen")) {
+      const model_config mc = load_model_config(base + "config.json");  // errors name the key
+      extra.push_back({mc.llava_onevision->image_token_index, "<image>", true, false, false, false, false});
+      extra.push_back({mc.llava_onevision->video_token_index, "<video>", true, false, false, false, false});
+    }
+  }
+  return load(base + "tokenizer.json", extra);
 }
 
-tokenizer tokenizer::from_file(const std::string& path) {
+tokenizer tokenizer::from_file(const std::string& path) { return load(path, {}); }
+
+tokenizer tokenizer::load(const std::string& path, const std::vector<added_token>& extra) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) fail_file(path, "file does not exist");
   if (!S_ISREG(st.st_mode)) fail_file(path, "not a regular file");
@@ -381,6 +399,25 @@ tokenizer tokenizer::from_file(const std::string& path) {
     fail_file(path, std::string("not valid JSON (") + e.what() + ")");
   }
   if (!j.is_object()) fail_file(path, "not a JSON object");
+  for (const added_token& a : extra) {
+    if (!j.contains("added_tokens") || j["added_tokens"].is_null()) j["added_tokens"] = json::array();
+    if (!j["added_tokens"].is_array()) fail_file(path, "'added_tokens' is not an array");
+    bool present = false;
+    for (const json& t : j["added_tokens"]) {
+      if (t.is_object() && t.contains("content") && t["content"] == a.content) present = true;
+      else if (t.is_object() && t.contains("id") && t["id"] == a.id)
+        fail_file(path, "cannot add '" + a.content + "' at id " + std::to_string(a.id) + " (config.json): added token " +
+                            t.dump() + " has that id");
+    }
+    if (present) continue;
+    if (j.contains("model") && j["model"].is_object() && j["model"].contains("vocab") && j["model"]["vocab"].is_object())
+      for (auto it = j["model"]["vocab"].begin(); it != j["model"]["vocab"].end(); ++it)
+        if (it.value() == a.id)
+          fail_file(path, "cannot add '" + a.content + "' at id " + std::to_string(a.id) + " (config.json): vocab entry '" +
+                              it.key() + "' has that id");
+    j["added_tokens"].push_back({{"id", a.id}, {"content", a.content}, {"special", a.special}, {"single_word", false},
+                                 {"lstrip", false}, {"rstrip", false}, {"normalized", a.normalized}});
+  }
 
   auto p = std::make_shared<impl>();
   p->path = path;

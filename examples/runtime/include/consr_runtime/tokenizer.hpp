@@ -52,7 +52,12 @@ class tokenizer {
   /// Loads a tokenizer.json. Throws runtime_error naming the file if it is missing, not JSON, or of
   /// another kind (WordPiece, Unigram, ... or a pipeline step listed above as unsupported).
   static tokenizer from_file(const std::string& path);
-  /// Loads `<dir>/tokenizer.json`.
+  /// Loads `<dir>/tokenizer.json`. When `<dir>/config.json` is an lmms-lab LLaVA-OneVision config
+  /// (model_type "llava" / "llava_qwen", config.hpp) and the file has no "<image>" / "<video>" token
+  /// (LLaVA-NeXT splices its image marker into the ids in code; the lmms-lab tokenizer is Qwen2's),
+  /// both are added as special tokens at the config's image_token_index / video_token_index, as
+  /// transformers' convert_llava_onevision_weights_to_hf.py adds them (151646 / 151647 for Qwen2).
+  /// Throws runtime_error naming the file if such an id is already another token's.
   static tokenizer from_directory(const std::string& dir);
 
   /// Token ids of `text` (UTF-8). Special and other added tokens in the text are recognised.
@@ -84,6 +89,8 @@ class tokenizer {
 
  private:
   struct impl;
+  /// from_file, with `extra` added tokens appended unless a token of the same content exists.
+  static tokenizer load(const std::string& path, const std::vector<added_token>& extra);
   explicit tokenizer(std::shared_ptr<const impl> p) : impl_(std::move(p)) {}
   std::shared_ptr<const impl> impl_;
 };
