@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages consr's build, tests, examples and pipeline need (Debian 12).
+# libgloo-dev: the headers of LibTorch's c10d Gloo process group (data-parallel pipeline runs).
 # libopenblas-dev: Debian's LibTorch calls libblas.so.3; without OpenBLAS that is the reference
 # BLAS (~1.5 GFLOP/s), which would make every LibTorch baseline and model test needlessly slow.
 # Skips apt entirely when everything is already installed. Needs root (or sudo).
@@ -9,6 +10,7 @@ packages=(
   catch2 libbenchmark-dev libeigen3-dev libxtensor-dev libxsimd-dev xtl-dev
   libtorch-dev libopenblas-dev python3 python3-torch python3-numpy
   nlohmann-json3-dev libstb-dev libpcre2-dev libutf8proc-dev libcli11-dev python3-matplotlib libjpeg62-turbo-dev libpng-dev
+  libgloo-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -124,7 +124,7 @@ std::pair<double, std::string> attention_memory_limit(const options& o) {
 void run_context::prepare() {
   validate_options(o);
   try {
-    (void)cr::parse_device(o.device, "--device");
+    (void)cr::parse_device(device(), "--device");
   } catch (const cr::runtime_error& e) {
     fail(e.what());
   }
@@ -200,11 +200,25 @@ void run_context::prepare() {
   model_identity["dtype"] = o.dtype;
   model_identity["device"] = o.device;
 
+  // Rank 0 creates and locks the output directory; the other ranks find it there after the barrier
+  // (every rank must see the same --out: one machine, or a shared file system).
   const fs::path out = fs::absolute(o.output_dir).lexically_normal();
-  fs::create_directories(out, ec);
-  if (!fs::is_directory(out, ec)) fail("argument '--out': cannot create directory '" + o.output_dir + "'");
-  lock = output_lock(out);  // a second run on the same --out stops here, naming the holder
+  if (is_root()) {
+    fs::create_directories(out, ec);
+    if (!fs::is_directory(out, ec)) fail("argument '--out': cannot create directory '" + o.output_dir + "'");
+    lock = output_lock(out);  // a second run on the same --out stops here, naming the holder
+  }
+  if (dist) dist->barrier("waiting for rank 0 to create and lock --out");
+  if (!is_root() && !fs::is_regular_file(out / lock_file_name, ec))
+    fail("argument '--out': rank " + std::to_string(dist->rank()) + " does not see '" + out.string() +
+         "/" + lock_file_name + "' that rank 0 created: every rank must see the same --out (one machine or a shared "
+         "file system)");
   store = artefact_store(out);
+}
+
+std::string run_context::device() const {
+  if (o.device == "cuda" && dist && dist->size() > 1) return "cuda:" + std::to_string(dist->env().local_rank);
+  return o.device;
 }
 
 // ---- the model ------------------------------------------------------------------------------------------
@@ -213,7 +227,7 @@ model_context& run_context::model() {
   if (model_.model) return model_;
   const auto t0 = clock_type::now();
   const torch::Dtype dtype = o.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-  model_.model = cr::load_model(model_dir, torch::TensorOptions().dtype(dtype).device(torch::Device(o.device)));
+  model_.model = cr::load_model(model_dir, torch::TensorOptions().dtype(dtype).device(torch::Device(device())));
   model_.model->eval();
   model_.tok = *tok_;
   model_.format = cr::parse_chat_format(model_.model->config().model_type);

@@ -20,6 +20,7 @@
 
 #include "artefacts.hpp"
 #include "consr_runtime/chat_template.hpp"
+#include "consr_runtime/distributed.hpp"
 #include "consr_runtime/generation.hpp"
 #include "consr_runtime/models.hpp"
 #include "consr_runtime/processors.hpp"
@@ -113,6 +114,10 @@ class run_context {
 
   const options& o;
   std::ostream& log;
+  /// The ranks of a data-parallel run (a group of one without a launcher): rank 0 owns the output
+  /// directory (creates, locks and writes the artefacts); every rank computes its share of the
+  /// items and checkpoints it (docs/distributed.md).
+  std::shared_ptr<cr::process_group> dist;
   std::string model_dir, model_type;
   std::unique_ptr<cr::image_processor> processor;
   std::vector<item> items;
@@ -122,6 +127,10 @@ class run_context {
 
   /// The model and tokenizer, loaded on first use.
   model_context& model();
+  /// The device this rank computes on: --device, with a bare "cuda" made "cuda:<LOCAL_RANK>" when
+  /// several ranks run.
+  std::string device() const;
+  bool is_root() const { return !dist || dist->is_root(); }
   /// The tokenizer alone (read and checked by prepare; the write stage re-tokenizes with it).
   const cr::tokenizer& tokenizer() const { return *tok_; }
 

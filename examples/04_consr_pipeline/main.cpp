@@ -6,12 +6,43 @@
 //
 // Without arguments it runs the embedded default input (three test images) on the tiny Qwen2.5-VL
 // fixture with the demo profile. Exit status 0 on success, 1 on any error (printed as "error: ...").
+#include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <c10/util/Exception.h>
 
+#include "consr_runtime/distributed.hpp"
 #include "pipeline.hpp"
+
+namespace {
+
+// "rank R: " in a data-parallel run (every rank prints its own error), "" otherwise.
+std::string rank_prefix() {
+  const char* rank = std::getenv("RANK");
+  const char* world = std::getenv("WORLD_SIZE");
+  if (!rank || !world || std::string(world) == "1") return "";
+  return std::string("rank ") + rank + ": ";
+}
+
+// The command line without --nproc (for the ranks --nproc starts).
+std::vector<std::string> without_nproc(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int k = 0; k < argc; ++k) {
+    const std::string a = argv[k];
+    if (a == "--nproc") {
+      ++k;
+      continue;
+    }
+    if (a.rfind("--nproc=", 0) == 0) continue;
+    args.push_back(a);
+  }
+  return args;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   try {
@@ -21,14 +52,23 @@ int main(int argc, char** argv) {
       std::cout << consr_pipeline::usage(argv[0]);
       return 0;
     }
+    if (o.nproc > 1) {
+      // consr's own launcher: o.nproc local ranks of this same command (as torchrun would start them).
+      if (consr_runtime::read_dist_env().world_size > 1)
+        throw consr_pipeline::pipeline_error(
+            "consr_pipeline: argument '--nproc': not under a launcher that already set RANK / WORLD_SIZE (torchrun, "
+            "srun); leave --nproc at 1 there");
+      std::cout.flush();
+      return consr_runtime::launch_local(static_cast<int>(o.nproc), without_nproc(argc, argv), std::cerr) == 0 ? 0 : 1;
+    }
     consr_pipeline::run_pipeline(o, std::cout);
     return 0;
   } catch (const c10::Error& e) {
     std::cout.flush();
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    std::cerr << "error: " << rank_prefix() << e.what_without_backtrace() << "\n";
   } catch (const std::exception& e) {
     std::cout.flush();
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << rank_prefix() << e.what() << "\n";
   }
   return 1;
 }

@@ -137,6 +137,9 @@ void validate_options(const options& o) {
   require(std::isfinite(o.memory_limit_gb) && o.memory_limit_gb >= 0, "--memory-limit-gb",
           "must be finite and >= 0 (0 = physical memory on cpu), got " + number_string(o.memory_limit_gb));
   require_one_of(o.lora_naming, lora_naming_names(), "--lora-naming");
+  require(o.nproc >= 1 && o.nproc <= 1024, "--nproc", "must be in [1, 1024], got " + std::to_string(o.nproc));
+  require(std::isfinite(o.dist_timeout) && o.dist_timeout > 0, "--dist-timeout",
+          "must be finite and > 0 seconds, got " + number_string(o.dist_timeout));
   require(o.description_max_new_tokens >= 1, "--description-max-new-tokens",
           "must be >= 1, got " + std::to_string(o.description_max_new_tokens));
   require(std::isfinite(o.description_temperature) && o.description_temperature >= 0, "--description-temperature",
@@ -318,6 +321,8 @@ const std::vector<value_option>& value_options() {
       integer("--image-max-pixels", &options::image_max_pixels),
       integer("--image-min-pixels", &options::image_min_pixels),
       real("--memory-limit-gb", &options::memory_limit_gb),
+      integer("--nproc", &options::nproc),
+      real("--dist-timeout", &options::dist_timeout),
       integer("--description-max-new-tokens", &options::description_max_new_tokens),
       real("--description-temperature", &options::description_temperature),
       integer("--num-sampled", &options::num_sampled),
@@ -455,6 +460,9 @@ std::string usage(const std::string& program) {
      << "  --dtype float32|bfloat16   --device cpu|cuda[:n]\n"
      << "  --image-max-pixels N  --image-min-pixels N   Qwen2.5-VL resize bounds (default: preprocessor_config.json)\n"
      << "  --memory-limit-gb G   refuse an image whose eager attention needs more (default 0: physical memory on cpu)\n"
+     << "data parallel (docs/distributed.md):\n"
+     << "  --nproc N           start N local ranks (consr's launcher; or run under torchrun / srun, which set RANK...)\n"
+     << "  --dist-timeout S    seconds a rank waits for the others in a collective (1800)\n"
      << "describe / candidates:\n"
      << "  --description-max-new-tokens N (512; demo 24)  --description-temperature T (0 = greedy)\n"
      << "  --num-sampled N (5) --num-revised N (5) --num-noisy N (5)  --temperature T (1.2)  --top-p P (1)\n"
@@ -471,7 +479,7 @@ std::string usage(const std::string& program) {
      << "train:\n"
      << "  --lora-rank R (128; demo 8)  --lora-alpha A (256; demo 16)  --lora-targets q_proj,k_proj,...\n"
      << "  --lr LR (2e-7; demo 1e-3)  --weight-decay W (0)  --epochs E (1; demo 3)  --max-steps N (0 = all)\n"
-     << "  --batch-size B (1)  --loss consr|standard  --beta B (0.1)  --no-length-normalize  --no-visual-weights\n"
+     << "  --batch-size B (1 per rank)  --loss consr|standard  --beta B (0.1)  --no-length-normalize  --no-visual-weights\n"
      << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --scale-by-beta\n"
      << "  --lora-naming transformers5|checkpoint (transformers5: what PEFT loads on transformers 5; checkpoint: legacy)\n"
      << "  --lr-schedule cosine|constant (cosine)  --warmup-ratio R (0.1)  --max-grad-norm G (1; 0 = off)\n"

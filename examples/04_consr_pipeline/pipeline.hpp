@@ -89,6 +89,14 @@ struct options {
   /// machine's physical memory on --device cpu, no limit on cuda.
   double memory_limit_gb = 0.0;
 
+  // ---- data parallel (docs/distributed.md) ---------------------------------------------------------
+  /// Ranks to start on this machine with consr's own launcher (main.cpp; 1 = this process only).
+  /// Under torchrun / srun the launcher's environment decides and --nproc must stay 1.
+  std::int64_t nproc = 1;
+  /// Seconds a collective (rendezvous, barrier, all-reduce) waits for the other ranks before this
+  /// rank gives up with an error (torch.distributed's default: 30 min).
+  double dist_timeout = 1800.0;
+
   // ---- 1. describe -------------------------------------------------------------------------------
   std::int64_t description_max_new_tokens = 512;
   double description_temperature = 0.0;  ///< 0 = greedy (the paper does not say; decision, docs)
@@ -133,7 +141,9 @@ struct options {
   double weight_decay = 0.0;
   std::int64_t epochs = 1;
   std::int64_t max_steps = 0;   ///< 0: no limit (epochs decide)
-  std::int64_t batch_size = 1;  ///< pairs per optimizer step (paper: 1 LLaVA-OV, 2 Qwen2.5-VL)
+  /// Pairs per optimizer step and rank (paper: 1 LLaVA-OV, 2 Qwen2.5-VL); the global batch is
+  /// ranks × batch_size, so 2 ranks × 1 train as 1 rank × 2.
+  std::int64_t batch_size = 1;
   std::string loss_type = "consr";  ///< consr (eq. 14) | standard (eq. 7)
   double beta = 0.1;
   bool length_normalize = true;

@@ -108,20 +108,18 @@ std::string candidates(run_context& ctx, const stage_run& run) {
   const options& o = ctx.o;
   ctx.model();
   const std::map<std::string, std::string> desc = ctx.descriptions();
-  json list = json::array();
   std::size_t resumed = 0, total = 0, unusable = 0;
-  for (std::size_t i = 0; i < ctx.items.size(); ++i) {
-    json result;
-    if (auto done = run.load_partial(i)) {
-      result = *done;
-      ++resumed;
-    } else {
-      const auto t0 = clock_type::now();
-      result = item_candidates(ctx, i, desc);
-      run.save_partial(i, result);
-      ctx.log << "  item " << (i + 1) << "/" << ctx.items.size() << " '" << ctx.items[i].id
-              << "': " << result["candidates"].size() << " candidates in " << fixed(seconds_since(t0), 2) << " s\n";
-    }
+  const auto one = [&](std::size_t i) {
+    const auto t0 = clock_type::now();
+    json result = item_candidates(ctx, i, desc);
+    ctx.log << "  item " << (i + 1) << "/" << ctx.items.size() << " '" << ctx.items[i].id
+            << "': " << result["candidates"].size() << " candidates in " << fixed(seconds_since(t0), 2) << " s\n";
+    return result;
+  };
+  const std::optional<std::vector<json>> all = run_items(ctx, run, ctx.items.size(), one, resumed);
+  if (!all) return "rank " + std::to_string(ctx.dist->rank()) + "'s share done";
+  json list = json::array();
+  for (const json& result : *all) {
     for (const auto& c : result["candidates"]) {
       ++total;
       if (!c["usable"].get<bool>()) ++unusable;

@@ -24,14 +24,8 @@ std::string describe(run_context& ctx, const stage_run& run) {
   const options& o = ctx.o;
   model_context& m = ctx.model();
   const std::vector<std::string> images = ctx.unique_images();
-  json list = json::array();
   std::size_t resumed = 0;
-  for (std::size_t i = 0; i < images.size(); ++i) {
-    if (auto done = run.load_partial(i)) {
-      list.push_back(*done);
-      ++resumed;
-      continue;
-    }
+  const auto one = [&](std::size_t i) {
     const auto t0 = clock_type::now();
     const normalized_image image = ctx.normalize(images[i]);
     std::int64_t tokens = 0;
@@ -47,11 +41,14 @@ std::string describe(run_context& ctx, const stage_run& run) {
     d["text"] = trim(m.tok->decode(g.token_ids, /*skip_special=*/true));
     d["token_ids"] = g.token_ids;
     d["finish_reason"] = finish_name(g.reason);
-    run.save_partial(i, d);
     ctx.log << "  image " << (i + 1) << "/" << images.size() << ": " << g.token_ids.size() << " tokens in "
             << fixed(seconds_since(t0), 2) << " s\n";
-    list.push_back(d);
-  }
+    return d;
+  };
+  const std::optional<std::vector<json>> all = run_items(ctx, run, images.size(), one, resumed);
+  if (!all) return "rank " + std::to_string(ctx.dist->rank()) + "'s share done";
+  json list = json::array();
+  for (const json& d : *all) list.push_back(d);
   json out = run.header();
   out["descriptions"] = list;
   ctx.store.write(files::descriptions, out);

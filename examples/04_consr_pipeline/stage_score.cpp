@@ -142,23 +142,20 @@ std::string score(run_context& ctx, const stage_run& run) {
   const json cand_doc = ctx.store.read(files::candidates);
   const json& cand_items = cand_doc.at("items");
   if (cand_items.size() != items.size()) fail("artefact 'candidates.json' does not match the input items");
-  std::vector<json> per_item(items.size());
   std::size_t resumed = 0;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if (auto done = run.load_partial(i)) {
-      per_item[i] = *done;
-      ++resumed;
-      continue;
-    }
+  const auto one = [&](std::size_t i) {
     ctx.model();
     const auto t0 = clock_type::now();
-    per_item[i] = score_item(ctx, i, cand_items[i].at("candidates"), desc);
-    run.save_partial(i, per_item[i]);
+    json result = score_item(ctx, i, cand_items[i].at("candidates"), desc);
     std::size_t scored = 0;
     for (const auto& c : cand_items[i].at("candidates")) scored += c.at("usable").get<bool>() ? 1 : 0;
     ctx.log << "  item " << (i + 1) << "/" << items.size() << " '" << items[i].id << "': " << scored
             << " candidates x 3 conditions in " << fixed(seconds_since(t0), 2) << " s\n";
-  }
+    return result;
+  };
+  const std::optional<std::vector<json>> all = run_items(ctx, run, items.size(), one, resumed);
+  if (!all) return "rank " + std::to_string(ctx.dist->rank()) + "'s share done";
+  const std::vector<json>& per_item = *all;
 
   // Pack every candidate's token log-probs (an unusable one as an empty segment, so it gets NaN and
   // is listed by the reward report) and let consr compute eqs. 1-6 and select the pairs (spec §6).

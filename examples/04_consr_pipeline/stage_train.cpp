@@ -29,7 +29,8 @@ json train_settings(const run_context& ctx) {
   j["weight_decay"] = o.weight_decay;
   j["epochs"] = o.epochs;
   j["max_steps"] = o.max_steps;
-  j["batch_size"] = o.batch_size;
+  // The global batch (ranks × per-rank batch): 2 ranks × 1 and 1 rank × 2 train the same steps.
+  j["batch_size"] = o.batch_size * ctx.dist->size();
   j["schedule"] = {{"lr_schedule", o.lr_schedule}, {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm}};
   if (!o.validation_report.empty())
     j["validation"] = {{"report", fnv1a_hex(read_file(o.validation_report, "--validation-report"))},
@@ -191,16 +192,40 @@ std::array<double, lt::dpo_metric_count> metric_row(const lt::dpo_result& res) {
   return row;
 }
 
-std::vector<std::array<double, lt::dpo_metric_count>> evaluate(run_context& ctx, std::vector<train_pair>& pairs) {
+using metric_rows = std::vector<std::array<double, lt::dpo_metric_count>>;
+
+// Data parallel: pair j is computed by rank j % ranks.
+bool mine(const run_context& ctx, std::size_t j) {
+  return j % static_cast<std::size_t>(ctx.dist->size()) == static_cast<std::size_t>(ctx.dist->rank());
+}
+
+// Rows that each rank filled for its own pairs (zeros elsewhere), summed over the ranks: every rank
+// ends with every row, exactly (x + 0 = x).
+void share_rows(run_context& ctx, metric_rows& rows, const std::string& what) {
+  if (ctx.dist->size() == 1 || rows.empty()) return;
+  const auto n = static_cast<std::int64_t>(rows.size());
+  std::vector<torch::Tensor> t{torch::empty({n, lt::dpo_metric_count}, torch::kFloat64)};
+  auto a = t[0].accessor<double, 2>();
+  for (std::int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < lt::dpo_metric_count; ++k) a[i][k] = rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)];
+  ctx.dist->all_reduce_sum(t, what);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < lt::dpo_metric_count; ++k) rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)] = a[i][k];
+}
+
+metric_rows evaluate(run_context& ctx, std::vector<train_pair>& pairs, const std::string& what) {
   const options& o = ctx.o;
   model_context& m = ctx.model();
   torch::NoGradGuard no_grad;
-  std::vector<std::array<double, lt::dpo_metric_count>> rows;
-  for (auto& p : pairs) {
+  metric_rows rows(pairs.size());
+  for (std::size_t j = 0; j < pairs.size(); ++j) {
+    if (!mine(ctx, j)) continue;
+    train_pair& p = pairs[j];
     const cr::prompt_input prompt = train_prompt(ctx, p);
     auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
-    rows.push_back(metric_row(pair_loss(o, p, lp[0], lp[1])));
+    rows[j] = metric_row(pair_loss(o, p, lp[0], lp[1]));
   }
+  share_rows(ctx, rows, what);
   return rows;
 }
 
@@ -231,24 +256,38 @@ std::string train(run_context& ctx, const stage_run& run) {
   lora.seed = o.seed;
   const std::vector<std::string> wrapped = cr::apply_lora(*m.model, lora);
   cr::mark_only_lora_trainable(*m.model);
+  // Every rank starts from rank 0's LoRA factors (the seeded init is the same everywhere already;
+  // the broadcast makes it so whatever the rank's RNG did).
+  std::vector<torch::Tensor> params = cr::lora_parameters(*m.model);
+  ctx.dist->broadcast(params, "stage 'train': LoRA parameters from rank 0");
 
-  // Reference = the policy at LoRA init (B = 0: the base model), precomputed without gradient.
+  // Reference = the policy at LoRA init (B = 0: the base model), precomputed without gradient,
+  // each rank its share of the pairs, then summed so every rank holds all of them.
   {
     torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> shared;
     for (auto* set : {&pairs, &val_pairs})
-      for (auto& p : *set) {
-        const cr::prompt_input prompt = train_prompt(ctx, p);
-        auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
-        p.chosen_reference = lp[0].clone();
-        p.rejected_reference = lp[1].clone();
+      for (std::size_t j = 0; j < set->size(); ++j) {
+        train_pair& p = (*set)[j];
+        if (mine(ctx, j)) {
+          const cr::prompt_input prompt = train_prompt(ctx, p);
+          auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
+          p.chosen_reference = lp[0].clone();
+          p.rejected_reference = lp[1].clone();
+        } else {
+          p.chosen_reference = torch::zeros({static_cast<std::int64_t>(p.chosen.size())}, torch::kFloat32);
+          p.rejected_reference = torch::zeros({static_cast<std::int64_t>(p.rejected.size())}, torch::kFloat32);
+        }
+        shared.push_back(p.chosen_reference);
+        shared.push_back(p.rejected_reference);
       }
+    if (ctx.dist->size() > 1) ctx.dist->all_reduce_sum(shared, "stage 'train': reference log-probs");
   }
   std::vector<std::array<double, lt::dpo_metric_count>> initial;
   for (auto& p : pairs) initial.push_back(metric_row(pair_loss(o, p, p.chosen_reference, p.rejected_reference)));
 
   // AdamW on fp32 master copies of the LoRA factors: with bf16 parameters an update of lr·O(1) =
   // 2e-7 would round away against weights of magnitude > 1e-4.
-  std::vector<torch::Tensor> params = cr::lora_parameters(*m.model);
   std::vector<torch::Tensor> masters;
   const bool use_masters = m.model->dtype() != torch::kFloat32;
   for (auto& p : params) {
@@ -258,11 +297,16 @@ std::string train(run_context& ctx, const stage_run& run) {
                                 torch::optim::AdamWOptions(o.learning_rate).weight_decay(o.weight_decay));
 
   const std::int64_t num_pairs = static_cast<std::int64_t>(pairs.size());
-  const std::int64_t steps_per_epoch = (num_pairs + o.batch_size - 1) / o.batch_size;
+  // Data parallel: a step takes ranks × batch_size pairs; rank r the r-th batch_size of them.
+  const std::int64_t ranks = ctx.dist->size();
+  const std::int64_t global_batch = ranks * o.batch_size;
+  const std::int64_t steps_per_epoch = (num_pairs + global_batch - 1) / global_batch;
   std::int64_t total_steps = steps_per_epoch * o.epochs;
   if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
   ctx.log << "  LoRA rank " << o.lora_rank << ", alpha " << o.lora_alpha << " on " << wrapped.size()
-          << " linear layers; " << num_pairs << " pair(s), batch " << o.batch_size << ", " << total_steps
+          << " linear layers; " << num_pairs << " pair(s), batch " << global_batch
+          << (ranks > 1 ? " (" + std::to_string(ranks) + " ranks x " + std::to_string(o.batch_size) + ")" : std::string())
+          << ", " << total_steps
           << " step(s), AdamW lr " << o.learning_rate << " (" << o.lr_schedule << ", warmup " << o.warmup_ratio
           << ", max grad norm " << o.max_grad_norm << "), loss " << o.loss_type << " (beta " << o.beta << ")"
           << (val_pairs.empty() ? "" : "; " + std::to_string(val_pairs.size()) + " validation pair(s)") << "\n";
@@ -274,7 +318,7 @@ std::string train(run_context& ctx, const stage_run& run) {
   std::vector<torch::Tensor> best_params;
   const auto validate = [&](std::int64_t epoch, std::int64_t at_step) {
     if (val_pairs.empty()) return;
-    json v = metric_means(evaluate(ctx, val_pairs));
+    json v = metric_means(evaluate(ctx, val_pairs, "stage 'train': validation after epoch " + std::to_string(epoch)));
     v["epoch"] = epoch;
     v["step"] = at_step;
     const double loss = v["dpo_loss"].get<double>();
@@ -304,27 +348,42 @@ std::string train(run_context& ctx, const stage_run& run) {
       const double u = cr::counter_uniform(o.seed, shuffle_stream(epoch), i);
       std::swap(order[i - 1], order[std::min(i - 1, static_cast<std::size_t>(u * static_cast<double>(i)))]);
     }
-    for (std::int64_t start = 0; start < num_pairs && step < total_steps; start += o.batch_size, ++step) {
-      const std::int64_t end = std::min(num_pairs, start + o.batch_size);
+    for (std::int64_t start = 0; start < num_pairs && step < total_steps; start += global_batch, ++step) {
+      const std::int64_t end = std::min(num_pairs, start + global_batch);
+      const std::int64_t my_begin = std::min(end, start + ctx.dist->rank() * o.batch_size);
+      const std::int64_t my_end = std::min(end, my_begin + o.batch_size);
       optimizer.zero_grad();
       for (auto& p : params)
         if (p.grad().defined()) p.mutable_grad().zero_();
-      std::vector<std::array<double, lt::dpo_metric_count>> rows;
+      metric_rows rows(static_cast<std::size_t>(end - start));
       json batch = json::array();
-      for (std::int64_t k = start; k < end; ++k) {
+      for (std::int64_t k = start; k < end; ++k) batch.push_back(order[static_cast<std::size_t>(k)]);
+      for (std::int64_t k = my_begin; k < my_end; ++k) {
         train_pair& p = pairs[order[static_cast<std::size_t>(k)]];
         const cr::prompt_input prompt = train_prompt(ctx, p);
         auto lp = response_logprobs(m, prompt, {p.chosen, p.rejected});
         lt::dpo_result res = pair_loss(o, p, lp[0], lp[1]);
-        // Mean over the batch, accumulated one pair at a time (one pair's activations in memory).
+        // Mean over the global batch, accumulated one pair at a time (one pair's activations in
+        // memory); the ranks' sums are added by the all-reduce below.
         (res.loss / static_cast<double>(end - start)).backward();
-        rows.push_back(metric_row(res));
-        batch.push_back(order[static_cast<std::size_t>(k)]);
+        rows[static_cast<std::size_t>(k - start)] = metric_row(res);
       }
       if (use_masters) {
         for (std::size_t k = 0; k < params.size(); ++k)
           masters[k].mutable_grad() = params[k].grad().defined() ? params[k].grad().to(torch::kFloat32)
                                                                  : torch::zeros_like(masters[k]);
+      }
+      if (ranks > 1) {
+        // DDP: the gradients summed over the ranks (bucketed), so every rank takes the same step.
+        std::vector<torch::Tensor>& trained = use_masters ? masters : params;
+        std::vector<torch::Tensor> grads;
+        for (auto& t : trained) {
+          if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
+          grads.push_back(t.mutable_grad());
+        }
+        const std::string at = "stage 'train': step " + std::to_string(step + 1);
+        ctx.dist->all_reduce_sum(grads, at + " gradient all-reduce");
+        share_rows(ctx, rows, at + " metrics");
       }
       // Gradient-norm clipping over every LoRA factor, then the scheduled learning rate.
       double grad_norm = std::nan("");
@@ -378,7 +437,8 @@ std::string train(run_context& ctx, const stage_run& run) {
     for (const char* k : {"loss", "dpo_loss", "reward_margin"})
       if (!std::isfinite(s[k].get<double>())) fail("stage 'train': step " + std::to_string(s["step"].get<int>()) + ": " + k + " is not finite");
 
-  const auto final_rows = evaluate(ctx, pairs);
+  const auto final_rows = evaluate(ctx, pairs, "stage 'train': final evaluation");
+  if (!ctx.is_root()) return "rank " + std::to_string(ctx.dist->rank()) + "'s share done";
   json fin = metric_means(final_rows);
   json per_pair = json::array();
   for (const auto& row : final_rows) {

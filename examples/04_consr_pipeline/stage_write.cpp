@@ -195,7 +195,8 @@ const stage_definition& write_stage() {
                                   files::report,
                                   {files::llamafactory_data, files::llamafactory_info, files::llava},
                                   write_settings,
-                                  write};
+                                  write,
+                                  /*every_rank=*/false};
   return s;
 }
 

@@ -7,6 +7,8 @@
 // ones; a new stage (e.g. `evaluate`) is a new enumerator, a new file and one line in the registry.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,15 @@ struct stage_run {
   json header() const { return artefact_store::header(which, fp); }
 };
 
+/// The per-item loop of stages 1-3 over `n` items (or images), data parallel: this rank computes
+/// `work(i)` for its share (i % ranks == rank), skipping the items whose checkpoint is valid, and
+/// checkpoints each result under partial/; then every rank waits for the others and rank 0 reads the
+/// n results back in order. Returns them on rank 0 and nothing on the other ranks (whose stage ends
+/// there). A result does not depend on the rank that computed it: the random keys are per item.
+/// `resumed` counts this rank's items that came from a checkpoint.
+std::optional<std::vector<json>> run_items(run_context& ctx, const stage_run& run, std::size_t n,
+                                           const std::function<json(std::size_t)>& work, std::size_t& resumed);
+
 struct stage_definition {
   stage which;
   const char* artefact;                    ///< main artefact (carries settings_fnv1a)
@@ -36,6 +47,9 @@ struct stage_definition {
   json (*settings)(const run_context& ctx);
   /// The work; returns the one-line summary.
   std::string (*run)(run_context& ctx, const stage_run& r);
+  /// Whether every rank runs it (its items shared out with run_items, or data-parallel training);
+  /// false: rank 0 alone (the others wait).
+  bool every_rank = true;
 };
 
 const stage_definition& describe_stage();
