@@ -34,6 +34,7 @@
 #endif
 
 #include "../host/test_util.hpp"
+#include "../test_files.hpp"
 
 namespace {
 
@@ -49,19 +50,8 @@ const std::string qwen_dir = (fixtures / "models" / "qwen2_5_vl_tiny").string();
 const std::string llava_dir = (fixtures / "models" / "llava_onevision_tiny").string();
 const std::string world_file = (data / "world_small.jsonl").string();
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << text;
-}
+using consr_test_files::slurp;
+using consr_test_files::write_text;
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path d = out_root / name;
