@@ -9,6 +9,7 @@
 //              [--device cpu|cuda[:n]] ...   (--help lists every option)
 //
 // Exit status 0 on success, 1 on any error (printed as "error: consr_eval: argument '--x': ...").
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -31,6 +32,7 @@
 
 #include "consr_eval/answers.hpp"
 #include "consr_runtime/device.hpp"
+#include "consr_runtime/distributed.hpp"
 #include "consr_runtime/error.hpp"
 #include "consr_eval/error.hpp"
 #include "consr_eval/questions.hpp"
@@ -54,6 +56,8 @@ struct cli_options {
   std::int64_t image_max_pixels = 0, image_min_pixels = 0;
   std::size_t feature_cache_images = 64;
   bool quiet = false;
+  int nproc = 1;               // consr's local launcher (main)
+  double dist_timeout = 1800;  // seconds a rank waits for the others
 };
 
 class cli_error : public std::runtime_error {
@@ -192,10 +196,31 @@ int run(const cli_options& o) {
     if (consr_evaluate::have_scorer() && !(base.is_object() && base.contains("items") && base["items"].is_array()))
       fail("--compare", "'" + o.compare + "' has no 'items' array (expected an eval.json written by consr_eval)");
   }
-  prepare_output(o.out, "--out");
-  prepare_output(o.answers, "--answers");
+  // Data parallel (docs/distributed.md): the questions of image k go to rank k mod ranks (so an
+  // image's questions still share a batch and its features are computed once); rank 0 gathers the
+  // answers in question order, scores them and writes the files.
+  if (!(o.dist_timeout > 0)) fail("--dist-timeout", "must be > 0 seconds");
+  const consr_runtime::dist_env env = consr_runtime::read_dist_env();
+  const std::shared_ptr<consr_runtime::process_group> dist = consr_runtime::process_group::connect(
+      env, std::chrono::milliseconds(static_cast<std::int64_t>(o.dist_timeout * 1000.0)));
+  if (dist->size() > 1 && o.device == "cuda") mo.device = consr_runtime::parse_device("cuda:" + std::to_string(env.local_rank), "--device");
+  if (dist->is_root()) {
+    prepare_output(o.out, "--out");
+    prepare_output(o.answers, "--answers");
+  }
+  std::vector<std::size_t> mine;  // indices into set.questions
+  {
+    std::map<std::string, std::size_t> image_index;
+    for (std::size_t i = 0; i < set.questions.size(); ++i) {
+      const std::size_t k = image_index.emplace(set.questions[i].image, image_index.size()).first->second;
+      if (k % static_cast<std::size_t>(dist->size()) == static_cast<std::size_t>(dist->rank())) mine.push_back(i);
+    }
+  }
+  std::vector<consr_eval::question> my_questions;
+  for (std::size_t i : mine) my_questions.push_back(set.questions[i]);
 
-  std::ostream& log = std::cerr;
+  std::ostringstream discard;
+  std::ostream& log = dist->is_root() ? std::cerr : discard;
   const auto t0 = clock_type::now();
   std::optional<consr_eval::answer_generator> gen;
   try {
@@ -211,15 +236,51 @@ int run(const cli_options& o) {
   log << "; loaded in " << load_s << " s\n"
       << "questions: " << set.path << " (" << consr_eval::to_string(set.format) << ", " << set.questions.size() << ")\n";
 
+  if (dist->size() > 1)
+    log << "ranks: " << dist->size() << " (" << env.source << ", c10d Gloo); questions shared out by image\n";
   consr_eval::progress_options p;
-  if (!o.quiet) p.stream = &std::cerr;
+  if (!o.quiet && dist->is_root()) p.stream = &std::cerr;
   std::vector<consr_eval::answer> answers;
   try {
-    answers = gen->generate(set.questions, g, p);
+    answers = gen->generate(my_questions, g, p);
   } catch (const std::exception& e) {
     rethrow_for_flags(e, flags, "--questions");
   }
-  const consr_eval::generation_stats& st = gen->last_stats();
+  consr_eval::generation_stats st = gen->last_stats();
+  if (dist->size() > 1) {
+    // Every rank's answers (and timing) as one JSON string each, gathered on every rank.
+    json mine_json = {{"seconds", st.seconds}, {"batches", st.batches}, {"images_encoded", st.images_encoded},
+                      {"generated_tokens", st.generated_tokens}, {"answers", json::array()}};
+    for (std::size_t k = 0; k < answers.size(); ++k)
+      mine_json["answers"].push_back({{"index", mine[k]}, {"id", answers[k].id}, {"text", answers[k].text},
+                                      {"token_ids", answers[k].token_ids}, {"tokens", answers[k].tokens},
+                                      {"reason", static_cast<int>(answers[k].reason)}});
+    const std::vector<std::string> all = dist->all_gather(mine_json.dump(), "consr_eval: gathering the answers");
+    if (!dist->is_root()) return 0;
+    answers.assign(set.questions.size(), consr_eval::answer{});
+    std::vector<bool> seen(set.questions.size(), false);
+    st = consr_eval::generation_stats{};
+    st.questions = set.questions.size();
+    for (const std::string& text : all) {
+      const json r = json::parse(text);
+      st.seconds = std::max(st.seconds, r.at("seconds").get<double>());  // the slowest rank's wall time
+      st.batches += r.at("batches").get<std::size_t>();
+      st.images_encoded += r.at("images_encoded").get<std::size_t>();
+      st.generated_tokens += r.at("generated_tokens").get<std::int64_t>();
+      for (const auto& a : r.at("answers")) {
+        const std::size_t i = a.at("index").get<std::size_t>();
+        consr_eval::answer& x = answers.at(i);
+        x.id = a.at("id").get<std::string>();
+        x.text = a.at("text").get<std::string>();
+        x.token_ids = a.at("token_ids").get<std::vector<std::int64_t>>();
+        x.tokens = a.at("tokens").get<std::int64_t>();
+        x.reason = static_cast<consr_runtime::finish_reason>(a.at("reason").get<int>());
+        seen[i] = true;
+      }
+    }
+    for (std::size_t i = 0; i < seen.size(); ++i)
+      if (!seen[i]) fail("--questions", "internal: question " + std::to_string(i) + " was answered by no rank");
+  }
   if (!o.answers.empty()) consr_eval::write_answers_jsonl(absolute(o.answers), set.questions, answers);
 
   // The metrics (the world library: the one call), then the run's description.
@@ -237,7 +298,7 @@ int run(const cli_options& o) {
                        {"count", set.questions.size()}, {"limit", o.limit}};
   ojson by_type = ojson::object();
   for (const auto& [type, n] : g.max_new_tokens_by_type) by_type[type] = n;
-  eval["generation"] = {{"decoding", "greedy"}, {"batch_size", g.batch_size}, {"max_new_tokens", g.max_new_tokens},
+  eval["generation"] = {{"decoding", "greedy"}, {"ranks", dist->size()}, {"batch_size", g.batch_size}, {"max_new_tokens", g.max_new_tokens},
                         {"max_new_tokens_by_type", by_type}, {"dtype", o.dtype}, {"device", o.device},
                         {"image_max_pixels", o.image_max_pixels}, {"image_min_pixels", o.image_min_pixels}};
   std::int64_t cut = 0;
@@ -309,6 +370,10 @@ int main(int argc, char** argv) {
   app.add_option("--image-min-pixels", o.image_min_pixels, "Qwen2.5-VL min_pixels (0 = the model's)")->capture_default_str();
   app.add_option("--feature-cache", o.feature_cache_images, "images whose vision features are kept")->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress line on stderr");
+  app.add_option("--nproc", o.nproc, "start N local ranks (consr's launcher; or run under torchrun / srun)")
+      ->capture_default_str();
+  app.add_option("--dist-timeout", o.dist_timeout, "seconds a rank waits for the others in a collective")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -318,6 +383,22 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
+    if (o.nproc < 1 || o.nproc > 1024) fail("--nproc", "must be in [1, 1024], got " + std::to_string(o.nproc));
+    if (o.nproc > 1) {
+      if (consr_runtime::read_dist_env().world_size > 1)
+        fail("--nproc", "not under a launcher that already set RANK / WORLD_SIZE (torchrun, srun); leave it at 1 there");
+      std::vector<std::string> args;
+      for (int k = 0; k < argc; ++k) {
+        const std::string a = argv[k];
+        if (a == "--nproc") {
+          ++k;
+          continue;
+        }
+        if (a.rfind("--nproc=", 0) == 0) continue;
+        args.push_back(a);
+      }
+      return consr_runtime::launch_local(o.nproc, args, std::cerr) == 0 ? 0 : 1;
+    }
     return run(o);
   } catch (const c10::Error& e) {
     std::cout.flush();

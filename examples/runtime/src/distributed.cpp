@@ -70,6 +70,7 @@ class single_process_group final : public process_group {
   void barrier(const std::string&) override {}
   void all_reduce_sum(std::vector<torch::Tensor>&, const std::string&, std::int64_t) override {}
   void broadcast(std::vector<torch::Tensor>&, const std::string&) override {}
+  std::vector<std::string> all_gather(const std::string& mine, const std::string&) override { return {mine}; }
 };
 
 #ifdef CONSR_RUNTIME_HAS_GLOO
@@ -177,6 +178,29 @@ class gloo_process_group final : public process_group {
       torch::NoGradGuard no_grad;
       t.copy_(buffer[0]);
     }
+  }
+
+  std::vector<std::string> all_gather(const std::string& mine, const std::string& what) override {
+    // Sizes first (each rank fills its slot, the sum is exact), then the bytes padded to the longest.
+    const auto n = static_cast<std::int64_t>(size());
+    std::vector<torch::Tensor> sizes{torch::zeros({n}, torch::kInt64)};
+    sizes[0][rank()] = static_cast<std::int64_t>(mine.size());
+    all_reduce_sum(sizes, what + " (sizes)", std::int64_t{1} << 20);
+    const std::int64_t longest = std::max<std::int64_t>(1, sizes[0].max().item<std::int64_t>());
+    std::vector<torch::Tensor> input{torch::zeros({longest}, torch::kUInt8)};
+    std::memcpy(input[0].data_ptr<std::uint8_t>(), mine.data(), mine.size());
+    std::vector<std::vector<torch::Tensor>> output(1);
+    for (std::int64_t r = 0; r < n; ++r) output[0].push_back(torch::empty({longest}, torch::kUInt8));
+    try {
+      pg_->allgather(output, input)->wait(timeout());
+    } catch (const std::exception& e) {
+      fail(what, why_of(e));
+    }
+    std::vector<std::string> all;
+    for (std::int64_t r = 0; r < n; ++r)
+      all.emplace_back(reinterpret_cast<const char*>(output[0][static_cast<std::size_t>(r)].data_ptr<std::uint8_t>()),
+                       static_cast<std::size_t>(sizes[0][r].item<std::int64_t>()));
+    return all;
   }
 
  private:

@@ -74,6 +74,8 @@ class process_group {
                               std::int64_t bucket_bytes = std::int64_t{25} << 20) = 0;
   /// Replaces each tensor with rank 0's, in place.
   virtual void broadcast(std::vector<torch::Tensor>& tensors, const std::string& what) = 0;
+  /// Every rank's `mine`, in rank order, on every rank (e.g. results serialized as JSON).
+  virtual std::vector<std::string> all_gather(const std::string& mine, const std::string& what) = 0;
 
  protected:
   process_group(dist_env env, std::chrono::milliseconds timeout) : env_(std::move(env)), timeout_(timeout) {}
