@@ -11,6 +11,8 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include "../test_files.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,13 +43,7 @@ const std::string exe = CONSR_PIPELINE_EXE;
 // Short generations and a few training steps over the embedded default (3 items, 3 pairs).
 const std::string common_args = " --max-new-tokens 12 --description-max-new-tokens 12 --epochs 2";
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
+using consr_test_files::slurp;
 
 struct result {
   int status = -1;
@@ -212,42 +208,29 @@ TEST_CASE("2 ranks write the artefacts of 1 process and train 2 x 1 as 1 x 2", "
   require_same_stage_files(one, two);
   require_same_training(one, two, 1e-6);
 
-  SECTION("torchrun starts the same binary: the same artefacts") {
+  // torchrun (Debian's torchrun 1.13 on Python 3.11 fails to parse its default --redirects/--tee
+  // "0" (enum iteration changed in 3.11); a mapping for a local rank that does not exist parses and
+  // redirects nothing): the same artefacts as 1 process, the same bits as --nproc 2.
+  const auto torchrun_run = [&](const std::string& name, const std::string& rendezvous) {
     const std::string torchrun = torchrun_path();
     if (torchrun.empty()) {
       WARN("skipped: torchrun not installed (Debian: python3-torch)");
       return;
     }
-    const fs::path tr = test_root / "torchrun";
-    // Debian's torchrun 1.13 on Python 3.11 fails to parse its default --redirects/--tee "0" (enum
-    // iteration changed in 3.11); a mapping for a local rank that does not exist parses and
-    // redirects nothing.
-    const result c = pipeline(threads, torchrun + " --standalone --nproc_per_node 2 --redirects 9:1 --tee 9:1 --no_python",
-                              tr, "--batch-size 1", "torchrun");
-    INFO(c.out);
-    INFO(c.err);
-    REQUIRE(c.status == 0);
-    require_same_stage_files(one, tr);
-    require_same_training(two, tr, 0.0);  // the same 2-rank computation: equal bits
-  }
-  SECTION("torchrun's static rendezvous (its agent hosts the TCPStore): the same artefacts") {
-    const std::string torchrun = torchrun_path();
-    if (torchrun.empty()) {
-      WARN("skipped: torchrun not installed (Debian: python3-torch)");
-      return;
-    }
-    const fs::path tr = test_root / "torchrun_static";
-    const std::string port = std::to_string(20000 + ::getpid() % 20000);
-    const result c = pipeline(threads,
-                              torchrun + " --nnodes 1 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port " + port +
-                                  " --redirects 9:1 --tee 9:1 --no_python",
-                              tr, "--batch-size 1", "torchrun_static");
+    const fs::path tr = test_root / name;
+    const result c = pipeline(threads, torchrun + " " + rendezvous + " --nproc_per_node 2 --redirects 9:1 --tee 9:1 --no_python",
+                              tr, "--batch-size 1", name);
     INFO(c.out);
     INFO(c.err);
     REQUIRE(c.status == 0);
     require_same_stage_files(one, tr);
     require_same_training(two, tr, 0.0);
-  }
+  };
+  // Not SECTIONs: Catch would rerun the two runs above for each.
+  torchrun_run("torchrun", "--standalone");  // c10d rendezvous: rank 0 hosts the TCPStore
+  // The static rendezvous: torchrun's agent hosts the TCPStore.
+  torchrun_run("torchrun_static", "--nnodes 1 --master_addr 127.0.0.1 --master_port " +
+                                      std::to_string(20000 + ::getpid() % 20000));
 }
 
 TEST_CASE("a rank that dies or hangs ends the run with one clear line; a rerun resumes", "[distributed][faults]") {

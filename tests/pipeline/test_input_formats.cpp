@@ -9,6 +9,8 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include "../test_files.hpp"
+
 #include <stdlib.h>  // mkdtemp
 
 #include <filesystem>
@@ -32,18 +34,9 @@ using json = nlohmann::json;
 
 const std::string images_dir = std::string(CONSR_FIXTURES_DIR) + "/models/images";
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
+using consr_test_files::slurp;
 
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << text;
-}
+using consr_test_files::write_text;
 
 // RFC 4648 base64 with padding, written here independently of the pipeline's decoder.
 std::string base64(const std::string& bytes) {

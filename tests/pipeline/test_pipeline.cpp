@@ -10,6 +10,8 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include "../test_files.hpp"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/wait.h>
@@ -50,21 +52,11 @@ using json = nlohmann::json;
 const fs::path test_root = CONSR_PIPELINE_TEST_OUT;
 const std::string fixtures = CONSR_FIXTURES_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
+using consr_test_files::slurp;
 
 json load(const fs::path& p) { return json::parse(slurp(p)); }
 
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-}
+using consr_test_files::write_text;
 
 // The demo profile, shortened: 12-token generations, two epochs.
 cp::options tiny_options(const std::string& name) {
