@@ -212,6 +212,32 @@ dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, c
   const bool per_token_reference = s.reference_logp_sum.size() == 0;
   const bool weighted = dpo_uses_weights(o);
   const std::int64_t ignore = o.ignore_index;
+  dpo_side_sums sums;
+  if (!has_labels) {
+    // All scored: |y| is the length; only the sums needed are accumulated, each bit-identical to
+    // its lane of the loop below (a lane_sums sum depends on its own addends and positions only).
+    sums.length = static_cast<index_t>(s.offsets[pair + 1]) - static_cast<index_t>(s.offsets[pair]);
+    if (!weighted && !per_token_reference) {  // Σ a is both sums
+      double r[1];
+      lane_sums<1>(s.offsets[pair], s.offsets[pair + 1], [&](index_t t, double* x) { x[0] = static_cast<double>(s.policy_logp[t]); }, r);
+      sums.log_ratio = r[0] - static_cast<double>(s.reference_logp_sum[pair]);
+      sums.weighted_policy = r[0];
+      return sums;
+    }
+    double r[2];
+    lane_sums<2>(
+        s.offsets[pair], s.offsets[pair + 1],
+        [&](index_t t, double* x) {
+          const double a = static_cast<double>(s.policy_logp[t]);
+          x[0] = per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
+          x[1] = weighted ? static_cast<double>(s.weights[t]) * a : a;
+        },
+        r);
+    sums.log_ratio = r[0];
+    sums.weighted_policy = r[1];
+    if (!per_token_reference) sums.log_ratio -= static_cast<double>(s.reference_logp_sum[pair]);
+    return sums;
+  }
   double r[3];  // Σ (a − a_ref) or Σ a, Σ ω a, |y| (exact in double)
   lane_sums<3>(
       s.offsets[pair], s.offsets[pair + 1],
@@ -225,7 +251,6 @@ dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, c
         x[2] = scored ? 1.0 : 0.0;
       },
       r);
-  dpo_side_sums sums;
   sums.log_ratio = r[0];
   sums.weighted_policy = r[1];
   sums.length = static_cast<index_t>(r[2]);

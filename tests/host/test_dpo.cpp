@@ -253,6 +253,45 @@ TEST_CASE("dpo: forward, metrics and backward (finite differences) for every opt
   CHECK(combos == 192);
 }
 
+TEST_CASE("dpo: without labels the sums are the same bits as with every token labelled scored", "[dpo]") {
+  // Without labels dpo_forward / dpo_backward accumulate only the sums the objective needs (one or
+  // two lanes instead of three); with labels, all three. Each lane's sum must not change.
+  std::mt19937_64 rng(77);
+  batch B = make_batch(rng, 5, false, 41);  // lengths 1..41: full groups of 8 and a partial one
+  batch L = B;
+  L.lab_w.assign(B.a.size(), 17);
+  L.lab_l.assign(B.b.size(), 17);
+  for (int loss = 0; loss < 2; ++loss)
+    for (int vw = 0; vw < 2; ++vw)
+      for (int per_seq = 0; per_seq < 2; ++per_seq) {
+        consr::dpo_options o;
+        o.loss = loss ? consr::dpo_loss_type::consr : consr::dpo_loss_type::standard;
+        o.visual_weights = vw;
+        INFO("loss=" << loss << " visual_weights=" << vw << " per_seq_ref=" << per_seq);
+        const index_t P = B.pairs;
+        std::vector<std::vector<double>> m(2, std::vector<double>(8 * static_cast<std::size_t>(P)));
+        std::vector<double> value(2);
+        std::vector<std::vector<double>> ga(2, std::vector<double>(B.a.size())), gb(2, std::vector<double>(B.b.size()));
+        for (int k = 0; k < 2; ++k) {
+          const batch& X = k == 0 ? B : L;
+          double* d = m[static_cast<std::size_t>(k)].data();
+          consr::dpo_pair_metrics<double> metrics{consr::make_view(d, P),         consr::make_view(d + P, P),
+                                                  consr::make_view(d + 2 * P, P), consr::make_view(d + 3 * P, P),
+                                                  consr::make_view(d + 4 * P, P), consr::make_view(d + 5 * P, P),
+                                                  consr::make_view(d + 6 * P, P), consr::make_view(d + 7 * P, P)};
+          value[static_cast<std::size_t>(k)] = consr::dpo_forward(chosen_of(X, per_seq), rejected_of(X, per_seq), o, metrics);
+          consr::dpo_backward(chosen_of(X, per_seq), rejected_of(X, per_seq), o, 0.7,
+                              consr::make_view(ga[static_cast<std::size_t>(k)].data(), ga[0].size()),
+                              consr::make_view(gb[static_cast<std::size_t>(k)].data(), gb[0].size()));
+        }
+        CHECK(std::isfinite(value[0]));
+        CHECK(value[0] == value[1]);  // exact
+        CHECK(m[0] == m[1]);
+        CHECK(ga[0] == ga[1]);
+        CHECK(gb[0] == gb[1]);
+      }
+}
+
 TEST_CASE("dpo: with scale_by_beta, no length normalization and alpha = 0 the ConSR gradient is the DPO gradient",
           "[dpo]") {
   // Claim checked: bitwise equality (the same floating-point operations).
