@@ -261,7 +261,7 @@ TEST_CASE("config: bad input names the key and the file", "[config]") {
 TEST_CASE("config: a number JSON cannot hold is an error naming the file (fuzz finding)", "[config]") {
   // fuzz_config, build/fuzz/findings/config/crash-f6ad2c27...: nlohmann throws out_of_range (not
   // parse_error) for "1e400", which escaped parse_model_config and terminated the program.
-  for (const std::string text : {std::string(R"({"model_type": "qwen2_5_vl", "hidden_size": 1e400})"),
+  for (const std::string& text : {std::string(R"({"model_type": "qwen2_5_vl", "hidden_size": 1e400})"),
                                  std::string(R"({"image_grid_pinpoints": [[3841e400, 768]]})"),
                                  std::string(R"({"vocab_size": -1e999})")}) {
     INFO(text);
