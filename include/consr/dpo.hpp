@@ -1,6 +1,7 @@
 // consr/dpo.hpp — the DPO objectives of ConSR (spec §7, paper eqs. 7–14):
-// standard DPO, the length-normalized margin, token visual weights and the
-// ConSR surrogate with its stop-gradient, forward and backward on the host.
+// standard DPO, the length-normalized margin and the ConSR surrogate with its
+// stop-gradient, forward and backward on the host (the token visual weights it
+// takes are in visual_weights.hpp, included here).
 //
 // A batch holds P preference pairs. Each side (chosen y_w, rejected y_l) is
 // packed: its per-token policy log-probs with offsets of P + 1 entries (as in
@@ -22,8 +23,10 @@
 #include "detail/enum_names.hpp"
 #include "error.hpp"
 #include "numeric.hpp"
+#include "detail/dpo_host.hpp"
 #include "reductions.hpp"
 #include "view.hpp"
+#include "visual_weights.hpp"  // ω_t of eqs. 12–13, the weights of the ConSR objective
 
 namespace consr {
 
@@ -124,29 +127,6 @@ struct dpo_pair_metrics {
   strided_view<T, 1, Space> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
   strided_view<T, 1, Space> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
   strided_view<T, 1, Space> loss;             ///< the per-pair objective being reduced (L or L')
-};
-
-/// Which side a visual weight belongs to (eq. 13).
-enum class weight_side { chosen, rejected };
-
-namespace detail {
-inline constexpr enum_name<weight_side> weight_side_names[] = {{weight_side::chosen, "chosen"},
-                                                               {weight_side::rejected, "rejected"}};
-}  // namespace detail
-
-/// Name of a side: "chosen" or "rejected".
-inline const char* to_string(weight_side s) noexcept { return detail::name_of(s, detail::weight_side_names); }
-
-/// The weight_side named `name` ("chosen" or "rejected"). Throws consr::error naming 'side' otherwise.
-inline weight_side parse_weight_side(std::string_view name) {
-  return detail::parse_name(name, detail::weight_side_names, "consr::parse_weight_side", "side");
-}
-
-/// Options of visual_weights (eq. 13; paper defaults α = 0.5, ε = 0.2).
-struct visual_weight_options {
-  double alpha = 0.5;    ///< α, finite
-  double clip_lo = 0.0;  ///< lower clip bound, finite, <= clip_hi
-  double clip_hi = 0.2;  ///< upper clip bound ε, finite
 };
 
 namespace detail {
@@ -316,10 +296,86 @@ CONSR_HOST_DEVICE inline dpo_pair_terms dpo_pair_from_sums(const dpo_side_sums& 
   return p;
 }
 
+/// Whether every view of a side that the sums read is contiguous: its pairs then go through the
+/// loops of detail/dpo_host.hpp (the same bits as dpo_side, at least twice as fast).
+template <class T, class Offset, class Label>
+bool dpo_contiguous(const dpo_sequences<T, Offset, Label>& s, const dpo_options& o) noexcept {
+  const auto unit = [](const auto& v) { return v.size() <= 1 || v.stride(0) == 1; };
+  return unit(s.policy_logp) && unit(s.reference_logp) && unit(s.labels) && (!dpo_uses_weights(o) || unit(s.weights));
+}
+
+/// Pair `pair` of a contiguous side, as the loops of detail/dpo_host.hpp read it.
+template <class T, class Offset, class Label>
+dpo_run<T, Label> dpo_run_of(const dpo_sequences<T, Offset, Label>& s, index_t pair, const dpo_options& o) noexcept {
+  const index_t begin = static_cast<index_t>(s.offsets[pair]);
+  dpo_run<T, Label> r;
+  r.logp = s.policy_logp.data() + begin;
+  if (s.reference_logp_sum.size() == 0) r.reference = s.reference_logp.data() + begin;
+  if (dpo_uses_weights(o)) r.weights = s.weights.data() + begin;
+  if (s.labels.size() != 0) r.labels = s.labels.data() + begin;
+  r.length = static_cast<index_t>(s.offsets[pair + 1]) - begin;
+  return r;
+}
+
+/// Calls f(L, R, W, S) with the four flags as std::bool_constant (one instantiation each).
+template <class F>
+CONSR_FORCEINLINE void dpo_with_flags(bool labels, bool reference, bool weights, bool second, F&& f) {
+  const auto split = [](bool v, auto&& g) {
+    if (v) g(std::true_type{});
+    else g(std::false_type{});
+  };
+  split(labels, [&](auto L) {
+    split(reference, [&](auto R) { split(weights, [&](auto W) { split(second, [&](auto S) { f(L, R, W, S); }); }); });
+  });
+}
+
+/// Both sides' sums of pair i: dpo_side's, bit for bit. Contiguous sides run through the
+/// interleaved loops (together when they read the same arrays, else one after the other).
+template <class T, class Offset, class Label>
+void dpo_pair_sums(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                   index_t i, const dpo_options& o, bool contiguous, dpo_side_sums& w, dpo_side_sums& l) {
+  if (!contiguous) {
+    w = dpo_side(chosen, i, o);
+    l = dpo_side(rejected, i, o);
+    return;
+  }
+  const bool weighted = dpo_uses_weights(o);
+  const auto sums = [&](const dpo_run<T, Label>& x, const dpo_run<T, Label>& y, dpo_side_sums& sx, dpo_side_sums& sy,
+                        bool labels, bool reference) {
+    // Σ ω a is read by eq. 14 only, and is Σ a = sum 0 without weights and per-token reference.
+    const bool second = o.loss == dpo_loss_type::consr && (weighted || reference);
+    dpo_with_flags(labels, reference, weighted, second, [&](auto L, auto R, auto W, auto S) {
+      dpo_run_sums<L, R, W, S> ax, ay;
+      dpo_run_pair_sums(x, y, o.ignore_index, ax, ay);
+      const auto out = [&](const auto& a, index_t length, dpo_side_sums& r) {
+        r.log_ratio = a.sum0();
+        r.weighted_policy = decltype(S)::value ? a.sum1() : r.log_ratio;
+        r.length = decltype(L)::value ? a.scored() : length;
+      };
+      out(ax, x.length, sx);
+      out(ay, y.length, sy);
+    });
+  };
+  const dpo_run<T, Label> rw = dpo_run_of(chosen, i, o), rl = dpo_run_of(rejected, i, o);
+  const bool labels_w = rw.labels != nullptr, labels_l = rl.labels != nullptr;
+  const bool ref_w = rw.reference != nullptr, ref_l = rl.reference != nullptr;
+  if (labels_w == labels_l && ref_w == ref_l) {
+    sums(rw, rl, w, l, labels_w, ref_w);
+  } else {
+    dpo_side_sums unused;
+    sums(rw, dpo_run<T, Label>{}, w, unused, labels_w, ref_w);
+    sums(dpo_run<T, Label>{}, rl, unused, l, labels_l, ref_l);
+  }
+  if (!ref_w) w.log_ratio -= static_cast<double>(chosen.reference_logp_sum[i]);
+  if (!ref_l) l.log_ratio -= static_cast<double>(rejected.reference_logp_sum[i]);
+}
+
 template <class T, class Offset, class Label>
 dpo_pair_terms dpo_pair(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
-                        index_t pair, const dpo_options& o) {
-  return dpo_pair_from_sums(dpo_side(chosen, pair, o), dpo_side(rejected, pair, o), o);
+                        index_t pair, const dpo_options& o, bool contiguous) {
+  dpo_side_sums w, l;
+  dpo_pair_sums(chosen, rejected, pair, o, contiguous, w, l);
+  return dpo_pair_from_sums(w, l, o);
 }
 
 /// Stores pair i's terms into every metric view that is not empty. Host
@@ -366,12 +422,6 @@ void dpo_check_reference(const Side& s, index_t n, index_t num_pairs, const dpo_
                     " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
                     names.reference_logp_sum, "' with one sum per pair");
   }
-}
-
-/// The function that computes visual weights in memory space S (named by the weights check).
-template <class S>
-constexpr const char* visual_weights_function() noexcept {
-  return std::is_same_v<S, host_space> ? "consr::visual_weights" : "consr::cuda::visual_weights";
 }
 
 /// The weights check of one side of n tokens: one per token when the loss
@@ -459,50 +509,6 @@ void dpo_check_grads(const dpo_sequences<T, Offset, Label, Space>& chosen,
   check_disjoint(grad_chosen, grad_rejected, fn, "grad_chosen_logp", "grad_rejected_logp");
 }
 
-/// The checks of visual_weights (host and device); returns the number of tokens.
-template <class V1, class V2, class W, class Space>
-index_t visual_weights_check(const strided_view<V1, 1, Space>& logp_clean,
-                             const strided_view<V2, 1, Space>& logp_corrupt, weight_side side,
-                             const strided_view<W, 1, Space>& weights, const visual_weight_options& options,
-                             const char* fn) {
-  static_assert(is_supported_float_v<V1> && is_supported_float_v<V2>,
-                "consr::visual_weights: log-probs must be float, double, consr::bfloat16 or consr::float16");
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, double>,
-                "consr::visual_weights: weights must be a non-const float or double view");
-  CONSR_CHECK_ARG(std::isfinite(options.alpha), fn, "options.alpha", "is ", options.alpha, " but must be finite");
-  CONSR_CHECK_ARG(std::isfinite(options.clip_lo), fn, "options.clip_lo", "is ", options.clip_lo,
-                  " but must be finite");
-  CONSR_CHECK_ARG(std::isfinite(options.clip_hi), fn, "options.clip_hi", "is ", options.clip_hi,
-                  " but must be finite");
-  CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
-                  " but must be <= options.clip_hi (", options.clip_hi, ")");
-  CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
-                  "is not a weight_side value (", static_cast<int>(side), ")");
-  check_view(logp_clean, fn, "logp_clean");
-  const index_t n = logp_clean.size();
-  check_view(logp_corrupt, fn, "logp_corrupt");
-  check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
-  check_view(weights, fn, "weights");
-  check_extent(weights, 0, n, fn, "weights", "one weight per token");
-  check_no_broadcast(weights, fn, "weights");
-  return n;
-}
-
-/// ω_t of eq. 13 from one token's log-probs under (x, I) and (x, Ĩ), in
-/// double; sign = +1 (chosen) or −1 (rejected). Host and device
-/// (consr/cuda/dpo.cuh) both call this. No product feeds an addition except
-/// sign·c, which is exact, so FMA contraction cannot change the result.
-CONSR_HOST_DEVICE inline double visual_weight(double logp_clean, double logp_corrupt, double sign,
-                                              const visual_weight_options& o) noexcept {
-  const double delta_p = std::exp(logp_clean) - std::exp(logp_corrupt);
-  const double scaled = o.alpha * delta_p;
-  // NaN must survive the clip (a max or min would drop it on one side). The two selections are
-  // std::max(scaled, lo) and std::min(·, hi), written out because nvcc cannot call those on the device.
-  const double at_least_lo = scaled < o.clip_lo ? o.clip_lo : scaled;
-  const double clipped = std::isnan(scaled) ? scaled : (o.clip_hi < at_least_lo ? o.clip_hi : at_least_lo);
-  return 1.0 + sign * clipped;
-}
-
 template <class T, class Offset, class Label>
 void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
                        const dpo_options& o, double grad_loss, const host_view<const T, 1>& grad_loss_per_pair,
@@ -524,13 +530,20 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
   const bool weighted = dpo_uses_weights(o);
   const double upstream_all =
       o.reduction == loss_reduction::mean ? grad_loss / static_cast<double>(num_pairs) : grad_loss;
+  const bool contiguous = dpo_contiguous(chosen, o) && dpo_contiguous(rejected, o);
+  const bool unit_grads = contiguous && (grad_chosen.size() <= 1 || grad_chosen.stride(0) == 1) &&
+                          (grad_rejected.size() <= 1 || grad_rejected.stride(0) == 1);
   // Each pair's tokens are written by one thread; no value depends on the thread count.
   CONSR_OMP(parallel for schedule(static) if (dpo_parallel_worth_it(chosen, rejected, num_pairs)))
   for (index_t i = 0; i < num_pairs; ++i) {
-    const dpo_pair_terms p = dpo_pair(chosen, rejected, i, o);
+    const dpo_pair_terms p = dpo_pair(chosen, rejected, i, o, contiguous);
     const double upstream = per_pair ? static_cast<double>(grad_loss_per_pair[i]) : upstream_all;
     const double g = p.grad_scale * upstream;  // ∂L/∂b_t = +g·ω_t, ∂L/∂a_t = −g·ω_t (eqs. 8, 14)
     const auto write_side = [&](const dpo_sequences<T, Offset, Label>& s, const host_view<T, 1>& grad, double sign) {
+      if (unit_grads) {
+        dpo_run_gradient(grad.data() + s.offsets[i], dpo_run_of(s, i, o), sign * g, o.ignore_index);
+        return;
+      }
       const bool has_labels = s.labels.size() != 0;
       for (index_t t = s.offsets[i]; t < static_cast<index_t>(s.offsets[i + 1]); ++t) {
         if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) {
@@ -580,11 +593,12 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
   constexpr index_t dpo_sum_blocks = 256;
   const index_t blocks = num_pairs < dpo_sum_blocks ? num_pairs : dpo_sum_blocks;
   double block_sum[dpo_sum_blocks];
+  const bool contiguous = detail::dpo_contiguous(chosen, options) && detail::dpo_contiguous(rejected, options);
   CONSR_OMP(parallel for schedule(static) if (detail::dpo_parallel_worth_it(chosen, rejected, num_pairs)))
   for (index_t k = 0; k < blocks; ++k) {
     double sum = 0.0;
     for (index_t i = k * num_pairs / blocks, end = (k + 1) * num_pairs / blocks; i < end; ++i) {
-      const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options);
+      const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options, contiguous);
       sum += p.objective;
       detail::dpo_store_metrics(metrics, i, p);
     }
@@ -628,30 +642,6 @@ void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_seque
                   host_view<T, 1> grad_chosen_logp, host_view<T, 1> grad_rejected_logp) {
   detail::dpo_backward_impl(chosen, rejected, options, 0.0, grad_loss_per_pair, true, grad_chosen_logp,
                             grad_rejected_logp);
-}
-
-/// Token visual weights, eqs. 12–13 (computed without gradient):
-///   Δp_t = exp(logp_clean[t]) − exp(logp_corrupt[t])
-///   c_t  = clip(α·Δp_t, clip_lo, clip_hi) = min(max(α·Δp_t, lo), hi)
-///   ω_t  = 1 + c_t (chosen side),  1 − c_t (rejected side)
-/// in double, rounded once to the output type. A NaN Δp_t gives NaN.
-/// logp_clean / logp_corrupt: the policy's token log-probs under (x, I) and
-/// (x, Ĩ), float, double, bfloat16 or float16. weights: float or double,
-/// same length.
-/// Throws consr::error naming 'logp_corrupt' or 'weights' (length differs;
-/// weights a broadcast view),
-/// 'options.alpha' (not finite), 'options.clip_lo' / 'options.clip_hi' (not
-/// finite, or clip_lo > clip_hi), 'side'.
-template <class V1, class V2, class W>
-void visual_weights(host_view<V1, 1> logp_clean, host_view<V2, 1> logp_corrupt, weight_side side,
-                    host_view<W, 1> weights, const visual_weight_options& options = {}) {
-  const index_t n = detail::visual_weights_check(logp_clean, logp_corrupt, side, weights, options,
-                                                 "consr::visual_weights");
-  const double sign = side == weight_side::chosen ? 1.0 : -1.0;
-  CONSR_OMP(parallel for schedule(static) if (n >= detail::segment_parallel_threshold))
-  for (index_t t = 0; t < n; ++t)
-    weights[t] = static_cast<W>(
-        detail::visual_weight(to_accum<double>(logp_clean[t]), to_accum<double>(logp_corrupt[t]), sign, options));
 }
 
 }  // namespace consr
