@@ -10,6 +10,7 @@
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/vision.hpp"
+#include "attention_util.hpp"
 #include "python_math.hpp"
 #include "torch_util.hpp"
 
@@ -39,10 +40,8 @@ struct siglip_attention_impl : torch::nn::Module {
     const auto n = x.size(0), length = x.size(1);
     auto split = [&](const torch::Tensor& t) { return t.view({n, length, num_heads, head_dim}).transpose(1, 2); };
     auto q = split(q_proj(x)), k = split(k_proj(x)), v = split(v_proj(x));
-    const double scaling = 1.0 / std::sqrt(static_cast<double>(head_dim));
-    auto w = torch::matmul(q, k.transpose(2, 3)) * scaling;
-    w = torch::softmax(w, -1, torch::kFloat).to(q.scalar_type());
-    auto out = torch::matmul(w, v).transpose(1, 2).reshape({n, length, num_heads * head_dim});
+    // Query-chunked (attention_util.hpp): n tiles × heads × L × L scores stay within the chunk budget.
+    auto out = bidirectional_attention(q, k, v).transpose(1, 2).reshape({n, length, num_heads * head_dim});
     return out_proj(out);
   }
   std::int64_t num_heads, head_dim;

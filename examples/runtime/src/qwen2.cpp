@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "consr_runtime/error.hpp"
+#include "attention_util.hpp"
 #include "torch_util.hpp"
 
 namespace consr_runtime {
@@ -217,8 +218,9 @@ torch::Tensor qwen2_attention_impl::forward(const torch::Tensor& x, const torch:
   torch::Tensor kt = k.transpose(2, 3);
   torch::Tensor disallowed = allowed.logical_not();
   // Queries in chunks so the fp32 scores of a long prompt (e.g. thousands of image tokens) stay
-  // within ~2^26 elements per chunk instead of heads × L × T at once; a short input is one chunk.
-  const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{1} << 26) / std::max<std::int64_t>(1, batch * num_heads_ * total));
+  // within ~2^26 elements per chunk (attention_chunk_elements(), CONSR_ATTENTION_CHUNK_ELEMENTS)
+  // instead of heads × L × T at once; a short input is one chunk.
+  const std::int64_t chunk = attention_query_chunk(batch * num_heads_, total, attention_chunk_elements());
   std::vector<torch::Tensor> outputs;
   for (std::int64_t start = 0; start < len; start += chunk) {
     const std::int64_t n = std::min(chunk, len - start);

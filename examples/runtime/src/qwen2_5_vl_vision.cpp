@@ -8,6 +8,7 @@
 
 #include "consr_runtime/error.hpp"
 #include "consr_runtime/vision.hpp"
+#include "attention_util.hpp"
 #include "torch_util.hpp"
 
 namespace consr_runtime {
@@ -55,7 +56,6 @@ struct vision_attention_impl : torch::nn::Module {
     q = (q * c + rotate_half(q) * s).to(dtype);
     k = (k * c + rotate_half(k) * s).to(dtype);
     auto v = parts[2];
-    const double scaling = 1.0 / std::sqrt(static_cast<double>(head_dim));
     std::vector<torch::Tensor> outs;
     outs.reserve(cu.size());
     for (std::size_t i = 0; i + 1 < cu.size(); ++i) {
@@ -64,9 +64,9 @@ struct vision_attention_impl : torch::nn::Module {
       auto qs = q.narrow(0, begin, n).transpose(0, 1);  // [heads, n, d]
       auto ks = k.narrow(0, begin, n).transpose(0, 1);
       auto vs = v.narrow(0, begin, n).transpose(0, 1);
-      auto w = torch::matmul(qs, ks.transpose(1, 2)) * scaling;
-      w = torch::softmax(w, -1, torch::kFloat).to(dtype);
-      outs.push_back(torch::matmul(w, vs).transpose(0, 1).reshape({n, num_heads * head_dim}));
+      // Query-chunked (attention_util.hpp): a full-attention block over a large image is one
+      // segment of all its patches, whose heads × n × n scores would not fit at once.
+      outs.push_back(bidirectional_attention(qs, ks, vs).transpose(0, 1).reshape({n, num_heads * head_dim}));
     }
     return proj(torch::cat(outs, 0));
   }

@@ -5,8 +5,10 @@
 //                             attn.qkv,attn.proj,mlp.{gate,up,down}_proj}, merger.{ln_q,mlp.0,mlp.2}
 //   llava_onevision_vision    vision_tower.vision_model.{embeddings,encoder.layers.{i},post_layernorm}.*,
 //                             multi_modal_projector.linear_{1,2}.*, image_newline
-// Attention is written with matmul + softmax (no SDPA), per window / per image, in the module's dtype
-// with softmax, RMSNorm and rotary in fp32 as transformers does.
+// Attention runs per window / per image, in the module's dtype with softmax, RMSNorm and rotary in
+// fp32 as transformers does, in query chunks of at most 2^26 scores (CONSR_ATTENTION_CHUNK_ELEMENTS
+// overrides the budget), so a large image never holds heads × L² scores at once; with LibTorch 2.x
+// each chunk goes through at::scaled_dot_product_attention, with 1.x through matmul + softmax.
 #pragma once
 
 #include <array>
