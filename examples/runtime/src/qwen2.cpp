@@ -290,6 +290,59 @@ torch::Tensor embedding_impl::forward(const torch::Tensor& ids) {
   }());
 }
 
+namespace {
+
+// What the backward of a checkpointed layer needs besides its saved tensors: the layer and the
+// trainable parameters it was given (in the order of the forward's inputs).
+struct checkpointed_layer_state : torch::CustomClassHolder {
+  std::shared_ptr<qwen2_decoder_layer_impl> layer;
+  std::vector<torch::Tensor> params;
+};
+
+// Gradient checkpointing of one decoder layer (LibTorch has no torch.utils.checkpoint): forward runs
+// the layer without autograd (Function::apply turns it off) and keeps only its inputs; backward
+// recomputes the layer with autograd on and differentiates it. The trainable parameters are inputs
+// of the node (their gradients flow through it to their AccumulateGrad), so a LoRA-only model whose
+// first layer input does not require grad still gets its gradients. cos/sin and `allowed` carry no
+// gradient (positions and the mask); the caller checks that they do not require it.
+struct checkpointed_layer : torch::autograd::Function<checkpointed_layer> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& allowed,
+                               const c10::intrusive_ptr<checkpointed_layer_state>& state, at::TensorList params) {
+    (void)params;  // the same tensors as state->params; listed as inputs for their gradient edges
+    ctx->save_for_backward({x, cos, sin, allowed});
+    ctx->saved_data["state"] = c10::IValue::make_capsule(state);
+    return state->layer->forward(x, cos, sin, allowed, nullptr, 0);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto capsule = ctx->saved_data["state"].toCapsule();
+    auto* state = static_cast<checkpointed_layer_state*>(capsule.get());
+    const bool x_grad = saved[0].requires_grad();
+    torch::Tensor x = saved[0].detach().requires_grad_(x_grad);
+    torch::Tensor y;
+    {
+      torch::AutoGradMode enable(true);
+      y = state->layer->forward(x, saved[1], saved[2], saved[3], nullptr, 0);
+    }
+    std::vector<torch::Tensor> wrt;
+    if (x_grad) wrt.push_back(x);
+    wrt.insert(wrt.end(), state->params.begin(), state->params.end());
+    auto grads = torch::autograd::grad({y}, wrt, {grad_outputs[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    // One entry per forward input: x, cos, sin, allowed, state (not a tensor), then the parameters.
+    torch::autograd::variable_list out(5);
+    std::size_t next = 0;
+    if (x_grad) out[0] = grads[next++];
+    for (; next < grads.size(); ++next) out.push_back(grads[next]);
+    return out;
+  }
+};
+
+}  // namespace
+
 qwen2_model_impl::qwen2_model_impl(const text_config& config, const torch::TensorOptions& options) : config_(config) {
   embed_tokens = register_module("embed_tokens", embedding(config.vocab_size, config.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());
@@ -342,8 +395,26 @@ torch::Tensor qwen2_model_impl::forward(const torch::Tensor& inputs_embeds, cons
   auto cos_sin = rotary_cos_sin(position_ids.to(device), config_.head_dim, config_.rope_theta, config_.mrope_section,
                                 inputs_embeds.scalar_type());
   torch::Tensor hidden = inputs_embeds;
-  for (std::size_t i = 0; i < layer_refs_.size(); ++i)
+  for (std::size_t i = 0; i < layer_refs_.size(); ++i) {
+    if (gradient_checkpointing_ && torch::GradMode::is_enabled()) {
+      auto state = c10::make_intrusive<checkpointed_layer_state>();
+      for (const auto& p : layer_refs_[i]->parameters())
+        if (p.requires_grad()) state->params.push_back(p);
+      if (!state->params.empty() || hidden.requires_grad()) {
+        if (cache)
+          fail("qwen2_model::forward", "cache",
+               "gradient checkpointing recomputes the layers in backward and cannot append to a KV cache; run the "
+               "cached forward without autograd (torch::NoGradGuard) or turn checkpointing off");
+        if (cos_sin.first.requires_grad() || cos_sin.second.requires_grad())
+          fail("qwen2_model::forward", "position_ids", "positions that require grad cannot be checkpointed");
+        state->layer = layer_refs_[i].ptr();
+        const std::vector<torch::Tensor> params = state->params;
+        hidden = checkpointed_layer::apply(hidden, cos_sin.first, cos_sin.second, allowed, state, at::TensorList(params));
+        continue;
+      }
+    }
     hidden = layer_refs_[i]->forward(hidden, cos_sin.first, cos_sin.second, allowed, cache, i);
+  }
   if (cache) cache->advance(len);
   return norm->forward(hidden);
 }

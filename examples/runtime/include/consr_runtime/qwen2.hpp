@@ -180,6 +180,14 @@ class qwen2_model_impl : public torch::nn::Module {
 
   const text_config& config() const { return config_; }
 
+  /// Gradient checkpointing per decoder layer (off by default). When on, a forward that records
+  /// autograd (grad mode on and a layer parameter or the input requiring grad) keeps only each
+  /// layer's input and recomputes the layer in backward: activation memory of one layer instead of
+  /// all, for one more forward per layer. Values and gradients are those of the plain forward. Such a
+  /// forward with a `cache` throws runtime_error naming 'cache'; without autograd it changes nothing.
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   rms_norm norm{nullptr};
@@ -187,6 +195,7 @@ class qwen2_model_impl : public torch::nn::Module {
  private:
   text_config config_;
   std::vector<qwen2_decoder_layer> layer_refs_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE_IMPL(qwen2_model, qwen2_model_impl);
 
