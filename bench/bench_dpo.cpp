@@ -1,7 +1,9 @@
 // bench/bench_dpo.cpp — DPO objectives forward + backward (spec §7) on realistic batches: P pairs,
 // chosen and rejected responses of 200–1000 scored tokens each, reference log-probs given as
 // per-sequence sums (as TRL precomputes them).
-//   dpo_standard  eq. 7: consr::dpo_forward + dpo_backward (loss = standard)
+//   dpo_standard  eq. 7: consr::dpo_forward + dpo_backward (loss = standard), the backward from the
+//                 gradient scales the forward saved (as the LibTorch adapter runs them)
+//                 | consr_fused: consr::dpo_forward_backward, one call
 //                 | torch_autograd: TRL's dpo_loss on padded [P, L] token log-probs: masked sums,
 //                   logits = (π_w − π_l) − (ref_w − ref_l), −logsigmoid(β·logits).mean(), backward
 //   dpo_consr     eq. 14 with length normalization (eq. 11) and visual weights (eq. 13)
@@ -64,14 +66,21 @@ consr::dpo_options options_for(bool consr_loss) {
   return o;
 }
 
-void consr_dpo(benchmark::State& state, index_t pairs, bool consr_loss) {
+void consr_dpo(benchmark::State& state, index_t pairs, bool consr_loss, bool fused) {
   side_data chosen(pairs, 41), rejected(pairs, 51);
   const consr::dpo_options o = options_for(consr_loss);
   const auto c = chosen.view(pairs, consr_loss), r = rejected.view(pairs, consr_loss);
+  const auto gc = consr::make_view(chosen.grad.data(), chosen.tokens);
+  const auto gr = consr::make_view(rejected.grad.data(), rejected.tokens);
+  std::vector<double> grad_scale(static_cast<std::size_t>(pairs));
+  const auto saved = consr::make_view(grad_scale.data(), pairs);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(consr::dpo_forward(c, r, o));
-    consr::dpo_backward(c, r, o, 1.0, consr::make_view(chosen.grad.data(), chosen.tokens),
-                        consr::make_view(rejected.grad.data(), rejected.tokens));
+    if (fused) {
+      benchmark::DoNotOptimize(consr::dpo_forward_backward(c, r, o, 1.0, gc, gr));
+    } else {
+      benchmark::DoNotOptimize(consr::dpo_forward(c, r, o, {}, saved));
+      consr::dpo_backward(c, r, o, 1.0, gc, gr, saved);
+    }
     benchmark::ClobberMemory();
   }
   const double tokens = static_cast<double>(chosen.tokens + rejected.tokens);
@@ -134,7 +143,9 @@ void register_all() {
     for (const bool consr_loss : {false, true}) {
       const std::string kernel = consr_loss ? "dpo_consr" : "dpo_standard";
       consr_bench::add(kernel, "consr", size_label(pairs),
-                       [pairs, consr_loss](benchmark::State& s, int) { consr_dpo(s, pairs, consr_loss); });
+                       [pairs, consr_loss](benchmark::State& s, int) { consr_dpo(s, pairs, consr_loss, false); });
+      consr_bench::add(kernel, "consr_fused", size_label(pairs),
+                       [pairs, consr_loss](benchmark::State& s, int) { consr_dpo(s, pairs, consr_loss, true); });
 #if defined(CONSR_BENCH_HAS_TORCH)
       consr_bench::add(kernel, "torch_autograd", size_label(pairs),
                        [pairs, consr_loss](benchmark::State& s, int) { torch_dpo(s, pairs, consr_loss); });

@@ -41,8 +41,9 @@ SPEEDUP_TARGETS = [
     ("linear_fwd_bwd", "N=1024,H=3584,V=152064", 1.0 / 1.5),
 ]
 # consr implementations that get their own rows next to the default one: the CBLAS GEMM policy runs
-# the same BLAS library as LibTorch's `linear`, so it is the like-for-like comparison.
-CONSR_IMPLS = ("consr", "consr_cblas")
+# the same BLAS library as LibTorch's `linear`, so it is the like-for-like comparison; the fused DPO
+# (dpo_forward_backward, one call) is what a C++ caller that knows the upstream gradient runs.
+CONSR_IMPLS = ("consr", "consr_cblas", "consr_fused")
 # (kernel, size, minimum share of the bandwidth limit) at every thread count.
 SHARE_TARGETS = [
     ("logprobs_fwd", "N=256,V=152064", 0.40),

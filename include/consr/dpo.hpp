@@ -15,119 +15,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <string>
-#include <string_view>
 #include <type_traits>
 
 #include "config.hpp"
-#include "detail/enum_names.hpp"
+#include "detail/dpo_check.hpp"  // the argument checks, shared with cuda/dpo.cuh
+#include "detail/dpo_host.hpp"   // the loops over contiguous pairs
+#include "dpo_types.hpp"         // dpo_options, dpo_sequences, dpo_pair_metrics
 #include "error.hpp"
 #include "numeric.hpp"
-#include "detail/dpo_host.hpp"
 #include "reductions.hpp"
 #include "view.hpp"
 #include "visual_weights.hpp"  // ω_t of eqs. 12–13, the weights of the ConSR objective
 
 namespace consr {
-
-/// Which objective dpo_forward / dpo_backward compute.
-enum class dpo_loss_type {
-  standard,  ///< eq. 7: L = −log σ(Δ); length_normalize, visual_weights, scale_by_beta do not apply
-  consr,     ///< eq. 14: L' = −sg(σ(−Δ'))·(Σ ω a − Σ ω b) (default)
-};
-
-/// How per-pair objectives reduce over the batch (spec §2).
-enum class loss_reduction {
-  mean,  ///< Σ_i L_i / P (0 for P = 0)
-  sum,   ///< Σ_i L_i
-  none,  ///< per-pair values in metrics.loss; dpo_forward returns their sum
-};
-
-namespace detail {
-inline constexpr enum_name<dpo_loss_type> dpo_loss_type_names[] = {{dpo_loss_type::consr, "consr", " (eq. 14)"},
-                                                                   {dpo_loss_type::standard, "standard", " (eq. 7)"}};
-inline constexpr enum_name<loss_reduction> loss_reduction_names[] = {
-    {loss_reduction::mean, "mean"}, {loss_reduction::sum, "sum"}, {loss_reduction::none, "none"}};
-}  // namespace detail
-
-/// Name of a loss type: "standard" or "consr".
-inline const char* to_string(dpo_loss_type t) noexcept { return detail::name_of(t, detail::dpo_loss_type_names); }
-
-/// The dpo_loss_type named `name` ("consr" or "standard", as to_string writes them).
-/// Throws consr::error naming 'loss_type' otherwise.
-inline dpo_loss_type parse_dpo_loss_type(std::string_view name) {
-  return detail::parse_name(name, detail::dpo_loss_type_names, "consr::parse_dpo_loss_type", "loss_type");
-}
-
-/// Name of a reduction: "mean", "sum" or "none".
-inline const char* to_string(loss_reduction r) noexcept { return detail::name_of(r, detail::loss_reduction_names); }
-
-/// The loss_reduction named `name` ("mean", "sum" or "none", as to_string writes them).
-/// Throws consr::error naming 'reduction' otherwise.
-inline loss_reduction parse_loss_reduction(std::string_view name) {
-  return detail::parse_name(name, detail::loss_reduction_names, "consr::parse_loss_reduction", "reduction");
-}
-
-/// Options of dpo_forward / dpo_backward.
-struct dpo_options {
-  dpo_loss_type loss = dpo_loss_type::consr;
-  double beta = 0.1;             ///< β > 0, finite
-  bool length_normalize = true;  ///< consr: Δ' of eq. 11 (off: Δ' = Δ)
-  bool visual_weights = true;    ///< consr: ω_t from `weights` (off: ω_t = 1)
-  bool scale_by_beta = false;    ///< consr: multiply the surrogate (and its gradient) by β (spec §7 decision)
-  loss_reduction reduction = loss_reduction::mean;
-  std::int64_t ignore_index = default_ignore_index;  ///< tokens with this label are excluded (with labels)
-};
-
-/// One side (chosen or rejected) of P pairs, packed, in one memory space: the
-/// host algorithms take host_space (the default), the CUDA launchers of
-/// consr/cuda/dpo.cuh device_space (alias consr::cuda::dpo_sequences); one
-/// check (detail::dpo_check) serves both. Non-const views convert to these
-/// members implicitly.
-///  - policy_logp: per-token policy log-probs (a_t or b_t), n tokens.
-///  - offsets: P + 1 entries, valid for n (reductions.hpp rules).
-///  - exactly one reference: reference_logp per token (n values, same
-///    packing) or reference_logp_sum per sequence (P values, summed by the
-///    caller over the same scored tokens). The per-sequence form is used when
-///    reference_logp_sum is non-empty; otherwise reference_logp must have n
-///    values.
-///  - labels: optional (size 0) or n; a token whose label equals
-///    options.ignore_index is excluded from every sum and length and gets
-///    gradient 0.
-///  - weights: visual weights ω_t per token (visual_weights()); n values,
-///    required iff loss == consr && visual_weights; otherwise ignored (but
-///    its size, if non-zero, must still be n).
-template <class T, class Offset, class Label = std::int64_t, class Space = host_space>
-struct dpo_sequences {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "consr::dpo_sequences: log-probs must be float or double");
-  static_assert(is_index_type_v<Offset>, "consr::dpo_sequences: offsets must be int32 or int64");
-  static_assert(is_index_type_v<Label>, "consr::dpo_sequences: labels must be int32 or int64");
-  using space = Space;
-  strided_view<const T, 1, Space> policy_logp;
-  strided_view<const Offset, 1, Space> offsets;
-  strided_view<const T, 1, Space> reference_logp;
-  strided_view<const T, 1, Space> reference_logp_sum;
-  strided_view<const Label, 1, Space> labels;
-  strided_view<const T, 1, Space> weights;
-};
-
-/// Per-pair values reported by dpo_forward (host or device memory, as
-/// dpo_sequences; alias consr::cuda::dpo_pair_metrics); each view is optional
-/// (size 0 = not written) and otherwise has P elements. Δ' below means Δ for
-/// the standard loss and for consr without length normalization.
-template <class T, class Space = host_space>
-struct dpo_pair_metrics {
-  using space = Space;
-  strided_view<T, 1, Space> margin_logit;     ///< Δ (eq. 7) or Δ' (eq. 11)
-  strided_view<T, 1, Space> sigma_neg;        ///< σ(−Δ')
-  strided_view<T, 1, Space> chosen_reward;    ///< β·Σ(a − a_ref) over scored tokens
-  strided_view<T, 1, Space> rejected_reward;  ///< β·Σ(b − b_ref) over scored tokens
-  strided_view<T, 1, Space> reward_margin;    ///< chosen_reward − rejected_reward
-  strided_view<T, 1, Space> accuracy;         ///< 1 if Δ' > 0, else 0 (NaN gives 0)
-  strided_view<T, 1, Space> dpo_loss;         ///< −log σ(Δ') = softplus(−Δ')
-  strided_view<T, 1, Space> loss;             ///< the per-pair objective being reduced (L or L')
-};
 
 namespace detail {
 
@@ -147,31 +47,6 @@ CONSR_HOST_DEVICE inline double stable_softplus(double x) noexcept {
   return positive_part + std::log1p(std::exp(-std::fabs(x)));
 }
 
-/// Names of one side's arguments, for error messages.
-struct dpo_side_names {
-  const char* side;
-  const char* policy_logp;
-  const char* offsets;
-  const char* reference_logp;
-  const char* reference_logp_sum;
-  const char* labels;
-  const char* weights;
-  const char* length_symbol;
-};
-inline constexpr dpo_side_names dpo_chosen_names{"chosen",         "chosen.policy_logp", "chosen.offsets",
-                                                 "chosen.reference_logp", "chosen.reference_logp_sum",
-                                                 "chosen.labels",  "chosen.weights",     "|y_w|"};
-inline constexpr dpo_side_names dpo_rejected_names{"rejected",         "rejected.policy_logp", "rejected.offsets",
-                                                   "rejected.reference_logp", "rejected.reference_logp_sum",
-                                                   "rejected.labels",  "rejected.weights",     "|y_l|"};
-
-CONSR_HOST_DEVICE inline bool dpo_uses_weights(const dpo_options& o) noexcept {
-  return o.loss == dpo_loss_type::consr && o.visual_weights;
-}
-CONSR_HOST_DEVICE inline bool dpo_uses_length_normalization(const dpo_options& o) noexcept {
-  return o.loss == dpo_loss_type::consr && o.length_normalize;
-}
-
 /// Sums of one side of one pair over its scored tokens (the device kernels
 /// reduce into this type too).
 struct dpo_side_sums {
@@ -179,11 +54,6 @@ struct dpo_side_sums {
   double weighted_policy = 0.0;  ///< Σ ω a (ω = 1 without weights)
   index_t length = 0;            ///< |y| (scored tokens)
 };
-
-template <class T, class Offset, class Label>
-index_t dpo_scored_length(const dpo_sequences<T, Offset, Label>& s, index_t pair, std::int64_t ignore_index) {
-  return scored_count(s.labels, s.labels.size() != 0, ignore_index, s.offsets[pair], s.offsets[pair + 1]);
-}
 
 /// One side of one pair, summed in lane_sums' fixed order (reductions.hpp).
 template <class T, class Offset, class Label>
@@ -393,126 +263,56 @@ CONSR_HOST_DEVICE inline void dpo_store_metrics(const Metrics& m, index_t i, con
   if (m.loss.size() != 0) m.loss[i] = static_cast<T>(p.objective);
 }
 
-/// The metrics check (host and device): each view empty or one per pair.
-template <class T, class Space>
-void dpo_check_metrics(const dpo_pair_metrics<T, Space>& m, index_t num_pairs, const char* fn) {
-  check_optional_output(m.margin_logit, num_pairs, fn, "metrics.margin_logit", "one per pair");
-  check_optional_output(m.sigma_neg, num_pairs, fn, "metrics.sigma_neg", "one per pair");
-  check_optional_output(m.chosen_reward, num_pairs, fn, "metrics.chosen_reward", "one per pair");
-  check_optional_output(m.rejected_reward, num_pairs, fn, "metrics.rejected_reward", "one per pair");
-  check_optional_output(m.reward_margin, num_pairs, fn, "metrics.reward_margin", "one per pair");
-  check_optional_output(m.accuracy, num_pairs, fn, "metrics.accuracy", "one per pair");
-  check_optional_output(m.dpo_loss, num_pairs, fn, "metrics.dpo_loss", "one per pair");
-  check_optional_output(m.loss, num_pairs, fn, "metrics.loss", "one per pair");
-}
-
-/// The reference check of one side of n tokens and P pairs: exactly one
-/// reference, per token (n values) or per sequence (P).
-template <class Side>
-void dpo_check_reference(const Side& s, index_t n, index_t num_pairs, const dpo_side_names& names, const char* fn) {
-  check_view(s.reference_logp, fn, names.reference_logp);
-  check_view(s.reference_logp_sum, fn, names.reference_logp_sum);
-  if (s.reference_logp_sum.size() != 0) {
-    CONSR_CHECK_ARG(s.reference_logp.size() == 0, fn, names.reference_logp, "has ", s.reference_logp.size(),
-                    " elements but '", names.reference_logp_sum,
-                    "' is given too; pass exactly one reference (per token or per sequence)");
-    check_extent(s.reference_logp_sum, 0, num_pairs, fn, names.reference_logp_sum, "one sum per pair");
-  } else {
-    CONSR_CHECK_ARG(s.reference_logp.size() == n, fn, names.reference_logp, "has ", s.reference_logp.size(),
-                    " elements but must have one per token of '", names.policy_logp, "' (", n, "), or pass '",
-                    names.reference_logp_sum, "' with one sum per pair");
-  }
-}
-
-/// The weights check of one side of n tokens: one per token when the loss
-/// uses visual weights, else 0 or one per token.
-template <class Side>
-void dpo_check_weights(const Side& s, index_t n, const dpo_options& o, const dpo_side_names& names, const char* fn) {
-  check_view(s.weights, fn, names.weights);
-  if (dpo_uses_weights(o)) {
-    CONSR_CHECK_ARG(s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
-                    " elements but the consr loss with visual_weights needs one per token (", n,
-                    "); compute them with ", visual_weights_function<typename Side::space>(),
-                    " or set visual_weights = false");
-  } else {
-    CONSR_CHECK_ARG(s.weights.size() == 0 || s.weights.size() == n, fn, names.weights, "has ", s.weights.size(),
-                    " elements but must have 0 or one per token (", n, ")");
-  }
-}
-
-/// One side's checks (device offsets by shape only: their values are checked on the device); returns P.
-template <class T, class Offset, class Label, class Space>
-index_t dpo_check_side(const dpo_sequences<T, Offset, Label, Space>& s, const dpo_options& o,
-                       const dpo_side_names& names, const char* fn) {
-  check_view(s.policy_logp, fn, names.policy_logp);
-  const index_t n = s.policy_logp.size();
-  const index_t num_pairs = check_segment_offsets(s.offsets, n, fn, names.offsets, names.policy_logp);
-  dpo_check_reference(s, n, num_pairs, names, fn);
-  check_optional_labels(s.labels, n, fn, names.labels);
-  dpo_check_weights(s, n, o, names, fn);
-  return num_pairs;
-}
-
-/// With length normalization, every sequence of the side needs |y| > 0.
+/// Writes pair i's gradients, ∂L/∂a_t = −g·ω_t and ∂L/∂b_t = +g·ω_t (0 on ignored tokens), where
+/// g = grad_scale · upstream (eqs. 8, 14); `unit` when dpo_unit_gradients holds.
 template <class T, class Offset, class Label>
-void dpo_check_lengths(const dpo_sequences<T, Offset, Label>& s, index_t num_pairs, const dpo_options& o,
-                       const dpo_side_names& names, const char* fn) {
-  if (!dpo_uses_length_normalization(o)) return;
-  for (index_t i = 0; i < num_pairs; ++i) {
-    CONSR_CHECK_ARG(dpo_scored_length(s, i, o.ignore_index) > 0, fn, names.side, "pair ", i, " has no scored token (",
-                    names.length_symbol,
-                    " = 0); length normalization (eq. 11) divides by it: drop the pair or set "
-                    "length_normalize = false");
-  }
+void dpo_pair_gradients(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                        index_t i, const dpo_options& o, double g, bool unit, const host_view<T, 1>& grad_chosen,
+                        const host_view<T, 1>& grad_rejected) {
+  const bool weighted = dpo_uses_weights(o);
+  const auto write_side = [&](const dpo_sequences<T, Offset, Label>& s, const host_view<T, 1>& grad, double sign) {
+    if (unit) {
+      dpo_run_gradient(grad.data() + s.offsets[i], dpo_run_of(s, i, o), sign * g, o.ignore_index);
+      return;
+    }
+    const bool has_labels = s.labels.size() != 0;
+    for (index_t t = s.offsets[i]; t < static_cast<index_t>(s.offsets[i + 1]); ++t) {
+      if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) {
+        grad[t] = T(0);
+        continue;
+      }
+      const double omega = weighted ? static_cast<double>(s.weights[t]) : 1.0;
+      grad[t] = static_cast<T>(sign * g * omega);
+    }
+  };
+  write_side(chosen, grad_chosen, -1.0);
+  write_side(rejected, grad_rejected, 1.0);
 }
 
-/// Validates options and both sides, on the host and before any CUDA launch;
-/// returns P. Host data is checked in full (offsets' values, and with length
-/// normalization every pair's scored lengths); the device reports what its
-/// data gets wrong through error_info (consr/cuda/dpo.cuh).
-template <class T, class Offset, class Label, class Space>
-index_t dpo_check(const dpo_sequences<T, Offset, Label, Space>& chosen,
-                  const dpo_sequences<T, Offset, Label, Space>& rejected, const dpo_options& o, const char* fn) {
-  CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
-                  "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
-  CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
-                      o.reduction == loss_reduction::none,
-                  fn, "options.reduction", "is not a loss_reduction value (", static_cast<int>(o.reduction), ")");
-  CONSR_CHECK_ARG(std::isfinite(o.beta) && o.beta > 0.0, fn, "options.beta", "is ", o.beta,
-                  " but must be finite and > 0");
-  const index_t num_chosen = dpo_check_side(chosen, o, dpo_chosen_names, fn);
-  const index_t num_rejected = dpo_check_side(rejected, o, dpo_rejected_names, fn);
-  CONSR_CHECK_ARG(num_rejected == num_chosen, fn, "rejected.offsets", "describes ", num_rejected,
-                  " pairs but 'chosen.offsets' describes ", num_chosen, " (both sides must hold the same pairs)");
-  if constexpr (std::is_same_v<Space, host_space>) {
-    dpo_check_lengths(chosen, num_chosen, o, dpo_chosen_names, fn);
-    dpo_check_lengths(rejected, num_chosen, o, dpo_rejected_names, fn);
-  }
-  return num_chosen;
+/// Whether the sides and both gradients are contiguous (dpo_run_gradient writes them).
+template <class T, class Offset, class Label>
+bool dpo_unit_gradients(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                        const dpo_options& o, const host_view<T, 1>& grad_chosen,
+                        const host_view<T, 1>& grad_rejected) noexcept {
+  return dpo_contiguous(chosen, o) && dpo_contiguous(rejected, o) &&
+         (grad_chosen.size() <= 1 || grad_chosen.stride(0) == 1) &&
+         (grad_rejected.size() <= 1 || grad_rejected.stride(0) == 1);
 }
 
-/// The gradient outputs of dpo_backward (host and device): one per token of
-/// their side, distinct elements, overlapping neither the inputs nor each other.
-template <class T, class Offset, class Label, class Space>
-void dpo_check_grads(const dpo_sequences<T, Offset, Label, Space>& chosen,
-                     const dpo_sequences<T, Offset, Label, Space>& rejected,
-                     const strided_view<T, 1, Space>& grad_chosen, const strided_view<T, 1, Space>& grad_rejected,
-                     const char* fn) {
-  check_view(grad_chosen, fn, "grad_chosen_logp");
-  check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
-  check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
-  check_view(grad_rejected, fn, "grad_rejected_logp");
-  check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
-  check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
-  check_disjoint(chosen.policy_logp, grad_chosen, fn, "chosen.policy_logp", "grad_chosen_logp");
-  check_disjoint(rejected.policy_logp, grad_rejected, fn, "rejected.policy_logp", "grad_rejected_logp");
-  check_disjoint(grad_chosen, grad_rejected, fn, "grad_chosen_logp", "grad_rejected_logp");
+/// The check of the per-pair gradient scales dpo_forward saves and dpo_backward reads.
+template <class V>
+void dpo_check_saved(const host_view<V, 1>& saved, index_t num_pairs, const char* fn) {
+  check_view(saved, fn, "saved_grad_scale");
+  if constexpr (!std::is_const_v<V>) check_no_broadcast(saved, fn, "saved_grad_scale");
+  CONSR_CHECK_ARG(saved.size() == 0 || saved.size() == num_pairs, fn, "saved_grad_scale", "has ", saved.size(),
+                  " elements but must have 0 (none) or ", num_pairs, " (one per pair, as dpo_forward saves them)");
 }
 
 template <class T, class Offset, class Label>
 void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
                        const dpo_options& o, double grad_loss, const host_view<const T, 1>& grad_loss_per_pair,
-                       bool per_pair, const host_view<T, 1>& grad_chosen, const host_view<T, 1>& grad_rejected) {
+                       bool per_pair, const host_view<T, 1>& grad_chosen, const host_view<T, 1>& grad_rejected,
+                       const host_view<const double, 1>& saved) {
   constexpr const char* fn = "consr::dpo_backward";
   const index_t num_pairs = dpo_check(chosen, rejected, o, fn);
   if (per_pair) {
@@ -526,37 +326,68 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
                     "is none, which needs a per-pair upstream gradient (grad_loss_per_pair), not a scalar");
   }
   dpo_check_grads(chosen, rejected, grad_chosen, grad_rejected, fn);
+  dpo_check_saved(saved, num_pairs, fn);
+  check_disjoint(grad_chosen, saved, fn, "grad_chosen_logp", "saved_grad_scale");
+  check_disjoint(grad_rejected, saved, fn, "grad_rejected_logp", "saved_grad_scale");
 
-  const bool weighted = dpo_uses_weights(o);
   const double upstream_all =
       o.reduction == loss_reduction::mean ? grad_loss / static_cast<double>(num_pairs) : grad_loss;
   const bool contiguous = dpo_contiguous(chosen, o) && dpo_contiguous(rejected, o);
-  const bool unit_grads = contiguous && (grad_chosen.size() <= 1 || grad_chosen.stride(0) == 1) &&
-                          (grad_rejected.size() <= 1 || grad_rejected.stride(0) == 1);
+  const bool unit = dpo_unit_gradients(chosen, rejected, o, grad_chosen, grad_rejected);
+  const bool reuse = saved.size() != 0;  // the forward's scales: no second pass over the log-probs
   // Each pair's tokens are written by one thread; no value depends on the thread count.
   CONSR_OMP(parallel for schedule(static) if (dpo_parallel_worth_it(chosen, rejected, num_pairs)))
   for (index_t i = 0; i < num_pairs; ++i) {
-    const dpo_pair_terms p = dpo_pair(chosen, rejected, i, o, contiguous);
+    const double scale = reuse ? saved[i] : dpo_pair(chosen, rejected, i, o, contiguous).grad_scale;
     const double upstream = per_pair ? static_cast<double>(grad_loss_per_pair[i]) : upstream_all;
-    const double g = p.grad_scale * upstream;  // ∂L/∂b_t = +g·ω_t, ∂L/∂a_t = −g·ω_t (eqs. 8, 14)
-    const auto write_side = [&](const dpo_sequences<T, Offset, Label>& s, const host_view<T, 1>& grad, double sign) {
-      if (unit_grads) {
-        dpo_run_gradient(grad.data() + s.offsets[i], dpo_run_of(s, i, o), sign * g, o.ignore_index);
-        return;
-      }
-      const bool has_labels = s.labels.size() != 0;
-      for (index_t t = s.offsets[i]; t < static_cast<index_t>(s.offsets[i + 1]); ++t) {
-        if (has_labels && static_cast<std::int64_t>(s.labels[t]) == o.ignore_index) {
-          grad[t] = T(0);
-          continue;
-        }
-        const double omega = weighted ? static_cast<double>(s.weights[t]) : 1.0;
-        grad[t] = static_cast<T>(sign * g * omega);
-      }
-    };
-    write_side(chosen, grad_chosen, -1.0);
-    write_side(rejected, grad_rejected, 1.0);
+    dpo_pair_gradients(chosen, rejected, i, o, scale * upstream, unit, grad_chosen, grad_rejected);
   }
+}
+
+/// dpo_forward, and with `grads` (reduction mean or sum) dpo_backward's gradients for grad_loss
+/// written pair by pair as the pair's sums are known.
+template <class T, class Offset, class Label>
+double dpo_forward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
+                        const dpo_options& options, const dpo_pair_metrics<T>& metrics,
+                        const host_view<double, 1>& saved, bool grads, double grad_loss,
+                        const host_view<T, 1>& grad_chosen, const host_view<T, 1>& grad_rejected, const char* fn) {
+  const index_t num_pairs = detail::dpo_check(chosen, rejected, options, fn);
+  detail::dpo_check_metrics(metrics, num_pairs, fn);
+  dpo_check_saved(saved, num_pairs, fn);
+  if (grads) {
+    CONSR_CHECK_ARG(options.reduction != loss_reduction::none, fn, "options.reduction",
+                    "is none, whose gradient needs per-pair upstream gradients: call dpo_forward, then "
+                    "dpo_backward with grad_loss_per_pair");
+    dpo_check_grads(chosen, rejected, grad_chosen, grad_rejected, fn);
+  }
+  const double upstream =
+      options.reduction == loss_reduction::mean ? grad_loss / static_cast<double>(num_pairs) : grad_loss;
+  const bool contiguous = dpo_contiguous(chosen, options) && dpo_contiguous(rejected, options);
+  const bool unit = grads && dpo_unit_gradients(chosen, rejected, options, grad_chosen, grad_rejected);
+
+  // The pairs are cut into at most dpo_sum_blocks blocks whose bounds depend on P alone; each
+  // block is summed in pair order (by one thread), then the block sums in block order: the
+  // result does not depend on the thread count, and nothing is allocated.
+  constexpr index_t dpo_sum_blocks = 256;
+  const index_t blocks = num_pairs < dpo_sum_blocks ? num_pairs : dpo_sum_blocks;
+  double block_sum[dpo_sum_blocks];
+  CONSR_OMP(parallel for schedule(static) if (detail::dpo_parallel_worth_it(chosen, rejected, num_pairs)))
+  for (index_t k = 0; k < blocks; ++k) {
+    double sum = 0.0;
+    for (index_t i = k * num_pairs / blocks, end = (k + 1) * num_pairs / blocks; i < end; ++i) {
+      const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options, contiguous);
+      sum += p.objective;
+      detail::dpo_store_metrics(metrics, i, p);
+      if (saved.size() != 0) saved[i] = p.grad_scale;
+      if (grads) dpo_pair_gradients(chosen, rejected, i, options, p.grad_scale * upstream, unit, grad_chosen,
+                                    grad_rejected);
+    }
+    block_sum[k] = sum;
+  }
+  double total = 0.0;
+  for (index_t k = 0; k < blocks; ++k) total += block_sum[k];
+  if (options.reduction == loss_reduction::mean) return num_pairs > 0 ? total / static_cast<double>(num_pairs) : 0.0;
+  return total;
 }
 
 }  // namespace detail
@@ -580,34 +411,31 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
 /// missing, both given or of the wrong size, labels or weights of the wrong
 /// size), 'chosen' / 'rejected' (with length normalization, a pair with no
 /// scored token: the message names the pair), 'metrics.*' (wrong size).
+/// saved_grad_scale (optional, P doubles): receives each pair's gradient
+/// scale σ(−Δ')·β or σ(−Δ'), which dpo_backward then reads instead of summing
+/// the log-probs again (same gradients, bit for bit; one pass over the tokens
+/// instead of two). Throws naming 'saved_grad_scale' (size not 0 or P).
 template <class T, class Offset, class Label>
 double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
-                   const dpo_options& options, dpo_pair_metrics<detail::type_identity_t<T>> metrics = {}) {
-  constexpr const char* fn = "consr::dpo_forward";
-  const index_t num_pairs = detail::dpo_check(chosen, rejected, options, fn);
-  detail::dpo_check_metrics(metrics, num_pairs, fn);
+                   const dpo_options& options, dpo_pair_metrics<detail::type_identity_t<T>> metrics = {},
+                   host_view<double, 1> saved_grad_scale = {}) {
+  return detail::dpo_forward_impl(chosen, rejected, options, metrics, saved_grad_scale, false, 0.0, host_view<T, 1>{},
+                                  host_view<T, 1>{}, "consr::dpo_forward");
+}
 
-  // The pairs are cut into at most dpo_sum_blocks blocks whose bounds depend on P alone; each
-  // block is summed in pair order (by one thread), then the block sums in block order: the
-  // result does not depend on the thread count, and nothing is allocated.
-  constexpr index_t dpo_sum_blocks = 256;
-  const index_t blocks = num_pairs < dpo_sum_blocks ? num_pairs : dpo_sum_blocks;
-  double block_sum[dpo_sum_blocks];
-  const bool contiguous = detail::dpo_contiguous(chosen, options) && detail::dpo_contiguous(rejected, options);
-  CONSR_OMP(parallel for schedule(static) if (detail::dpo_parallel_worth_it(chosen, rejected, num_pairs)))
-  for (index_t k = 0; k < blocks; ++k) {
-    double sum = 0.0;
-    for (index_t i = k * num_pairs / blocks, end = (k + 1) * num_pairs / blocks; i < end; ++i) {
-      const detail::dpo_pair_terms p = detail::dpo_pair(chosen, rejected, i, options, contiguous);
-      sum += p.objective;
-      detail::dpo_store_metrics(metrics, i, p);
-    }
-    block_sum[k] = sum;
-  }
-  double total = 0.0;
-  for (index_t k = 0; k < blocks; ++k) total += block_sum[k];
-  if (options.reduction == loss_reduction::mean) return num_pairs > 0 ? total / static_cast<double>(num_pairs) : 0.0;
-  return total;
+/// dpo_forward and dpo_backward(grad_loss) in one call (reduction mean or sum): returns the
+/// reduced objective and fills metrics exactly as dpo_forward, and writes the gradients exactly
+/// as dpo_backward, bit for bit, each pair's right after its sums (one pass over the log-probs,
+/// the pair's tokens still in cache for the gradient). For a caller that knows grad_loss
+/// before the forward, e.g. 1 for a loss it minimizes directly. Throws consr::error as
+/// dpo_forward and dpo_backward ('options.reduction' for none).
+template <class T, class Offset, class Label>
+double dpo_forward_backward(const dpo_sequences<T, Offset, Label>& chosen,
+                            const dpo_sequences<T, Offset, Label>& rejected, const dpo_options& options,
+                            double grad_loss, host_view<T, 1> grad_chosen_logp, host_view<T, 1> grad_rejected_logp,
+                            dpo_pair_metrics<detail::type_identity_t<T>> metrics = {}) {
+  return detail::dpo_forward_impl(chosen, rejected, options, metrics, host_view<double, 1>{}, true, grad_loss,
+                                  grad_chosen_logp, grad_rejected_logp, "consr::dpo_forward_backward");
 }
 
 /// Backward of dpo_forward for reduction mean or sum: writes ∂(reduced
@@ -624,12 +452,15 @@ double dpo_forward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequ
 /// grad_*_logp have the sizes of the policy_logp views and overlap neither
 /// the inputs nor each other. Throws consr::error as dpo_forward, and names
 /// 'options.reduction' (none), 'grad_chosen_logp' or 'grad_rejected_logp'.
+/// saved_grad_scale (optional): what dpo_forward saved for the same inputs
+/// and options; given, the backward only writes (no pass over the log-probs).
+/// Throws naming 'saved_grad_scale' (size not 0 or P, or overlapping a gradient).
 template <class T, class Offset, class Label>
 void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
                   const dpo_options& options, double grad_loss, host_view<T, 1> grad_chosen_logp,
-                  host_view<T, 1> grad_rejected_logp) {
+                  host_view<T, 1> grad_rejected_logp, host_view<const double, 1> saved_grad_scale = {}) {
   detail::dpo_backward_impl(chosen, rejected, options, grad_loss, host_view<const T, 1>{}, false, grad_chosen_logp,
-                            grad_rejected_logp);
+                            grad_rejected_logp, saved_grad_scale);
 }
 
 /// Backward for reduction none: pair i's gradients are scaled by
@@ -639,9 +470,10 @@ void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_seque
 template <class T, class Offset, class Label>
 void dpo_backward(const dpo_sequences<T, Offset, Label>& chosen, const dpo_sequences<T, Offset, Label>& rejected,
                   const dpo_options& options, host_view<const detail::type_identity_t<T>, 1> grad_loss_per_pair,
-                  host_view<T, 1> grad_chosen_logp, host_view<T, 1> grad_rejected_logp) {
+                  host_view<T, 1> grad_chosen_logp, host_view<T, 1> grad_rejected_logp,
+                  host_view<const double, 1> saved_grad_scale = {}) {
   detail::dpo_backward_impl(chosen, rejected, options, 0.0, grad_loss_per_pair, true, grad_chosen_logp,
-                            grad_rejected_logp);
+                            grad_rejected_logp, saved_grad_scale);
 }
 
 }  // namespace consr

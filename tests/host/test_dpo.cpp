@@ -631,6 +631,91 @@ TEST_CASE("dpo: long sequences above the parallel threshold: reference values, s
   }
 }
 
+TEST_CASE("dpo: saved gradient scales and dpo_forward_backward give dpo_forward / dpo_backward's bits (1-3 threads)",
+          "[dpo][threads]") {
+  std::mt19937_64 rng(404);
+  const batch B = make_batch(rng, 300, true, 400);  // above the parallel threshold, ignored tokens
+  REQUIRE(static_cast<index_t>(B.a.size() + B.b.size()) >= consr::detail::segment_parallel_threshold);
+  const index_t P = B.pairs;
+  std::vector<double> upstream(static_cast<std::size_t>(P));
+  for (index_t i = 0; i < P; ++i) upstream[static_cast<std::size_t>(i)] = 0.5 + 0.01 * static_cast<double>(i % 7);
+  int combos = 0;
+  for (int per_seq = 0; per_seq < 2; ++per_seq)
+    for (int loss = 0; loss < 2; ++loss)
+      for (int vw = 0; vw < 2; ++vw)
+        for (auto red : {consr::loss_reduction::mean, consr::loss_reduction::sum, consr::loss_reduction::none}) {
+          consr::dpo_options o;
+          o.loss = loss ? consr::dpo_loss_type::consr : consr::dpo_loss_type::standard;
+          o.visual_weights = vw;
+          o.reduction = red;
+          o.beta = 0.2;
+          INFO("per_seq_ref=" << per_seq << " loss=" << loss << " visual_weights=" << vw
+                              << " reduction=" << name_of(red));
+          const seq_t w = chosen_of(B, per_seq), l = rejected_of(B, per_seq);
+          const auto metrics_of = [&](std::vector<double>& m) {
+            m.assign(8 * static_cast<std::size_t>(P), nan_v);
+            double* d = m.data();
+            return consr::dpo_pair_metrics<double>{consr::make_view(d, P),         consr::make_view(d + P, P),
+                                                   consr::make_view(d + 2 * P, P), consr::make_view(d + 3 * P, P),
+                                                   consr::make_view(d + 4 * P, P), consr::make_view(d + 5 * P, P),
+                                                   consr::make_view(d + 6 * P, P), consr::make_view(d + 7 * P, P)};
+          };
+          const auto backward = [&](std::vector<double>& ga, std::vector<double>& gb,
+                                    consr::host_view<const double, 1> saved) {
+            ga.assign(B.a.size(), nan_v);
+            gb.assign(B.b.size(), nan_v);
+            const auto va = consr::make_view(ga.data(), ga.size()), vb = consr::make_view(gb.data(), gb.size());
+            if (red == consr::loss_reduction::none) consr::dpo_backward(w, l, o, cview(upstream), va, vb, saved);
+            else consr::dpo_backward(w, l, o, 0.7, va, vb, saved);
+          };
+          // The existing path, one thread.
+          std::vector<double> m0, ga0, gb0;
+          double loss0 = 0;
+          consr_test::for_thread_counts(1, [&](int) {
+            loss0 = consr::dpo_forward(w, l, o, metrics_of(m0));
+            backward(ga0, gb0, {});
+          });
+          consr_test::for_thread_counts(3, [&](int k) {
+            INFO("threads=" << k + 1);
+            std::vector<double> m1, ga1, gb1, saved(static_cast<std::size_t>(P), nan_v);
+            const double loss1 = consr::dpo_forward(w, l, o, metrics_of(m1), consr::make_view(saved.data(), P));
+            backward(ga1, gb1, cview(saved));
+            CHECK(std::memcmp(&loss0, &loss1, sizeof loss0) == 0);
+            CHECK(std::memcmp(m0.data(), m1.data(), m0.size() * sizeof(double)) == 0);
+            CHECK(std::memcmp(ga0.data(), ga1.data(), ga0.size() * sizeof(double)) == 0);
+            CHECK(std::memcmp(gb0.data(), gb1.data(), gb0.size() * sizeof(double)) == 0);
+            if (red == consr::loss_reduction::none) return;
+            std::vector<double> m2, ga2(B.a.size(), nan_v), gb2(B.b.size(), nan_v);
+            const double loss2 = consr::dpo_forward_backward(w, l, o, 0.7, consr::make_view(ga2.data(), ga2.size()),
+                                                             consr::make_view(gb2.data(), gb2.size()), metrics_of(m2));
+            CHECK(std::memcmp(&loss0, &loss2, sizeof loss0) == 0);
+            CHECK(std::memcmp(m0.data(), m2.data(), m0.size() * sizeof(double)) == 0);
+            CHECK(std::memcmp(ga0.data(), ga2.data(), ga0.size() * sizeof(double)) == 0);
+            CHECK(std::memcmp(gb0.data(), gb2.data(), gb0.size() * sizeof(double)) == 0);
+            if (k != 0) return;
+            // dpo_forward_backward against the plain double loops: the value, and the gradient
+            // −/+ σ(−Δ')·ω (×β for eq. 7) · upstream on scored tokens, 0 on ignored ones.
+            double ref_total = 0;
+            const double up = red == consr::loss_reduction::mean ? 0.7 / double(P) : 0.7;
+            for (index_t i = 0; i < P; ++i) {
+              const ref_pair r = reference_pair(B, i, o, per_seq, nullptr);
+              ref_total += r.objective;
+              const double g = r.sigma_neg * (loss ? 1.0 : o.beta) * up;
+              for (index_t t = B.off_w[i]; t < B.off_w[i + 1]; ++t)
+                CHECK(ga2[t] == (scored(B.lab_w, t) ? Approx(-g * (loss && vw ? B.w_w[t] : 1.0)).epsilon(1e-12)
+                                                    : Approx(0.0).margin(0.0)));
+              for (index_t t = B.off_l[i]; t < B.off_l[i + 1]; ++t)
+                CHECK(gb2[t] == (scored(B.lab_l, t) ? Approx(g * (loss && vw ? B.w_l[t] : 1.0)).epsilon(1e-12)
+                                                    : Approx(0.0).margin(0.0)));
+            }
+            CHECK(loss2 == Approx(red == consr::loss_reduction::mean ? ref_total / double(P) : ref_total)
+                               .epsilon(1e-12));
+          });
+          ++combos;
+        }
+  CHECK(combos == 24);
+}
+
 TEST_CASE("dpo: length normalization with an empty sequence is an error naming the pair", "[dpo]") {
   // Pair 1's rejected side has only ignored tokens; pair 2's chosen side is empty.
   const std::vector<double> a = {-1, -2, -1, -3}, b = {-2, -1, -1, -1};
@@ -758,6 +843,23 @@ TEST_CASE("dpo: invalid input names the argument", "[dpo]") {
           consr::dpo_backward(w, l, none, consr::make_view(up.data(), 2), consr::make_view(ga.data(), ga.size()),
                               consr::make_view(gb.data(), gb.size()));
         }) == "grad_loss_per_pair");
+  // The gradient scales dpo_forward saves for dpo_backward, and dpo_forward_backward.
+  std::vector<double> saved(3);
+  const auto va = consr::make_view(ga.data(), ga.size()), vb = consr::make_view(gb.data(), gb.size());
+  CHECK(arg([&] { consr::dpo_forward(w, l, o, {}, consr::make_view(saved.data(), 2)); }) == "saved_grad_scale");
+  CHECK(arg([&] { consr::dpo_forward(w, l, o, {}, bcast(saved, 3)); }) == "saved_grad_scale");
+  CHECK(arg([&] { consr::dpo_backward(w, l, o, 1.0, va, vb, consr::make_view(saved.data(), 2)); }) == "saved_grad_scale");
+  CHECK(arg([&] {
+          consr::dpo_backward(w, l, o, 1.0, va, vb, consr::make_view(ga.data(), 3));
+        }) == "saved_grad_scale");  // overlaps grad_chosen_logp
+  CHECK(arg([&] { consr::dpo_forward_backward(w, l, none, 1.0, va, vb); }) == "options.reduction");
+  CHECK(arg([&] { consr::dpo_forward_backward(w, l, o, 1.0, consr::make_view(ga.data(), 1), vb); }) ==
+        "grad_chosen_logp");
+  CHECK(arg([&] { consr::dpo_forward_backward(w, l, o, 1.0, va, bcast(gb, gb.size())); }) == "grad_rejected_logp");
+  CHECK(arg([&] { consr::dpo_forward_backward(w, l, o, 1.0, va, vb, mb); }) == "metrics.loss");
+  consr::dpo_options zero_beta = o;
+  zero_beta.beta = 0.0;
+  CHECK(arg([&] { consr::dpo_forward_backward(w, l, zero_beta, 1.0, va, vb); }) == "options.beta");
 
   // No pairs: mean is 0, backward writes nothing.
   const std::vector<std::int64_t> off0 = {0};

@@ -43,27 +43,27 @@ struct dpo_run {
 typedef double dpo_lanes __attribute__((vector_size(sum_lanes * sizeof(double))));
 typedef std::int64_t dpo_lane_mask __attribute__((vector_size(sum_lanes * sizeof(std::int64_t))));
 
+// (Vectors go out through references: a vector return value would change the ABI between
+// -mavx512f and not, which GCC warns about, -Wpsabi.)
 template <class T>
-CONSR_FORCEINLINE dpo_lanes dpo_load_lanes(const T* p) noexcept {
+CONSR_FORCEINLINE void dpo_load_lanes(const T* p, dpo_lanes& out) noexcept {
   if constexpr (std::is_same_v<T, double>) {
-    dpo_lanes v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
+    std::memcpy(&out, p, sizeof out);
   } else {
     typedef float floats __attribute__((vector_size(sum_lanes * sizeof(float))));
     floats v;
     std::memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, dpo_lanes);
+    out = __builtin_convertvector(v, dpo_lanes);
   }
 }
 
 /// All ones in the lanes whose label is not `ignore`, else zero.
 template <class Label>
-CONSR_FORCEINLINE dpo_lane_mask dpo_scored_lanes(const Label* p, std::int64_t ignore) noexcept {
+CONSR_FORCEINLINE void dpo_scored_lanes(const Label* p, std::int64_t ignore, dpo_lane_mask& out) noexcept {
   typedef Label labels __attribute__((vector_size(sum_lanes * sizeof(Label))));
   labels v;
   std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, dpo_lane_mask) != ignore;
+  out = __builtin_convertvector(v, dpo_lane_mask) != ignore;
 }
 #else
 #define CONSR_DPO_LANE_VECTORS 0
@@ -104,12 +104,21 @@ struct dpo_run_sums {
   template <class T, class Label>
   CONSR_FORCEINLINE void add8(const dpo_run<T, Label>& r, index_t j, std::int64_t ignore) noexcept {
 #if CONSR_DPO_LANE_VECTORS
-    const dpo_lanes a = dpo_load_lanes(r.logp + j);
-    dpo_lanes x0 = a, x1 = a;
-    if constexpr (Reference) x0 = a - dpo_load_lanes(r.reference + j);
-    if constexpr (Weights) x1 = dpo_load_lanes(r.weights + j) * a;
+    dpo_lanes a, x0, x1, y;
+    dpo_load_lanes(r.logp + j, a);
+    x0 = a;
+    x1 = a;
+    if constexpr (Reference) {
+      dpo_load_lanes(r.reference + j, y);
+      x0 = a - y;
+    }
+    if constexpr (Weights) {
+      dpo_load_lanes(r.weights + j, y);
+      x1 = y * a;
+    }
     if constexpr (Labels) {  // +0.0 in the ignored lanes, as the scalar select
-      const dpo_lane_mask scored = dpo_scored_lanes(r.labels + j, ignore);
+      dpo_lane_mask scored;
+      dpo_scored_lanes(r.labels + j, ignore, scored);
       x0 = reinterpret_cast<dpo_lanes>(reinterpret_cast<dpo_lane_mask>(x0) & scored);
       x1 = reinterpret_cast<dpo_lanes>(reinterpret_cast<dpo_lane_mask>(x1) & scored);
       minus_scored += scored;

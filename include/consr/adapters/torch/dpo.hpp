@@ -266,7 +266,8 @@ struct dpo_constants {
 /// The autograd function of dpo_loss: inputs the two packed policy log-prob tensors (1-D, float32
 /// or float64), the constants and the options; outputs (loss, metrics), metrics non-differentiable.
 /// Backward: consr::dpo_backward (eq. 8 / eq. 14 with σ(−Δ') held fixed), scaled by the upstream
-/// gradient of loss (a scalar for mean/sum, one per pair for none).
+/// gradient of loss (a scalar for mean/sum, one per pair for none); on the CPU from the gradient
+/// scales the forward saved (no second pass over the log-probs).
 struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& chosen_logp,
                                                 const at::Tensor& rejected_logp, const dpo_constants& constants,
@@ -286,7 +287,11 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
                  ? metrics.select(1, static_cast<int64_t>(dpo_metric::loss)).clone()
                  : reduced.view({});
     } else {
-      loss = cpu_forward(chosen_logp, rejected_logp, constants, options, metrics);
+      // Each pair's gradient scale (P doubles), so that the backward only writes the gradients
+      // instead of summing the log-probs a second time.
+      at::Tensor grad_scale = at::empty({num_pairs}, chosen_logp.options().dtype(at::kDouble));
+      loss = cpu_forward(chosen_logp, rejected_logp, constants, options, metrics, grad_scale);
+      ctx->saved_data["grad_scale"] = grad_scale;
     }
     ctx->save_for_backward({chosen_logp, rejected_logp});
     detail::save_dpo_side(ctx, "chosen", constants.chosen);
@@ -296,9 +301,11 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
     return {loss, metrics};
   }
 
-  /// The host forward: fills metrics, returns the loss tensor.
+  /// The host forward: fills metrics and grad_scale (float64, one per pair, for the backward),
+  /// returns the loss tensor.
   static at::Tensor cpu_forward(const at::Tensor& chosen_logp, const at::Tensor& rejected_logp,
-                                const dpo_constants& constants, const dpo_options& options, const at::Tensor& metrics) {
+                                const dpo_constants& constants, const dpo_options& options, const at::Tensor& metrics,
+                                const at::Tensor& grad_scale) {
     constexpr const char* fn = "consr::libtorch::dpo_loss";
     const double total = detail::dispatch_float_or_double(chosen_logp, fn, "chosen.policy_logp", [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -306,7 +313,8 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
       const auto rejected =
           detail::dpo_sequences_of<T>(rejected_logp, constants.rejected, detail::dpo_arg_names("rejected"), fn);
       const auto m = detail::dpo_metrics_of<T>(metrics);
-      return detail::translate_errors([&] { return consr::dpo_forward(chosen, rejected, options, m); });
+      const auto saved = host_view_of<double, 1>(grad_scale, "grad_scale", fn);
+      return detail::translate_errors([&] { return consr::dpo_forward(chosen, rejected, options, m, saved); });
     });
     return options.reduction == loss_reduction::none
                ? metrics.select(1, static_cast<int64_t>(dpo_metric::loss)).clone()
@@ -343,15 +351,17 @@ struct dpo_loss_function : public torch::autograd::Function<dpo_loss_function> {
           detail::dpo_sequences_of<T>(rejected_logp, rejected_side, detail::dpo_arg_names("rejected"), fn);
       const auto gc = host_view_of<T, 1>(grad_chosen, "grad_chosen_logp", fn);
       const auto gr = host_view_of<T, 1>(grad_rejected, "grad_rejected_logp", fn);
+      const auto saved = host_view_of<const double, 1>(ctx->saved_data["grad_scale"].toTensor(), "grad_scale", fn);
       detail::translate_errors([&] {
         if (options.reduction == loss_reduction::none) {
           const int64_t num_pairs = std::max<int64_t>(chosen_side.offsets.size(0) - 1, 0);
           const at::Tensor upstream = grad_loss.defined() ? grad_loss.to(chosen_logp.scalar_type()).contiguous()
                                                           : at::zeros({num_pairs}, chosen_logp.options());
-          consr::dpo_backward(chosen, rejected, options, host_view_of<const T, 1>(upstream, "grad_loss", fn), gc, gr);
+          consr::dpo_backward(chosen, rejected, options, host_view_of<const T, 1>(upstream, "grad_loss", fn), gc, gr,
+                              saved);
         } else {
           const double upstream = grad_loss.defined() ? grad_loss.item<double>() : 0.0;
-          consr::dpo_backward(chosen, rejected, options, upstream, gc, gr);
+          consr::dpo_backward(chosen, rejected, options, upstream, gc, gr, saved);
         }
       });
     });
