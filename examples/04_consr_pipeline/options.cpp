@@ -199,6 +199,8 @@ void validate_options(const options& o) {
           "is '" + o.lr_schedule + "' but must be cosine or constant");
   require(std::isfinite(o.warmup_ratio) && o.warmup_ratio >= 0 && o.warmup_ratio < 1, "--warmup-ratio",
           "must be in [0, 1), got " + number_string(o.warmup_ratio));
+  require(!o.gradient_checkpointing || o.target == stage::train, "--gradient-checkpointing",
+          std::string("applies to the train stage only, but the target stage is '") + to_string(o.target) + "'");
   require(std::isfinite(o.max_grad_norm) && o.max_grad_norm >= 0, "--max-grad-norm",
           "must be finite and >= 0 (0 = no clipping), got " + number_string(o.max_grad_norm));
   require(o.early_stop_patience >= 0, "--early-stop-patience",
@@ -385,6 +387,7 @@ constexpr flag_option flag_options[] = {
     {"--no-length-normalize", &options::length_normalize, false},
     {"--no-visual-weights", &options::visual_weights, false},
     {"--scale-by-beta", &options::scale_by_beta, true},
+    {"--gradient-checkpointing", &options::gradient_checkpointing, true},
 };
 
 }  // namespace
@@ -483,6 +486,7 @@ std::string usage(const std::string& program) {
      << "  --visual-alpha A (0.5)  --clip-lo L (0)  --clip-hi H (0.2)  --scale-by-beta\n"
      << "  --lora-naming transformers5|checkpoint (transformers5: what PEFT loads on transformers 5; checkpoint: legacy)\n"
      << "  --lr-schedule cosine|constant (cosine)  --warmup-ratio R (0.1)  --max-grad-norm G (1; 0 = off)\n"
+     << "  --gradient-checkpointing  recompute each decoder layer in backward: less memory, same gradients\n"
      << "  --validation-report FILE (another run's report.json: validation loss per epoch)  --early-stop-patience N (0 = off)\n";
   return os.str();
 }

@@ -160,6 +160,9 @@ struct options {
   double warmup_ratio = 0.1;
   /// Clip the global L2 norm of the LoRA gradients before each step (0 = off; transformers' default 1).
   double max_grad_norm = 1.0;
+  /// Recompute each decoder layer in backward instead of keeping its activations (the same loss and
+  /// gradients, less memory, one more forward per step); train stage only, not in the fingerprint.
+  bool gradient_checkpointing = false;
   /// A report.json of another run (e.g. the pipeline on validation items, up to `write`) whose pairs
   /// give a validation DPO loss after every epoch ("" = none). Must come from the same model.
   std::string validation_report;

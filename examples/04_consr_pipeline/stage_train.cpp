@@ -256,6 +256,8 @@ std::string train(run_context& ctx, const stage_run& run) {
   lora.seed = o.seed;
   const std::vector<std::string> wrapped = cr::apply_lora(*m.model, lora);
   cr::mark_only_lora_trainable(*m.model);
+  // Layers recomputed in backward; the no-grad reference and validation passes are unaffected.
+  m.model->language_model->set_gradient_checkpointing(o.gradient_checkpointing);
   // Every rank starts from rank 0's LoRA factors (the seeded init is the same everywhere already;
   // the broadcast makes it so whatever the rank's RNG did).
   std::vector<torch::Tensor> params = cr::lora_parameters(*m.model);
@@ -309,7 +311,8 @@ std::string train(run_context& ctx, const stage_run& run) {
           << ", " << total_steps
           << " step(s), AdamW lr " << o.learning_rate << " (" << o.lr_schedule << ", warmup " << o.warmup_ratio
           << ", max grad norm " << o.max_grad_norm << "), loss " << o.loss_type << " (beta " << o.beta << ")"
-          << (val_pairs.empty() ? "" : "; " + std::to_string(val_pairs.size()) + " validation pair(s)") << "\n";
+          << (val_pairs.empty() ? "" : "; " + std::to_string(val_pairs.size()) + " validation pair(s)")
+          << (m.model->language_model->gradient_checkpointing() ? "; gradient checkpointing" : "") << "\n";
 
   // Validation after every epoch (and before the first): the pairs' mean metrics, no gradient.
   json validation = json::array();
