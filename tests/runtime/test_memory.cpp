@@ -429,12 +429,14 @@ TEST_CASE("memory: measure the Qwen2.5-VL vision tower on a large image", "[.mem
   // A narrow random tower (hidden 64, 16 heads as the real one, one full-attention block) on a
   // CONSR_MEMORY_GRID² -patch image (default 128: a 1792 x 1792 image; 256 is the 65536 patches of
   // Qwen2.5-VL's default max_pixels). The scores' size does not depend on the width.
+  // CONSR_MEMORY_VISION_HIDDEN sets the width (1280 is the real one: head_dim 80).
   const char* g = std::getenv("CONSR_MEMORY_GRID");
   const std::int64_t grid = g ? std::stoll(g) : 128;
+  const char* w = std::getenv("CONSR_MEMORY_VISION_HIDDEN");
   consr_runtime::qwen2_5_vl_vision_config c;
   c.depth = 1;
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
+  c.hidden_size = w ? std::stoll(w) : 64;
+  c.intermediate_size = 2 * c.hidden_size;
   c.num_heads = 16;
   c.out_hidden_size = 64;
   c.fullatt_block_indexes = {0};
