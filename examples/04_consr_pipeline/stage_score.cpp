@@ -22,6 +22,8 @@ json score_settings(const run_context& ctx) {
   j["lambda"] = o.lambda;
   j["reward_space"] = o.reward_space;
   j["score_batch_size"] = o.score_batch_size;
+  // Scores of an older build (every candidate with its own prompt prefill) differ by rounding.
+  j["prefix"] = "shared";
   j["pairs_per_group"] = o.pairs_per_group;
   j["min_margin"] = o.min_margin;
   j["skip_duplicates"] = o.skip_duplicates;
@@ -90,10 +92,9 @@ json score_item(run_context& ctx, std::size_t i, const json& cands, const std::m
   }
   std::vector<cr::scored_response> s_clean, s_corrupt, s_semantic;
   if (!responses.empty()) {
-    const std::size_t n = responses.size();
+    // The candidates share each condition's prompt + image: its prefix is prefilled once.
     const auto score = [&](const cr::prompt_input& prompt) {
-      return cr::score_responses(*m.model, std::vector<cr::prompt_input>(n, prompt), responses, m.end_of_turn,
-                                 o.score_batch_size);
+      return cr::score_responses_shared(*m.model, prompt, responses, m.end_of_turn, o.score_batch_size);
     };
     s_clean = score(clean);
     s_corrupt = score(corrupt);

@@ -313,3 +313,104 @@ TEST_CASE("generation: collate left-pads and bad options are rejected", "[genera
   CHECK_THROWS_WITH(score_responses(*f.model, {a}, {{1, 99999}}, f.token("im_end")), Catch::Contains("'responses'"));
   CHECK_THROWS_WITH(score_responses(*f.model, {a, b}, {{1}}, f.token("im_end")), Catch::Contains("'responses'"));
 }
+
+namespace {
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("generation: shared-prefix scoring equals per-row scoring and HF", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    INFO(f->dir);
+    const std::int64_t end = f->token("im_end");
+    auto response = f->ids("response_ids");  // ends with <|im_end|>
+    std::vector<std::int64_t> without_end(response.begin(), response.end() - 1);
+    std::vector<std::int64_t> two(response.begin(), response.begin() + 2);
+    std::vector<std::int64_t> reversed(without_end.rbegin(), without_end.rend());
+    // Different lengths (right padding inside a batch), an empty response (only <|im_end|> is
+    // scored) and one equal to another.
+    const std::vector<std::vector<std::int64_t>> responses{without_end, two, {}, reversed, response, without_end};
+    for (const prompt_input& prompt : {f->image_prompt(), f->text_prompt()}) {
+      auto per_row = score_responses(*f->model, std::vector<prompt_input>(responses.size(), prompt), responses, end, 3);
+      for (std::int64_t batch : {1, 2, 4, 8}) {
+        INFO("batch_size " << batch << ", prompt of " << prompt.input_ids.size() << " tokens");
+        auto shared = score_responses_shared(*f->model, prompt, responses, end, batch);
+        REQUIRE(shared.size() == responses.size());
+        for (std::size_t i = 0; i < responses.size(); ++i) {
+          CHECK(shared[i].token_ids == per_row[i].token_ids);
+          CHECK(max_abs_diff(shared[i].logprobs, per_row[i].logprobs) <= 1e-5);
+        }
+      }
+    }
+    // Against HF's log-probs of the image prompt's response.
+    auto shared = score_responses_shared(*f->model, f->image_prompt(), {without_end}, end);
+    torch::Tensor ref = (*f)["response_logprobs"];
+    REQUIRE(static_cast<std::int64_t>(shared[0].logprobs.size()) == ref.numel());
+    for (std::size_t i = 0; i < shared[0].logprobs.size(); ++i)
+      CHECK(std::abs(shared[0].logprobs[i] - ref[static_cast<std::int64_t>(i)].item<double>()) <= 1e-4);
+    CHECK(score_responses_shared(*f->model, f->text_prompt(), {}, end).empty());
+  }
+  fixture& f = qwen();
+  const std::int64_t end = f.token("im_end");
+  CHECK_THROWS_WITH(score_responses_shared(*f.model, prompt_input{}, {{1}}, end), Catch::Contains("'prompt'"));
+  CHECK_THROWS_WITH(score_responses_shared(*f.model, f.text_prompt(), {{1}}, end, 0), Catch::Contains("'batch_size'"));
+  CHECK_THROWS_WITH(score_responses_shared(*f.model, f.text_prompt(), {{1}, {2, f.model->image_token_id()}}, end),
+                    Catch::Contains("'responses'") && Catch::Contains("response 1"));
+  CHECK_THROWS_WITH(score_responses_shared(*f.model, f.text_prompt(), {{-1}}, end), Catch::Contains("'responses'"));
+}
+
+TEST_CASE("generation: generate_samples prefills once and equals generate over copies", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    INFO(f->dir);
+    prompt_input image = f->image_prompt();
+    // Greedy: every sample is the single greedy continuation.
+    sampling_options g = greedy(*f, 8);
+    auto samples = generate_samples(*f->model, image, 3, g);
+    auto alone = generate(*f->model, {image}, g)[0];
+    for (const auto& s : samples) CHECK(s.token_ids == alone.token_ids);
+    // Sampled: sample k equals generate over copies with key first_key + k.
+    sampling_options o;
+    o.temperature = 1.0;
+    o.max_new_tokens = 10;
+    o.seed = 77;
+    o.stop_token_ids = f->stops();
+    auto drawn = generate_samples(*f->model, image, 4, o, 20);
+    auto copies = generate(*f->model, std::vector<prompt_input>(4, image), o, {20, 21, 22, 23});
+    for (std::size_t k = 0; k < drawn.size(); ++k) {
+      CHECK(drawn[k].token_ids == copies[k].token_ids);
+      CHECK(drawn[k].stop_token == copies[k].stop_token);
+    }
+    CHECK(generate_samples(*f->model, image, 2, greedy(*f, 0))[1].token_ids.empty());
+  }
+  CHECK_THROWS_WITH(generate_samples(*qwen().model, prompt_input{}, 2, sampling_options{}), Catch::Contains("'prompt'"));
+  CHECK_THROWS_WITH(generate_samples(*qwen().model, qwen().text_prompt(), 0, sampling_options{}),
+                    Catch::Contains("'num_samples'"));
+}
+
+TEST_CASE("generation: extend_hidden checks its arguments", "[generation]") {
+  fixture& f = qwen();
+  torch::NoGradGuard no_grad;
+  decode_state none;
+  CHECK_THROWS_WITH(f.model->extend_hidden(torch::ones({1, 2}, torch::kInt64), {}, none), Catch::Contains("'state'"));
+  decode_state state;
+  f.model->forward_hidden(collate({f.text_prompt()}, 0), &state);
+  CHECK_THROWS_WITH(f.model->extend_hidden(torch::ones({2, 2}, torch::kInt64), {}, state), Catch::Contains("'ids'"));
+  CHECK_THROWS_WITH(f.model->extend_hidden(torch::ones({1, 2}, torch::kInt64), torch::ones({1, 3}), state),
+                    Catch::Contains("'mask'"));
+  CHECK_THROWS_WITH(f.model->extend_hidden(torch::full({1, 1}, f.model->image_token_id(), torch::kInt64), {}, state),
+                    Catch::Contains("'ids'") && Catch::Contains("image token"));
+  CHECK_THROWS_WITH(f.model->extend_hidden(torch::full({1, 1}, f.model->text().vocab_size, torch::kInt64), {}, state),
+                    Catch::Contains("'ids'"));
+  // A padded id outside the vocabulary is not read; the state grows by the real tokens only.
+  const std::int64_t before = state.real_length.item<std::int64_t>();
+  torch::Tensor ids = torch::tensor({5, 6, -1}, torch::kInt64).view({1, 3});
+  torch::Tensor mask = torch::tensor({1, 1, 0}, torch::kInt64).view({1, 3});
+  CHECK(f.model->extend_hidden(ids, mask, state).sizes() == torch::IntArrayRef{1, 3, f.model->text().hidden_size});
+  CHECK(state.real_length.item<std::int64_t>() == before + 2);
+}

@@ -10,6 +10,8 @@
 
 #include <torch/torch.h>
 
+#include <consr/adapters/torch.hpp>
+
 #include "consr_runtime/error.hpp"
 
 namespace consr_runtime {
@@ -175,27 +177,23 @@ std::int64_t sample_token(const torch::Tensor& logits, double temperature, doubl
   return order[kept - 1];
 }
 
-std::vector<generation_result> generate(vision_language_model& model, const std::vector<prompt_input>& prompts,
-                                        const sampling_options& options, const std::vector<std::uint64_t>& sample_keys) {
-  const char* fn = "generate";
+namespace {
+
+void check_generation(const char* fn, const vision_language_model& model, const sampling_options& options) {
   check_sampling(fn, options);
-  if (prompts.empty()) fail(fn, "prompts", "empty list");
-  if (!sample_keys.empty() && sample_keys.size() != prompts.size())
-    fail(fn, "sample_keys", std::to_string(sample_keys.size()) + " keys for " + std::to_string(prompts.size()) + " prompts");
   const std::int64_t vocab = model.text().vocab_size;
   for (auto s : options.stop_token_ids)
     if (s < 0 || s >= vocab) fail(fn, "stop_token_ids", "id " + std::to_string(s) + " outside [0, " + std::to_string(vocab) + ")");
   if (options.pad_token_id < 0 || options.pad_token_id >= vocab)
     fail(fn, "pad_token_id", "id " + std::to_string(options.pad_token_id) + " outside [0, " + std::to_string(vocab) + ")");
+}
 
-  const std::size_t batch = prompts.size();
+// The decoding loop after a prefill: `logits` [B, V] (CPU) of each state row's last position; row r
+// of the state belongs to results[r] and draws with key keys[r].
+std::vector<generation_result> decode_loop(vision_language_model& model, decode_state& state, torch::Tensor logits,
+                                           const sampling_options& options, const std::vector<std::uint64_t>& keys) {
+  const std::size_t batch = keys.size();
   std::vector<generation_result> results(batch);
-  if (options.max_new_tokens == 0) return results;
-  torch::NoGradGuard no_grad;
-  decode_state state;
-  model_inputs inputs = collate(prompts, options.pad_token_id);
-  torch::Tensor hidden = model.forward_hidden(inputs, &state);
-  torch::Tensor logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kCPU);  // [B, V]
   std::vector<std::size_t> active(batch);  // active[r] = result index of state row r
   std::iota(active.begin(), active.end(), 0);
   const std::int64_t context = model.text().max_position_embeddings;
@@ -206,8 +204,7 @@ std::vector<generation_result> generate(vision_language_model& model, const std:
     torch::Tensor real = state.real_length.to(torch::kCPU);
     for (std::size_t r = 0; r < active.size(); ++r) {
       const std::size_t i = active[r];
-      const std::uint64_t key = sample_keys.empty() ? static_cast<std::uint64_t>(i) : sample_keys[i];
-      const double u = counter_uniform(options.seed, key, static_cast<std::uint64_t>(step));
+      const double u = counter_uniform(options.seed, keys[i], static_cast<std::uint64_t>(step));
       const std::int64_t token = sample_token(logits[static_cast<std::int64_t>(r)], options.temperature, options.top_p, u);
       generation_result& res = results[i];
       if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) != options.stop_token_ids.end()) {
@@ -236,21 +233,80 @@ std::vector<generation_result> generate(vision_language_model& model, const std:
   return results;
 }
 
+}  // namespace
+
+std::vector<generation_result> generate(vision_language_model& model, const std::vector<prompt_input>& prompts,
+                                        const sampling_options& options, const std::vector<std::uint64_t>& sample_keys) {
+  const char* fn = "generate";
+  check_generation(fn, model, options);
+  if (prompts.empty()) fail(fn, "prompts", "empty list");
+  if (!sample_keys.empty() && sample_keys.size() != prompts.size())
+    fail(fn, "sample_keys", std::to_string(sample_keys.size()) + " keys for " + std::to_string(prompts.size()) + " prompts");
+  std::vector<std::uint64_t> keys = sample_keys;
+  if (keys.empty())
+    for (std::size_t i = 0; i < prompts.size(); ++i) keys.push_back(i);
+  if (options.max_new_tokens == 0) return std::vector<generation_result>(prompts.size());
+  torch::NoGradGuard no_grad;
+  decode_state state;
+  model_inputs inputs = collate(prompts, options.pad_token_id);
+  torch::Tensor hidden = model.forward_hidden(inputs, &state);
+  torch::Tensor logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kCPU);  // [B, V]
+  return decode_loop(model, state, logits, options, keys);
+}
+
 std::vector<generation_result> generate_samples(vision_language_model& model, const prompt_input& prompt,
                                                 std::int64_t num_samples, const sampling_options& options,
                                                 std::uint64_t first_key) {
-  if (num_samples < 1) fail("generate_samples", "num_samples", "must be positive, got " + std::to_string(num_samples));
-  prompt_input shared = prompt;
-  if (!prompt.images.empty() && !prompt.images.features.defined()) {
-    torch::NoGradGuard no_grad;
-    shared.images.features = model.image_features(prompt.images);
-    shared.images.pixel_values = torch::Tensor();
-  }
-  std::vector<prompt_input> prompts(static_cast<std::size_t>(num_samples), shared);
+  const char* fn = "generate_samples";
+  if (num_samples < 1) fail(fn, "num_samples", "must be positive, got " + std::to_string(num_samples));
+  check_generation(fn, model, options);
+  if (prompt.input_ids.empty()) fail(fn, "prompt", "has no tokens");
   std::vector<std::uint64_t> keys(static_cast<std::size_t>(num_samples));
   for (std::size_t k = 0; k < keys.size(); ++k) keys[k] = first_key + k;
-  return generate(model, prompts, options, keys);
+  if (options.max_new_tokens == 0) return std::vector<generation_result>(keys.size());
+  // The shared prefix: one prefill of the prompt (and one vision forward), then its KV cache and
+  // last logits copied to every sample's row.
+  torch::NoGradGuard no_grad;
+  decode_state state;
+  torch::Tensor hidden = model.forward_hidden(collate({prompt}, options.pad_token_id), &state);
+  torch::Tensor logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kCPU);  // [1, V]
+  if (num_samples > 1) {
+    state.select_rows(torch::zeros({num_samples}, torch::kInt64));
+    logits = logits.expand({num_samples, logits.size(1)});
+  }
+  return decode_loop(model, state, logits, options, keys);
 }
+
+namespace {
+
+// The tokens scored for response i: the response, plus end_of_turn_id unless it ends with it or
+// end_of_turn_id < 0 (spec §5). Throws naming 'responses' for an id outside [0, vocab).
+std::vector<std::int64_t> scored_tokens(const char* fn, const std::vector<std::int64_t>& response, std::size_t i,
+                                        std::int64_t end_of_turn_id, std::int64_t vocab) {
+  std::vector<std::int64_t> scored = response;
+  if (end_of_turn_id >= 0 && (scored.empty() || scored.back() != end_of_turn_id)) scored.push_back(end_of_turn_id);
+  for (auto id : scored)
+    if (id < 0 || id >= vocab)
+      fail(fn, "responses", "response " + std::to_string(i) + " has id " + std::to_string(id) + " outside [0, " +
+                                std::to_string(vocab) + ")");
+  return scored;
+}
+
+// log_softmax(logits(hidden))[target] in fp32 for rows of final hidden states [N, hidden]: through
+// consr's memory-bounded linear log-probs (vocabulary chunks; never the N × V logits, with autograd)
+// when the output projection is a plain weight, through the logits when a LoRA adapter sits on
+// lm_head.
+torch::Tensor token_logprobs_of(vision_language_model& model, const torch::Tensor& hidden, const std::vector<std::int64_t>& targets) {
+  torch::Tensor labels = torch::tensor(targets, torch::kInt64).to(hidden.device());
+  if (model.lm_head && model.lm_head->has_lora()) {
+    torch::Tensor logp = torch::log_softmax(model.logits(hidden).to(torch::kFloat32), -1);
+    return logp.gather(1, labels.unsqueeze(1)).squeeze(1);
+  }
+  const torch::Tensor& weight = model.lm_head ? model.lm_head->weight : model.language_model->embed_tokens->weight;
+  return consr::libtorch::linear_token_logprobs(hidden.contiguous(), weight, torch::Tensor(), labels).to(torch::kFloat32);
+}
+
+}  // namespace
 
 response_logprobs_batch teacher_forced_logprobs(vision_language_model& model, const std::vector<prompt_input>& prompts,
                                                 const std::vector<std::vector<std::int64_t>>& responses,
@@ -266,12 +322,7 @@ response_logprobs_batch teacher_forced_logprobs(vision_language_model& model, co
   out.offsets.push_back(0);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].input_ids.empty()) fail(fn, "prompts", "prompt " + std::to_string(i) + " has no tokens (nothing to condition on)");
-    std::vector<std::int64_t> scored = responses[i];
-    if (end_of_turn_id >= 0 && (scored.empty() || scored.back() != end_of_turn_id)) scored.push_back(end_of_turn_id);
-    for (auto id : scored)
-      if (id < 0 || id >= vocab)
-        fail(fn, "responses", "response " + std::to_string(i) + " has id " + std::to_string(id) + " outside [0, " +
-                                  std::to_string(vocab) + ")");
+    std::vector<std::int64_t> scored = scored_tokens(fn, responses[i], i, end_of_turn_id, vocab);
     sequences[i].input_ids = prompts[i].input_ids;
     sequences[i].input_ids.insert(sequences[i].input_ids.end(), scored.begin(), scored.end());
     sequences[i].images = prompts[i].images;
@@ -297,8 +348,7 @@ response_logprobs_batch teacher_forced_logprobs(vision_language_model& model, co
   }
   torch::Tensor hidden = model.forward_hidden(inputs);
   torch::Tensor picked = hidden.reshape({-1, hidden.size(2)}).index_select(0, torch::tensor(rows, torch::kInt64).to(hidden.device()));
-  torch::Tensor logp = torch::log_softmax(model.logits(picked).to(torch::kFloat32), -1);
-  out.logprobs = logp.gather(1, torch::tensor(targets, torch::kInt64).to(logp.device()).unsqueeze(1)).squeeze(1);
+  out.logprobs = token_logprobs_of(model, picked, targets);
   return out;
 }
 
@@ -324,6 +374,81 @@ std::vector<scored_response> score_responses(vision_language_model& model, const
       const float* data = lp.data_ptr<float>();
       s.logprobs.assign(data + b.offsets[i], data + b.offsets[i + 1]);
       out.push_back(std::move(s));
+    }
+  }
+  return out;
+}
+
+std::vector<scored_response> score_responses_shared(vision_language_model& model, const prompt_input& prompt,
+                                                    const std::vector<std::vector<std::int64_t>>& responses,
+                                                    std::int64_t end_of_turn_id, std::int64_t batch_size,
+                                                    std::int64_t pad_token_id) {
+  const char* fn = "score_responses_shared";
+  if (batch_size < 1) fail(fn, "batch_size", "must be positive");
+  if (prompt.input_ids.empty()) fail(fn, "prompt", "has no tokens (nothing to condition on)");
+  const std::int64_t vocab = model.text().vocab_size;
+  if (end_of_turn_id >= vocab) fail(fn, "end_of_turn_id", "id " + std::to_string(end_of_turn_id) + " outside the vocabulary");
+  std::vector<std::vector<std::int64_t>> scored(responses.size());
+  const std::int64_t prompt_len = static_cast<std::int64_t>(prompt.input_ids.size());
+  for (std::size_t i = 0; i < responses.size(); ++i) {
+    scored[i] = scored_tokens(fn, responses[i], i, end_of_turn_id, vocab);
+    for (auto id : scored[i])
+      if (id == model.image_token_id())
+        fail(fn, "responses", "response " + std::to_string(i) + " has the image token " + std::to_string(id));
+    if (prompt_len + static_cast<std::int64_t>(scored[i].size()) > model.text().max_position_embeddings)
+      fail(fn, "responses", "response " + std::to_string(i) + ": prompt + response = " +
+                                std::to_string(prompt_len + static_cast<std::int64_t>(scored[i].size())) +
+                                " tokens, more than max_position_embeddings = " +
+                                std::to_string(model.text().max_position_embeddings));
+  }
+  std::vector<scored_response> out(responses.size());
+  if (responses.empty()) return out;
+  torch::NoGradGuard no_grad;
+  decode_state prefix;
+  torch::Tensor prefix_hidden = model.forward_hidden(collate({prompt}, pad_token_id), &prefix);
+  // The prompt's last position predicts every response's first token.
+  const torch::Tensor last = prefix_hidden.select(1, prefix_hidden.size(1) - 1);  // [1, hidden]
+  for (std::size_t start = 0; start < responses.size(); start += static_cast<std::size_t>(batch_size)) {
+    const std::size_t end = std::min(responses.size(), start + static_cast<std::size_t>(batch_size));
+    const std::int64_t rows = static_cast<std::int64_t>(end - start);
+    // Feed tokens 0 .. T−2 of each response (right-padded); token t is predicted at position t − 1.
+    std::int64_t fed = 0;
+    for (std::size_t i = start; i < end; ++i) fed = std::max<std::int64_t>(fed, static_cast<std::int64_t>(scored[i].size()) - 1);
+    torch::Tensor hidden = last.unsqueeze(1).expand({rows, 1, last.size(1)});  // [rows, 1, hidden]
+    if (fed > 0) {
+      torch::Tensor ids = torch::full({rows, fed}, pad_token_id, torch::kInt64);
+      torch::Tensor mask = torch::zeros({rows, fed}, torch::kInt64);
+      auto ia = ids.accessor<std::int64_t, 2>();
+      auto ma = mask.accessor<std::int64_t, 2>();
+      for (std::size_t i = start; i < end; ++i)
+        for (std::size_t k = 0; k + 1 < scored[i].size(); ++k) {
+          ia[static_cast<std::int64_t>(i - start)][static_cast<std::int64_t>(k)] = scored[i][k];
+          ma[static_cast<std::int64_t>(i - start)][static_cast<std::int64_t>(k)] = 1;
+        }
+      decode_state state = prefix;  // select_rows makes new tensors: `prefix` stays as it is
+      state.select_rows(torch::zeros({rows}, torch::kInt64));
+      hidden = torch::cat({hidden, model.extend_hidden(ids, mask, state)}, 1);  // [rows, fed + 1, hidden]
+    }
+    std::vector<std::int64_t> picked_rows, targets;
+    for (std::size_t i = start; i < end; ++i)
+      for (std::size_t k = 0; k < scored[i].size(); ++k) {
+        picked_rows.push_back(static_cast<std::int64_t>(i - start) * (fed + 1) + static_cast<std::int64_t>(k));
+        targets.push_back(scored[i][k]);
+      }
+    torch::Tensor lp;
+    if (!picked_rows.empty()) {
+      torch::Tensor picked = hidden.reshape({-1, hidden.size(2)})
+                                 .index_select(0, torch::tensor(picked_rows, torch::kInt64).to(hidden.device()));
+      lp = token_logprobs_of(model, picked, targets).to(torch::kCPU).contiguous();
+    }
+    std::size_t offset = 0;
+    for (std::size_t i = start; i < end; ++i) {
+      out[i].token_ids = scored[i];
+      if (!scored[i].empty()) {
+        const float* data = lp.data_ptr<float>() + offset;
+        out[i].logprobs.assign(data, data + scored[i].size());
+      }
+      offset += scored[i].size();
     }
   }
   return out;

@@ -204,23 +204,65 @@ torch::Tensor vision_language_model::forward(const model_inputs& inputs, decode_
   return logits(forward_hidden(inputs, state));
 }
 
+namespace {
+
+// Feeds ids [B, L] (mask int64 [B, L], 1 real / 0 padding) after the cached positions: each real
+// token gets the row's next position + the real tokens before it. Checked by the callers.
+torch::Tensor run_extension(const char* fn, vision_language_model& model, const torch::Tensor& ids,
+                            const torch::Tensor& mask, decode_state& state) {
+  const std::int64_t batch = ids.size(0), len = ids.size(1);
+  torch::Tensor added = mask.sum(1);
+  if ((state.real_length + added).max().item<std::int64_t>() > model.text().max_position_embeddings)
+    fail(fn, "state", "the context is full: max_position_embeddings = " + std::to_string(model.text().max_position_embeddings));
+  torch::Tensor pos = state.next_position.view({batch, 1}) + (mask.cumsum(1) - mask);
+  // mRoPE: text after the image continues 1-D, the same position on the t, h and w rows.
+  if (!model.text().mrope_section.empty()) pos = pos.unsqueeze(0).expand({3, batch, len}).contiguous();
+  torch::Tensor full_mask = torch::cat({state.attention_mask, mask.to(state.attention_mask.scalar_type())}, 1);
+  torch::Tensor hidden =
+      model.language_model->forward(model.language_model->embed_tokens->forward(ids), pos, full_mask, &state.cache);
+  state.attention_mask = full_mask;
+  state.next_position = state.next_position + added;
+  state.real_length = state.real_length + added;
+  return hidden;
+}
+
+}  // namespace
+
 torch::Tensor vision_language_model::decode_hidden(const torch::Tensor& next_ids, decode_state& state) {
   const char* fn = "vision_language_model::decode";
   if (!state.attention_mask.defined()) fail(fn, "state", "no prefill: call forward(inputs, &state) first");
   const std::int64_t batch = state.batch_size();
   if (!next_ids.defined() || next_ids.scalar_type() != torch::kInt64 || next_ids.numel() != batch)
     fail(fn, "next_ids", "expected int64 [" + std::to_string(batch) + "] (one token per row), got " + shape_string(next_ids));
-  if (state.real_length.max().item<std::int64_t>() + 1 > text().max_position_embeddings)
-    fail(fn, "state", "the context is full: max_position_embeddings = " + std::to_string(text().max_position_embeddings));
-  torch::Tensor ids = next_ids.reshape({batch, 1}).to(device());
-  torch::Tensor mask = torch::cat({state.attention_mask, torch::ones({batch, 1}, state.attention_mask.options())}, 1);
-  torch::Tensor pos = state.next_position.view({batch, 1});
-  if (!text().mrope_section.empty()) pos = pos.unsqueeze(0).expand({3, batch, 1}).contiguous();
-  torch::Tensor hidden = language_model->forward(language_model->embed_tokens->forward(ids), pos, mask, &state.cache);
-  state.attention_mask = mask;
-  state.next_position = state.next_position + 1;
-  state.real_length = state.real_length + 1;
-  return hidden.select(1, 0);
+  // A generated image token embeds as a plain token here (as in transformers' decoding steps).
+  torch::Tensor mask = torch::ones({batch, 1}, state.attention_mask.options());
+  return run_extension(fn, *this, next_ids.reshape({batch, 1}).to(device()), mask, state).select(1, 0);
+}
+
+torch::Tensor vision_language_model::extend_hidden(const torch::Tensor& ids_in, const torch::Tensor& mask_in,
+                                                   decode_state& state) {
+  const char* fn = "vision_language_model::extend";
+  if (!state.attention_mask.defined()) fail(fn, "state", "no prefill: call forward(inputs, &state) first");
+  const std::int64_t batch = state.batch_size();
+  if (!ids_in.defined() || ids_in.scalar_type() != torch::kInt64 || ids_in.dim() != 2 || ids_in.size(0) != batch ||
+      ids_in.size(1) < 1)
+    fail(fn, "ids", "expected int64 [" + std::to_string(batch) + ", L >= 1], got " + shape_string(ids_in));
+  if (mask_in.defined() && mask_in.sizes() != ids_in.sizes())
+    fail(fn, "mask", "shape " + shape_string(mask_in) + " differs from ids " + shape_string(ids_in));
+  torch::Tensor ids = ids_in.to(device());
+  torch::Tensor mask = mask_in.defined() ? mask_in.to(device()).ne(0).to(torch::kInt64)
+                                         : torch::ones(ids.sizes(), state.attention_mask.options());
+  torch::Tensor real_ids = ids.masked_select(mask.ne(0));
+  if (real_ids.numel() > 0) {
+    const std::int64_t lo = real_ids.min().item<std::int64_t>(), hi = real_ids.max().item<std::int64_t>();
+    if (lo < 0 || hi >= text().vocab_size)
+      fail(fn, "ids", "id " + std::to_string(lo < 0 ? lo : hi) + " outside [0, " + std::to_string(text().vocab_size) + ")");
+    // As a prefill would (embed() finds image tokens without features): images need a prefill.
+    if (real_ids.eq(image_token_id()).any().item<bool>())
+      fail(fn, "ids", "image token " + std::to_string(image_token_id()) + " in a continuation: images go through a prefill");
+  }
+  // Padding gets a valid id: it is masked out as a key and its own output is not used.
+  return run_extension(fn, *this, ids.masked_fill(mask.eq(0), 0), mask, state);
 }
 
 torch::Tensor vision_language_model::decode(const torch::Tensor& next_ids, decode_state& state) {

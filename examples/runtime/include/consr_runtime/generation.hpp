@@ -83,8 +83,10 @@ struct generation_result {
 std::vector<generation_result> generate(vision_language_model& model, const std::vector<prompt_input>& prompts,
                                         const sampling_options& options, const std::vector<std::uint64_t>& sample_keys = {});
 
-/// `num_samples` samples of one prompt, batched; the image features are computed once and shared.
-/// Sample k uses key `first_key + k`, so a sample does not depend on how many are drawn at once.
+/// `num_samples` samples of one prompt, batched, with the shared prefix computed once: the prompt
+/// (and its image) is prefilled once and its KV cache copied to every sample's row. Sample k uses
+/// key `first_key + k`, so a sample does not depend on how many are drawn at once. Equal to
+/// `generate` over copies of the prompt up to rounding.
 std::vector<generation_result> generate_samples(vision_language_model& model, const prompt_input& prompt,
                                                 std::int64_t num_samples, const sampling_options& options,
                                                 std::uint64_t first_key = 0);
@@ -118,5 +120,17 @@ std::vector<scored_response> score_responses(vision_language_model& model, const
                                              const std::vector<std::vector<std::int64_t>>& responses,
                                              std::int64_t end_of_turn_id, std::int64_t batch_size = 8,
                                              std::int64_t pad_token_id = 0);
+
+/// score_responses for responses that all follow one prompt (ConSR's scoring: 15 candidates under
+/// one condition), with the shared prefix computed once: the prompt (and its image) is prefilled
+/// once, and each batch of at most `batch_size` responses is teacher-forced against copies of that
+/// KV cache (`vision_language_model::extend_hidden`), so the prompt's tokens go through the decoder
+/// once instead of once per response. Equal to score_responses over `responses.size()` copies of
+/// `prompt` up to rounding. Throws runtime_error naming 'prompt' / 'responses' / 'batch_size' /
+/// 'end_of_turn_id' as score_responses does, and 'responses' on an image token in a response.
+std::vector<scored_response> score_responses_shared(vision_language_model& model, const prompt_input& prompt,
+                                                    const std::vector<std::vector<std::int64_t>>& responses,
+                                                    std::int64_t end_of_turn_id, std::int64_t batch_size = 8,
+                                                    std::int64_t pad_token_id = 0);
 
 }  // namespace consr_runtime

@@ -129,6 +129,17 @@ class vision_language_model : public torch::nn::Module {
   /// One decoding step returning logits [B, V].
   torch::Tensor decode(const torch::Tensor& next_ids, decode_state& state);
 
+  /// Extends every cached row by up to L text tokens in one forward (shared-prefix scoring: prefill
+  /// a prompt once, `state.select_rows` it to B copies, then teacher-force B continuations):
+  /// ids int64 [B, L]; `mask` [B, L] nonzero for real tokens and 0 for padding (undefined = all
+  /// real). Real token k of a row gets the row's next position + (real tokens before it), so a
+  /// right-padded row is the same as the row extended alone. Returns the final-normed hidden states
+  /// [B, L, hidden] (those at padding positions are not meaningful). Throws runtime_error naming
+  /// 'ids' / 'mask' on a shape mismatch, an id outside the vocabulary or an image token (images go
+  /// through a prefill), and 'state' without a prefill or when a row would pass
+  /// max_position_embeddings.
+  torch::Tensor extend_hidden(const torch::Tensor& ids, const torch::Tensor& mask, decode_state& state);
+
   /// hidden [..., hidden] → logits [..., V] through lm_head (or the tied embedding).
   torch::Tensor logits(const torch::Tensor& hidden);
 
