@@ -400,3 +400,24 @@ TEST_CASE("qwen2: bad input is rejected naming the argument", "[qwen2]") {
   CHECK_THROWS_WITH(lm->forward(torch::tensor({1, 2}, torch::kInt64).view({2, 1}), torch::zeros({2, 1}, torch::kInt64), {}, &cache),
                     Catch::Contains("'cache'"));
 }
+
+TEST_CASE("qwen2: times_transposed equals x·Wᵀ (+ b) for every row count, with and without autograd", "[qwen2]") {
+  torch::manual_seed(5);
+  // K not a multiple of the kernel's 16 lanes, to cover the remainder.
+  const torch::Tensor w = torch::randn({301, 77}), b = torch::randn({301});
+  for (std::int64_t rows : {1, 2, 3, 5, 8, 9, 17}) {
+    const torch::Tensor x = torch::randn({rows, 77});
+    const torch::Tensor ref = torch::mm(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+    INFO(rows << " rows");
+    {
+      torch::NoGradGuard no_grad;
+      CHECK(torch::allclose(times_transposed(x, w, {}).to(torch::kFloat64), ref, 1e-5, 1e-5));
+      CHECK(torch::allclose(times_transposed(x, w, b).to(torch::kFloat64), ref + b.to(torch::kFloat64), 1e-5, 1e-5));
+      CHECK(times_transposed(x, w, b).sizes() == torch::IntArrayRef{rows, 301});
+    }
+    // With autograd the gradient flows (the few-rows kernel is not used then).
+    torch::Tensor xg = x.clone().requires_grad_(true);
+    times_transposed(xg, w, b).sum().backward();
+    CHECK(torch::allclose(xg.grad(), w.sum(0).expand({rows, 77}), 1e-5, 1e-5));
+  }
+}

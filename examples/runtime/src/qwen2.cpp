@@ -22,6 +22,79 @@ namespace {
 
 }  // namespace
 
+namespace {
+
+constexpr std::int64_t few_rows_max = 8;
+
+// y[m, n] = Σ_k x[m, k] · w[n, k] for rows n in [n0, n1) and the R rows of x: every row of W is read
+// once for all the x rows (a GEMM with few rows is a memory-bound pass over W). 16 independent fp32
+// partial sums per x row, so the compiler vectorizes without reassociating.
+template <int R>
+__attribute__((always_inline)) inline void few_rows_block(const float* x, const float* w, std::int64_t k_dim, float* y,
+                                                          std::int64_t ld_y, std::int64_t n0, std::int64_t n1) {
+  constexpr std::int64_t lanes = 16;
+  const std::int64_t k_main = k_dim / lanes * lanes;
+  for (std::int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * k_dim;
+    float acc[R][lanes] = {};
+    for (std::int64_t k = 0; k < k_main; k += lanes)
+      for (int m = 0; m < R; ++m)
+        for (std::int64_t l = 0; l < lanes; ++l) acc[m][l] += x[m * k_dim + k + l] * wr[k + l];
+    for (int m = 0; m < R; ++m) {
+      float sum = 0;
+      for (std::int64_t l = 0; l < lanes; ++l) sum += acc[m][l];
+      for (std::int64_t k = k_main; k < k_dim; ++k) sum += x[m * k_dim + k] * wr[k];
+      y[m * ld_y + n] = sum;
+    }
+  }
+}
+
+// The clones pick AVX-512 / AVX2 at run time (the runtime builds for baseline x86-64).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void few_rows_kernel(const float* x, std::int64_t rows, const float* w, std::int64_t k_dim, float* y, std::int64_t ld_y,
+                     std::int64_t n0, std::int64_t n1) {
+  switch (rows) {
+    case 2: few_rows_block<2>(x, w, k_dim, y, ld_y, n0, n1); break;
+    case 3: few_rows_block<3>(x, w, k_dim, y, ld_y, n0, n1); break;
+    case 4: few_rows_block<4>(x, w, k_dim, y, ld_y, n0, n1); break;
+    case 5: few_rows_block<5>(x, w, k_dim, y, ld_y, n0, n1); break;
+    case 6: few_rows_block<6>(x, w, k_dim, y, ld_y, n0, n1); break;
+    case 7: few_rows_block<7>(x, w, k_dim, y, ld_y, n0, n1); break;
+    default: few_rows_block<8>(x, w, k_dim, y, ld_y, n0, n1); break;
+  }
+}
+
+}  // namespace
+
+torch::Tensor times_transposed(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  // A few rows (decoding a few streams) without autograd, fp32 on the CPU: one pass over W for all
+  // rows. OpenBLAS (Debian's LibTorch) runs such an sgemm through its full GEMM path, packing all of
+  // W first: for the 152k × 2048 lm_head, 5 rows took 4.4× and 1 row 3.5× the time of one GEMV
+  // (docs/performance.md, issue 17 §2).
+  const std::int64_t rows = x.size(0);
+  const bool tracked = torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() ||
+                                                        (bias.defined() && bias.requires_grad()));
+  if (rows >= 2 && rows <= few_rows_max && !tracked && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
+      weight.scalar_type() == torch::kFloat32 && weight.is_contiguous()) {
+    const torch::Tensor xc = x.contiguous();
+    const std::int64_t n_dim = weight.size(0), k_dim = weight.size(1);
+    torch::Tensor y = torch::empty({rows, n_dim}, x.options());
+    const float* xp = xc.data_ptr<float>();
+    const float* wp = weight.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, n_dim, 64, [&](std::int64_t n0, std::int64_t n1) {
+      few_rows_kernel(xp, rows, wp, k_dim, yp, n_dim, n0, n1);
+    });
+    return bias.defined() ? y.add_(bias) : y;
+  }
+  // One row (a decoding step of one stream): a matrix-vector product, BLAS's GEMV.
+  if (rows == 1) {
+    torch::Tensor y = bias.defined() ? torch::addmv(bias, weight, x[0]) : torch::mv(weight, x[0]);
+    return y.unsqueeze(0);
+  }
+  return bias.defined() ? torch::addmm(bias, x, weight.t()) : torch::mm(x, weight.t());
+}
+
 // ---- linear ---------------------------------------------------------------------------------------
 
 linear_impl::linear_impl(std::int64_t in_features, std::int64_t out_features, bool with_bias,
@@ -34,8 +107,7 @@ linear_impl::linear_impl(std::int64_t in_features, std::int64_t out_features, bo
 torch::Tensor linear_impl::forward(const torch::Tensor& x) {
   if (x.dim() < 1 || x.size(-1) != in_features_)
     fail("linear::forward", "x", "expected last dim " + std::to_string(in_features_) + ", got shape " + shape_string(x));
-  torch::Tensor y = bias.defined() ? torch::addmm(bias, x.reshape({-1, in_features_}), weight.t())
-                                   : torch::mm(x.reshape({-1, in_features_}), weight.t());
+  torch::Tensor y = times_transposed(x.reshape({-1, in_features_}), weight, bias);
   if (lora_A) {
     // (α/r)·B(A(x)); the base path is untouched so a zero B leaves the output bit-identical.
     torch::Tensor delta = torch::mm(torch::mm(x.reshape({-1, in_features_}), lora_A->weight.t()), lora_B->weight.t());
@@ -421,7 +493,10 @@ torch::Tensor qwen2_model_impl::forward(const torch::Tensor& inputs_embeds, cons
 
 torch::Tensor lm_logits(const torch::Tensor& hidden, linear lm_head, embedding embed_tokens) {
   if (lm_head) return lm_head->forward(hidden);
-  return torch::matmul(hidden, embed_tokens->weight.t());
+  const std::int64_t dim = embed_tokens->weight.size(1);
+  std::vector<std::int64_t> shape(hidden.sizes().begin(), hidden.sizes().end());
+  shape.back() = embed_tokens->weight.size(0);
+  return times_transposed(hidden.reshape({-1, dim}), embed_tokens->weight, {}).view(shape);
 }
 
 qwen2_causal_lm_impl::qwen2_causal_lm_impl(const text_config& config, const torch::TensorOptions& options) {

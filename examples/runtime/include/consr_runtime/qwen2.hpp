@@ -30,6 +30,10 @@
 
 namespace consr_runtime {
 
+/// x Wᵀ (+ b) for x [rows, in], W [out, in], b [out] or undefined: a matrix-vector product when
+/// rows == 1 (decoding one stream), else one matrix product.
+torch::Tensor times_transposed(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
 /// y = x Wᵀ + b, plus an optional LoRA delta  scaling · (x Aᵀ) Bᵀ  (lora.hpp attaches it).
 /// Parameters: `weight` [out, in], `bias` [out] (when built with a bias), and when LoRA is
 /// attached the submodules `lora_A` (weight [r, in]) and `lora_B` (weight [out, r]), so that their
