@@ -414,3 +414,30 @@ TEST_CASE("generation: extend_hidden checks its arguments", "[generation]") {
   CHECK(f.model->extend_hidden(ids, mask, state).sizes() == torch::IntArrayRef{1, 3, f.model->text().hidden_size});
   CHECK(state.real_length.item<std::int64_t>() == before + 2);
 }
+
+TEST_CASE("generation: prompts that share a prefix (one image, several questions) equal their rows alone", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    INFO(f->dir);
+    const prompt_input base = f->image_prompt();
+    std::vector<prompt_input> prompts;
+    for (const std::vector<std::int64_t>& rest : std::vector<std::vector<std::int64_t>>{{5, 6, 7}, {8}, {9, 10, 11, 12, 13}}) {
+      prompt_input p = base;
+      p.input_ids.insert(p.input_ids.end(), rest.begin(), rest.end());
+      prompts.push_back(p);
+    }
+    sampling_options g = greedy(*f, 7);
+    auto batched = generate(*f->model, prompts, g);
+    sampling_options o;
+    o.temperature = 1.0;
+    o.max_new_tokens = 9;
+    o.seed = 5;
+    o.stop_token_ids = f->stops();
+    auto sampled = generate(*f->model, prompts, o, {3, 4, 5});
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      CHECK(batched[i].token_ids == generate(*f->model, {prompts[i]}, g)[0].token_ids);
+      auto alone = generate(*f->model, {prompts[i]}, o, {3 + i})[0];
+      CHECK(sampled[i].token_ids == alone.token_ids);
+      CHECK(sampled[i].stop_token == alone.stop_token);
+    }
+  }
+}

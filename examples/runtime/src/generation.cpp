@@ -235,6 +235,41 @@ std::vector<generation_result> decode_loop(vision_language_model& model, decode_
 
 }  // namespace
 
+namespace {
+
+bool same_tensor(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.defined() != b.defined()) return false;
+  if (!a.defined() || a.is_same(b)) return true;
+  return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && a.device() == b.device() && torch::equal(a, b);
+}
+
+bool same_images(const image_inputs& a, const image_inputs& b) {
+  return same_tensor(a.pixel_values, b.pixel_values) && same_tensor(a.features, b.features) &&
+         same_tensor(a.image_grid_thw, b.image_grid_thw) && same_tensor(a.image_sizes, b.image_sizes) &&
+         same_tensor(a.batch_num_images, b.batch_num_images);
+}
+
+// The number of leading tokens every prompt shares and that can be prefilled once: all prompts have
+// the same images, every image token lies inside the shared part, and every prompt keeps at least
+// one token after it (its last token's logits start the decoding). 0 when there is nothing to share.
+std::size_t shareable_prefix(const std::vector<prompt_input>& prompts, std::int64_t image_token_id) {
+  if (prompts.size() < 2) return 0;
+  std::size_t shared = prompts[0].input_ids.size();
+  for (const auto& p : prompts) {
+    if (!same_images(p.images, prompts[0].images)) return 0;
+    std::size_t k = 0;
+    while (k < shared && k < p.input_ids.size() && p.input_ids[k] == prompts[0].input_ids[k]) ++k;
+    shared = std::min(k, p.input_ids.size() - 1);
+  }
+  for (const auto& p : prompts)
+    if (std::find(p.input_ids.begin() + static_cast<std::ptrdiff_t>(shared), p.input_ids.end(), image_token_id) !=
+        p.input_ids.end())
+      return 0;
+  return shared;
+}
+
+}  // namespace
+
 std::vector<generation_result> generate(vision_language_model& model, const std::vector<prompt_input>& prompts,
                                         const sampling_options& options, const std::vector<std::uint64_t>& sample_keys) {
   const char* fn = "generate";
@@ -248,6 +283,36 @@ std::vector<generation_result> generate(vision_language_model& model, const std:
   if (options.max_new_tokens == 0) return std::vector<generation_result>(prompts.size());
   torch::NoGradGuard no_grad;
   decode_state state;
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    if (prompts[i].input_ids.empty()) fail(fn, "prompts", "prompt " + std::to_string(i) + " has no tokens");
+  // Prompts that share a prefix (e.g. one image and its questions, or the revision prompts of one
+  // item): prefill it once, copy its KV cache to every row and feed each row's rest in one batch.
+  const std::size_t shared = shareable_prefix(prompts, model.image_token_id());
+  if (shared > 0) {
+    const std::int64_t batch = static_cast<std::int64_t>(prompts.size());
+    prompt_input prefix = prompts[0];
+    prefix.input_ids.resize(shared);
+    model.forward_hidden(collate({prefix}, options.pad_token_id), &state);
+    state.select_rows(torch::zeros({batch}, torch::kInt64));
+    std::int64_t rest = 0;
+    for (const auto& p : prompts) rest = std::max<std::int64_t>(rest, static_cast<std::int64_t>(p.input_ids.size() - shared));
+    torch::Tensor ids = torch::zeros({batch, rest}, torch::kInt64), mask = torch::zeros({batch, rest}, torch::kInt64);
+    auto ia = ids.accessor<std::int64_t, 2>();
+    auto ma = mask.accessor<std::int64_t, 2>();
+    std::vector<std::int64_t> last;  // flat index of each row's last real token
+    for (std::int64_t b = 0; b < batch; ++b) {
+      const auto& p = prompts[static_cast<std::size_t>(b)].input_ids;
+      const std::int64_t n = static_cast<std::int64_t>(p.size() - shared);
+      for (std::int64_t k = 0; k < n; ++k) {
+        ia[b][k] = p[shared + static_cast<std::size_t>(k)];
+        ma[b][k] = 1;
+      }
+      last.push_back(b * rest + n - 1);
+    }
+    torch::Tensor hidden = model.extend_hidden(ids, mask, state);
+    hidden = hidden.reshape({-1, hidden.size(2)}).index_select(0, torch::tensor(last, torch::kInt64).to(hidden.device()));
+    return decode_loop(model, state, model.logits(hidden).to(torch::kCPU), options, keys);
+  }
   model_inputs inputs = collate(prompts, options.pad_token_id);
   torch::Tensor hidden = model.forward_hidden(inputs, &state);
   torch::Tensor logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kCPU);  // [B, V]

@@ -76,7 +76,10 @@ struct generation_result {
 };
 
 /// Generates a continuation of every prompt, all rows in one batch with a shared KV cache
-/// (finished rows are dropped from the batch). Row i draws its randomness from
+/// (finished rows are dropped from the batch). When the prompts have the same images and share
+/// leading tokens that hold every image token (one image and several questions, or the revision
+/// prompts of one item), that prefix is prefilled once and its KV cache copied to every row; the
+/// result equals the unshared batch up to rounding. Row i draws its randomness from
 /// (options.seed, sample_keys[i]); `sample_keys` defaults to 0, 1, ..., B−1 and must otherwise have
 /// one key per prompt. Throws runtime_error naming the option or 'prompts' on bad input, or as the
 /// model does (e.g. a prompt longer than the context).
