@@ -3,7 +3,10 @@
 // images, plain and list contents) and a Hugging Face export with base64-embedded images must give the
 // same items as the equivalent consr JSONL (ids, prompts, image bytes and their hash; the embedded
 // images written once under --out/images/ by content hash); and everything else is an error naming
-// the file, the item and the field. The input files are written by this test from the fixture images.
+// the file, the item and the field. The input files are written by this test from the fixture images,
+// except in the last test case, which loads the committed files of tools/make_input_format_fixtures.py
+// (tests/fixtures/input_formats/: a datasets.Dataset with RLAIF-V's schema exported to JSONL, and the
+// same rows as LLaVA JSON, sharegpt JSONL and consr JSONL).
 // LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
 #include <torch/torch.h>
 #undef CHECK
@@ -22,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "consr_runtime/image.hpp"
+#include "consr_runtime/safetensors.hpp"
 #include "context.hpp"
 #include "input_formats.hpp"
 #include "pipeline.hpp"
@@ -334,4 +339,70 @@ TEST_CASE("input formats: the describe stage sees the same images from embedded 
     CHECK(written.parent_path() == fs::absolute(s.path / "out_bytes" / "images").lexically_normal());
     CHECK(slurp(written) == slurp(fs::path(images_dir) / examples[i].file));
   }
+}
+
+TEST_CASE("input formats: the committed fixtures of tools/make_input_format_fixtures.py give the same items",
+          "[input][fixtures]") {
+  // tests/fixtures/input_formats/: two rows with RLAIF-V's schema, exported from a datasets.Dataset
+  // to JSONL with the PNG bytes base64-encoded (pandas' encoder: '/' as '\/', non-ASCII as \uXXXX),
+  // and the same rows as a LLaVA JSON (image folder images/), LLaMA-Factory sharegpt JSONL and our
+  // own JSONL. The expected ids and prompts are the script's rows, written here again; the pixels
+  // are checked against the source PNGs and against PIL's decoding of them (pil_reference.safetensors).
+  const fs::path dir = fs::path(CONSR_FIXTURES_DIR) / "input_formats";
+  struct expected_item {
+    std::string id, prompt, file, pil_key;
+  };
+  const std::vector<expected_item> expected{
+      {"rlaif_v-0", "What is shown in this gray/white picture?", "qwen_b_gray_70x45.png", "decoded.qwen_b_gray"},
+      {"rlaif_v-1", "Is the \"main\" colour smooth \xE2\x80\x94 yes or no?", "qwen_a_101x159.png", "decoded.qwen_a"}};
+  const consr_runtime::safetensors_file pil(images_dir + "/pil_reference.safetensors");
+
+  // The export is what datasets writes, not a hand-made file: RLAIF-V's columns, escaped slashes.
+  const std::string export_text = slurp(dir / "rlaif_v.jsonl");
+  CHECK(export_text.find("\\/") != std::string::npos);
+  CHECK(export_text.find("\\u2014") != std::string::npos);
+  const json first = json::parse(export_text.substr(0, export_text.find('\n')));
+  for (const char* key : {"ds_name", "image", "question", "chosen", "rejected", "origin_dataset", "origin_split", "idx",
+                          "image_path"})
+    CHECK(first.contains(key));
+  CHECK(first.size() == 9);
+  CHECK(first.at("image").at("path") == "qwen_b_gray_70x45.png");
+
+  scratch_dir s;
+  const fs::path out = s.path / "out";
+  struct file_case {
+    const char* file;
+    const char* format;
+    bool image_folder;  // LLaVA: paths relative to --image-folder
+    bool embedded;      // Hugging Face export: images written under --out/images
+  };
+  std::vector<std::string> hashes;
+  for (const file_case& c : {file_case{"consr.jsonl", "consr", false, false}, file_case{"llava.json", "llava", true, false},
+                             file_case{"sharegpt.jsonl", "sharegpt", false, false},
+                             file_case{"rlaif_v.jsonl", "hf", false, true}}) {
+    for (const char* format : {"auto", c.format}) {
+      INFO(c.file << " as --input-format " << format);
+      cp::options o = options_for(dir / c.file, out);
+      o.input_format = format;
+      if (c.image_folder) o.image_folder = (dir / "images").string();
+      const std::vector<cp::item> items = cp::load_items(o);
+      REQUIRE(items.size() == expected.size());
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        INFO("item " << i);
+        const fs::path source = fs::path(images_dir) / expected[i].file;
+        CHECK(items[i].id == expected[i].id);
+        CHECK(items[i].prompt == expected[i].prompt);
+        const fs::path image = items[i].image;
+        CHECK(image.parent_path() == (c.embedded ? fs::absolute(out / "images") : dir / "images").lexically_normal());
+        CHECK(slurp(image) == slurp(source));  // the PNG's bytes, through base64 for the export
+        const consr_runtime::rgb_image decoded = consr_runtime::load_image(image.string());
+        CHECK(torch::equal(decoded.pixels, consr_runtime::load_image(source.string()).pixels));
+        CHECK(torch::equal(decoded.pixels, pil.load(expected[i].pil_key)));
+        hashes.push_back(items[i].image_hash);
+      }
+    }
+  }
+  REQUIRE(hashes.size() == 16);
+  for (std::size_t k = 2; k < hashes.size(); ++k) CHECK(hashes[k] == hashes[k % 2]);
+  CHECK(hashes[0] != hashes[1]);
 }
