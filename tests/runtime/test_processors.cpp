@@ -2,6 +2,8 @@
 // (fixtures of tools/make_model_fixtures.py), plus hand-written smart_resize / best-resolution cases.
 #include "runtime_test_support.hpp"
 
+#include <stdlib.h>  // setenv, unsetenv
+
 #include <algorithm>
 #include <fstream>
 #include <string>
@@ -257,21 +259,48 @@ TEST_CASE("LLaVA-OneVision: several images in one prompt are not tiled (transfor
   CHECK_THROWS_WITH(proc.pack({torch::zeros({2, 3, 384, 384})}, {{233, 410}}), Catch::Contains("one of several images"));
 }
 
-TEST_CASE("vision workload and eager attention memory of one image", "[processors][memory]") {
+TEST_CASE("vision workload and chunked attention memory of one image", "[processors][memory]") {
   const auto qcfg = consr_runtime::load_model_config(models_dir + "/qwen2_5_vl_tiny");
   const auto qwen = consr_runtime::make_image_processor(qcfg, models_dir + "/qwen2_5_vl_tiny");
+  REQUIRE(qcfg.qwen2_5_vl->vision.num_heads == 2);
+  constexpr std::int64_t default_budget = std::int64_t{1} << 26;
   // 10000 x 10000 at the hub's max_pixels 12,845,056: 3556 x 3556 pixels, 254² = 64,516 patches in one
-  // full-attention sequence, 16,129 image tokens; 2 heads x 64,516² scores x 8 bytes = 66.6 GB (the
-  // 33.3 GB fp32 score tensor the issue saw allocated, and its softmax beside it).
+  // full-attention sequence, 16,129 image tokens.
   const auto w = qwen->workload(10000, 10000);
   CHECK(w.sequences == 1);
   CHECK(w.sequence_length == 64516);
   CHECK(w.image_tokens == 16129);
-  CHECK(consr_runtime::vision_attention_bytes(qcfg, w) == 2.0 * 64516.0 * 64516.0 * 8.0);
+  // Unchunked (a budget of all 2 x 64,516² scores): 66.6 GB, the 33.3 GB fp32 score tensor the issue
+  // saw allocated and its softmax beside it; the old estimate, which refused this image on a machine
+  // of less memory.
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, w, 2 * 64516LL * 64516LL) == 2.0 * 64516.0 * 64516.0 * 8.0);
+  // With the default budget of 2^26 scores: 2^26 / (2 heads x 64,516 keys) = 520 queries per chunk
+  // (2 x 520 x 64,516 = 67,096,640 <= 67,108,864 < 2 x 521 x 64,516), 0.54 GB.
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, w, default_budget) == 2.0 * 520.0 * 64516.0 * 8.0);
+  // A budget below one query row of all heads still computes one query at a time.
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, w, 1000) == 2.0 * 1.0 * 64516.0 * 8.0);
   const auto small = qwen->workload(101, 159);  // 112 x 168: 8 x 12 patches
   CHECK(small.sequence_length == 96);
   CHECK(small.image_tokens == 24);
   CHECK_THROWS_AS(qwen->workload(5, 5), consr_runtime::runtime_error);
+  // One chunk (the budget holds all 2 x 96² scores), or 192 / (2 x 96) = 1 query, or 1919 / 192 = 9.
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, small, default_budget) == 2.0 * 96.0 * 96.0 * 8.0);
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, small, 192) == 2.0 * 1.0 * 96.0 * 8.0);
+  CHECK(consr_runtime::vision_attention_bytes(qcfg, small, 1919) == 2.0 * 9.0 * 96.0 * 8.0);
+
+  // Without a budget argument: the runtime's, from CONSR_ATTENTION_CHUNK_ELEMENTS or 2^26.
+  {
+    const char* saved = std::getenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
+    const std::string saved_value = saved ? saved : "";
+    ::unsetenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
+    CHECK(consr_runtime::vision_attention_bytes(qcfg, w) == 2.0 * 520.0 * 64516.0 * 8.0);
+    ::setenv("CONSR_ATTENTION_CHUNK_ELEMENTS", "192", 1);
+    CHECK(consr_runtime::vision_attention_bytes(qcfg, small) == 2.0 * 1.0 * 96.0 * 8.0);
+    ::setenv("CONSR_ATTENTION_CHUNK_ELEMENTS", "lots", 1);
+    CHECK_THROWS_WITH(consr_runtime::vision_attention_bytes(qcfg, small), Catch::Contains("CONSR_ATTENTION_CHUNK_ELEMENTS"));
+    if (saved) ::setenv("CONSR_ATTENTION_CHUNK_ELEMENTS", saved_value.c_str(), 1);
+    else ::unsetenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
+  }
 
   const auto lcfg = consr_runtime::load_model_config(models_dir + "/llava_onevision_tiny");
   const auto llava = consr_runtime::make_image_processor(lcfg, models_dir + "/llava_onevision_tiny");
@@ -279,8 +308,13 @@ TEST_CASE("vision workload and eager attention memory of one image", "[processor
   CHECK(lw.sequences == 3);  // base + 1 x 2 grid
   CHECK(lw.sequence_length == 729);
   CHECK(lw.image_tokens == 2052);
-  CHECK(consr_runtime::vision_attention_bytes(lcfg, lw) ==
-        static_cast<double>(lcfg.llava_onevision->vision.num_attention_heads) * 3.0 * 729.0 * 729.0 * 8.0);
+  // The 3 tiles attend in one batch: rows = heads x 3. The default budget holds them in one chunk;
+  // a budget of 10 query rows of all tiles and heads holds 10.
+  const double lheads = static_cast<double>(lcfg.llava_onevision->vision.num_attention_heads);
+  CHECK(consr_runtime::vision_attention_bytes(lcfg, lw, default_budget) == lheads * 3.0 * 729.0 * 729.0 * 8.0);
+  const std::int64_t ten_rows = static_cast<std::int64_t>(lheads) * 3 * 729 * 10;
+  CHECK(consr_runtime::vision_attention_bytes(lcfg, lw, ten_rows) == lheads * 3.0 * 10.0 * 729.0 * 8.0);
+  CHECK(consr_runtime::vision_attention_bytes(lcfg, lw, ten_rows - 1) == lheads * 3.0 * 9.0 * 729.0 * 8.0);
 }
 
 TEST_CASE("LLaVA-OneVision processor rejects bad arguments with named errors", "[processors]") {

@@ -12,6 +12,7 @@
 
 #include "consr_runtime/config.hpp"
 #include "consr_runtime/error.hpp"
+#include "attention_util.hpp"
 #include "python_math.hpp"
 
 namespace consr_runtime {
@@ -610,13 +611,21 @@ class llava_onevision_family final : public image_processor {
 
 }  // namespace
 
-double vision_attention_bytes(const model_config& config, const vision_workload& w) {
+double vision_attention_bytes(const model_config& config, const vision_workload& w, std::int64_t chunk_elements) {
   std::int64_t heads = 0;
   if (config.qwen2_5_vl) heads = config.qwen2_5_vl->vision.num_heads;
   else if (config.llava_onevision) heads = config.llava_onevision->vision.num_attention_heads;
   else fail("vision_attention_bytes", "argument 'config': model_type '" + config.model_type + "' has no vision tower");
-  const double n = static_cast<double>(w.sequence_length);
-  return static_cast<double>(heads) * static_cast<double>(w.sequences) * n * n * 8.0;
+  if (w.sequences < 0 || w.sequence_length < 0)
+    fail("vision_attention_bytes", "argument 'w': negative sequences " + std::to_string(w.sequences) +
+                                       " or sequence_length " + std::to_string(w.sequence_length));
+  // The chunking of bidirectional_attention (attention_util.hpp), with the same budget: the rows
+  // (heads x sequences, all tiles in one batch) compute `queries` query rows at a time against all
+  // L keys, and a chunk's scores are freed before the next chunk's are made.
+  const std::int64_t rows = heads * w.sequences, length = w.sequence_length;
+  const std::int64_t budget = chunk_elements > 0 ? chunk_elements : attention_chunk_elements();
+  const std::int64_t queries = std::min(length, attention_query_chunk(rows, length, budget));
+  return static_cast<double>(rows) * static_cast<double>(queries) * static_cast<double>(length) * 8.0;
 }
 
 std::unique_ptr<image_processor> make_image_processor(const model_config& config, const std::string& model_dir,

@@ -200,21 +200,27 @@ struct pixel_bounds {
 };
 
 /// The attention work of the vision tower on one image: `sequences` sequences of `sequence_length`
-/// patches each attend within themselves at once (Qwen2.5-VL: one sequence of all the image's
-/// patches in its full-attention blocks; LLaVA-OneVision: one sequence of side² patches per tile,
-/// all tiles in one batch), and the LLM image tokens the image becomes.
+/// patches each attend within themselves (Qwen2.5-VL: one sequence of all the image's patches in its
+/// full-attention blocks; LLaVA-OneVision: one sequence of side² patches per tile, all tiles in one
+/// batch), and the LLM image tokens the image becomes.
 struct vision_workload {
   std::int64_t sequences = 0;
   std::int64_t sequence_length = 0;
   std::int64_t image_tokens = 0;
 };
 
-/// Bytes of the eager attention scores the runtime's vision tower holds at once for `w`:
-/// vision heads × sequences × sequence_length² scores × 8 bytes (the scores and their fp32 softmax
-/// live together; in bfloat16 the scores, the fp32 softmax and its cast back: 2 + 4 + 2). The
-/// language model's attention is computed in query chunks of at most 2^26 scores and is not
-/// counted. Throws runtime_error naming 'config' for a config of no known family.
-double vision_attention_bytes(const model_config& config, const vision_workload& w);
+/// Bytes of the attention scores the runtime's vision tower holds at once for `w`. The tower
+/// computes attention in query chunks (src/attention_util.hpp): the rows = vision heads × sequences
+/// take q = min(L, max(1, chunk_elements / (rows × L))) queries at a time against all L keys, so
+/// rows × q × L scores exist at once, × 8 bytes (the scores and their fp32 softmax live together; in
+/// bfloat16 the scores, the fp32 softmax and its cast back: 2 + 4 + 2). A sequence that fits the
+/// budget is one chunk: heads × sequences × L² × 8, the unchunked figure. `chunk_elements` ≤ 0 means
+/// the runtime's own budget (the environment variable CONSR_ATTENTION_CHUNK_ELEMENTS, else 2^26),
+/// read now. The rest of the tower's activations (linear in L) and the language model (chunked with
+/// the same budget) are not counted. Throws runtime_error naming 'config' for a config of no known
+/// family, 'w' for negative sizes, and naming the variable when CONSR_ATTENTION_CHUNK_ELEMENTS is set
+/// to something other than a positive integer.
+double vision_attention_bytes(const model_config& config, const vision_workload& w, std::int64_t chunk_elements = 0);
 
 /// The model inputs of one image, whichever family (the fields a family does not use stay undefined).
 struct packed_image {
