@@ -2,6 +2,7 @@
 #include "context.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <iomanip>
 #include <sstream>
 #include <system_error>
@@ -107,10 +108,13 @@ std::unique_ptr<cr::image_processor> make_processor(const options& o, const cr::
 
 namespace {
 
-// "68.7 GB".
-std::string gigabytes(double bytes) { return fixed(bytes / 1e9, bytes < 1e8 ? 4 : 1) + " GB"; }
+// "68.7 GB", "0.0001 GB"; below 100 kB in bytes ("1536 bytes"), which 4 decimals of GB would show as 0.
+std::string gigabytes(double bytes) {
+  if (bytes < 1e5) return std::to_string(static_cast<long long>(std::llround(bytes))) + " bytes";
+  return fixed(bytes / 1e9, bytes < 1e8 ? 4 : 1) + " GB";
+}
 
-// The memory eager attention may use for one image (bytes) and where the limit comes from; 0 = none.
+// The memory the vision attention of one image may use (bytes) and where the limit comes from; 0 = none.
 std::pair<double, std::string> attention_memory_limit(const options& o) {
   if (o.memory_limit_gb > 0) return {o.memory_limit_gb * 1e9, "--memory-limit-gb"};
   if (o.device != "cpu") return {0.0, ""};  // the GPU's memory is not known here
@@ -153,9 +157,10 @@ void run_context::prepare() {
 
   items = load_items(o);
   // Every image must decode and be accepted by the processor before anything is written (decoding
-  // and the size rules only: the resize itself happens when a stage needs the pixels), and its
-  // eager attention must fit in memory (a 10000 x 10000 image at the hub's max_pixels asks the
-  // vision tower for tens of GB at once).
+  // and the size rules only: the resize itself happens when a stage needs the pixels), and the
+  // scores its vision attention holds at once must fit in memory: query chunks of the runtime's
+  // budget (CONSR_ATTENTION_CHUNK_ELEMENTS, 2^26 scores by default), e.g. 0.54 GB for a 10000 x
+  // 10000 image at the hub's max_pixels on the tiny fixture (unchunked it would be 67 GB).
   const auto [limit, limit_source] = attention_memory_limit(o);
   for (std::size_t i = 0; i < items.size(); ++i) {
     const std::string which = "item " + std::to_string(i) + " (id '" + items[i].id + "'): image '" + items[i].image + "'";
@@ -169,13 +174,18 @@ void run_context::prepare() {
     } catch (const std::exception& e) {
       fail(which + " cannot be used: " + e.what());
     }
-    const double need = cr::vision_attention_bytes(config, w);
+    double need = 0;
+    try {
+      need = cr::vision_attention_bytes(config, w);
+    } catch (const cr::runtime_error& e) {  // CONSR_ATTENTION_CHUNK_ELEMENTS that is not a positive integer
+      fail(e.what());
+    }
     if (limit > 0 && need > limit)
       fail(which + " (" + size + ") is processed to " + std::to_string(w.sequences) + " x " +
            std::to_string(w.sequence_length) + " vision patches (" + std::to_string(w.image_tokens) +
-           " image tokens); eager attention would need about " + gigabytes(need) + " at once, more than the " +
-           gigabytes(limit) + " limit (" + limit_source + ")" +
-           (processor->bounds() ? "; lower --image-max-pixels" : ""));
+           " image tokens); the vision attention would need about " + gigabytes(need) +
+           " at once (scores of one query chunk, CONSR_ATTENTION_CHUNK_ELEMENTS), more than the " + gigabytes(limit) +
+           " limit (" + limit_source + ")" + (processor->bounds() ? "; lower --image-max-pixels" : ""));
   }
   // Model identity for the fingerprints: directory, config.json, and the weight files' sizes
   // (hashing a 16 GB checkpoint on every run would cost minutes).

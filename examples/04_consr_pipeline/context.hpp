@@ -108,7 +108,8 @@ class run_context {
 
   /// Checks the options, the device, the model directory (config, processor settings, tokenizer,
   /// safetensors headers and index) and the items (every image decodes, the processor accepts its
-  /// size, and its eager attention fits --memory-limit-gb), computes the model identity, then creates
+  /// size, and the scores its vision attention holds at once, query chunk by query chunk, fit
+  /// --memory-limit-gb: cr::vision_attention_bytes), computes the model identity, then creates
   /// the output directory and locks it (output_lock).
   void prepare();
 

@@ -462,7 +462,7 @@ std::string usage(const std::string& program) {
      << "  --force             recompute the target stage   --fresh  recompute every stage\n"
      << "  --dtype float32|bfloat16   --device cpu|cuda[:n]\n"
      << "  --image-max-pixels N  --image-min-pixels N   Qwen2.5-VL resize bounds (default: preprocessor_config.json)\n"
-     << "  --memory-limit-gb G   refuse an image whose eager attention needs more (default 0: physical memory on cpu)\n"
+     << "  --memory-limit-gb G   refuse an image whose vision attention needs more at once (default 0: physical memory on cpu)\n"
      << "data parallel (docs/distributed.md):\n"
      << "  --nproc N           start N local ranks (consr's launcher; or run under torchrun / srun, which set RANK...)\n"
      << "  --dist-timeout S    seconds a rank waits for the others in a collective (1800)\n"

@@ -84,9 +84,10 @@ struct options {
   /// 768·768 by default, so pass 589824 to score at the resolution it will train at.
   std::int64_t image_max_pixels = 0;
   std::int64_t image_min_pixels = 0;
-  /// Memory the eager attention of one image may need, in GB (10^9 bytes): an image whose processed
-  /// size would need more (cr::vision_attention_bytes) is refused before anything runs. 0 = the
-  /// machine's physical memory on --device cpu, no limit on cuda.
+  /// Memory the vision attention of one image may need at once, in GB (10^9 bytes): an image whose
+  /// processed size would need more (cr::vision_attention_bytes: the scores of one query chunk of the
+  /// runtime's budget, CONSR_ATTENTION_CHUNK_ELEMENTS or 2^26 scores) is refused before anything
+  /// runs. 0 = the machine's physical memory on --device cpu, no limit on cuda.
   double memory_limit_gb = 0.0;
 
   // ---- data parallel (docs/distributed.md) ---------------------------------------------------------
@@ -206,8 +207,8 @@ struct stage_result {
 /// device (--device cuda without a GPU is one line), the model directory (config.json, the
 /// processor settings, tokenizer.json, and every safetensors header and the index: a damaged model
 /// is reported before --out is created) and the input list (JSON / JSONL, non-empty, every item with
-/// a non-empty prompt and a decodable image the processor accepts, whose eager attention fits
-/// --memory-limit-gb). It then takes an exclusive lock on the output directory (flock on
+/// a non-empty prompt and a decodable image the processor accepts, whose vision attention, one query
+/// chunk at a time, fits --memory-limit-gb). It then takes an exclusive lock on the output directory (flock on
 /// `<out>/.consr_pipeline.lock`, released when the run ends or its process dies): a second run on the
 /// same --out fails with one line naming the holder. Throws pipeline_error (or the runtime's /
 /// consr's exceptions) naming the argument or file; artefacts are written atomically (write to a

@@ -41,6 +41,7 @@
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/safetensors.hpp"
 #include "consr_runtime/tokenizer.hpp"
+#include "context.hpp"
 #include "pipeline.hpp"
 
 namespace {
@@ -596,12 +597,12 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
        {"--image-max-pixels", "Qwen2.5-VL only"}},
       {" --lora-naming peft", {"--lora-naming", "transformers5 or checkpoint"}},
       // Checked before --out is created: a damaged model, a device that does not exist, an image
-      // whose eager attention would not fit, an unknown option at the end of the line.
+      // whose vision attention would not fit, an unknown option at the end of the line.
       {" --model '" + (scratch / "no_tokenizer").string() + "' --profile demo", {"--model", "no_tokenizer", "tokenizer.json"}},
       {" --model '" + (scratch / "truncated").string() + "' --profile demo",
        {"--model", "truncated", "is damaged", "model.safetensors"}},
       {" --device cuda:99", {"--device", "'cuda:99'", "CUDA device"}},
-      {" --memory-limit-gb 0.0000001", {"item 0", "qwen_a_101x159.png", "eager attention would need about", "--memory-limit-gb"}},
+      {" --memory-limit-gb 0.0000001", {"item 0", "qwen_a_101x159.png", "vision attention would need about", "--memory-limit-gb"}},
       {" --memory-limit-gb -1", {"--memory-limit-gb", ">= 0"}},
       {" --seed 3 --frobnicate", {"--frobnicate", "unknown option"}},
       {" describe write", {"stage", "given twice"}},
@@ -647,6 +648,61 @@ TEST_CASE("pipeline: bad input is an error naming the file or argument, with not
   CHECK(fs::is_regular_file(fs::path(o.output_dir) / "report.json"));
   CHECK_FALSE(fs::exists(fs::path(o.output_dir) / "train_log.json"));
   CHECK_FALSE(fs::exists(fs::path(o.output_dir) / "adapter"));
+}
+
+TEST_CASE("pipeline: --memory-limit-gb counts the scores of one query chunk of the vision attention",
+          "[pipeline][memory]") {
+  // qwen_a_101x159.png on the tiny Qwen2.5-VL: 1 x 96 vision patches, 2 vision heads. The runtime's
+  // default budget (2^26 scores) holds all 2 x 96² scores in one chunk: 147,456 bytes (scores and
+  // their fp32 softmax), the old unchunked estimate; CONSR_ATTENTION_CHUNK_ELEMENTS=192 makes the
+  // tower take 192 / (2 x 96) = 1 query at a time: 2 x 1 x 96 x 8 = 1,536 bytes.
+  const fs::path scratch = test_root / "memory_limit";
+  fs::remove_all(scratch);
+  const std::string image = fixtures + "/models/images/qwen_a_101x159.png";
+  write_text(scratch / "items.json", R"([{"id": "a", "image": ")" + image + R"(", "prompt": "q"}])");
+  const char* saved = std::getenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
+  const std::string saved_value = saved ? saved : "";
+  // prepare() alone (the checks, then --out created and locked); "" when it passes, else the error.
+  auto prepare = [&](double limit_gb, const char* budget) -> std::string {
+    if (budget) ::setenv("CONSR_ATTENTION_CHUNK_ELEMENTS", budget, 1);
+    else ::unsetenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
+    cp::options o = tiny_options("memory_limit/out");
+    o.input = (scratch / "items.json").string();
+    o.memory_limit_gb = limit_gb;
+    fs::remove_all(o.output_dir);
+    std::ostringstream log;
+    std::string error;
+    try {
+      cp::run_context context(o, log);
+      context.prepare();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    CHECK(fs::exists(o.output_dir) == error.empty());  // refused before --out is created
+    return error;
+  };
+  // 10,000 bytes: what the unchunked estimate refused fits in chunks of one query...
+  CHECK(prepare(1e-5, "192").empty());
+  // ... and is refused where the whole sequence is one chunk (the default budget), with the sizes.
+  const std::string one_chunk = prepare(1e-5, nullptr);
+  INFO(one_chunk);
+  for (const char* part : {"item 0", "qwen_a_101x159.png", "(159x101)", "1 x 96 vision patches", "24 image tokens",
+                           "about 0.0001 GB at once", "more than the 10000 bytes limit (--memory-limit-gb)",
+                           "CONSR_ATTENTION_CHUNK_ELEMENTS", "lower --image-max-pixels"})
+    CHECK(one_chunk.find(part) != std::string::npos);
+  // 147,456 bytes fit a limit of 150,000 with the default budget; 1,000 bytes are below even one
+  // query at a time (1,536 bytes).
+  CHECK(prepare(1.5e-4, nullptr).empty());
+  const std::string one_query = prepare(1e-6, "192");
+  INFO(one_query);
+  CHECK(one_query.find("about 1536 bytes at once") != std::string::npos);
+  CHECK(one_query.find("more than the 1000 bytes limit (--memory-limit-gb)") != std::string::npos);
+  // A budget that is not a positive integer is an error naming the variable, before --out exists.
+  const std::string bad = prepare(1.0, "lots");
+  CHECK(bad.find("CONSR_ATTENTION_CHUNK_ELEMENTS") != std::string::npos);
+  CHECK(bad.find("'lots'") != std::string::npos);
+  if (saved) ::setenv("CONSR_ATTENTION_CHUNK_ELEMENTS", saved_value.c_str(), 1);
+  else ::unsetenv("CONSR_ATTENTION_CHUNK_ELEMENTS");
 }
 
 TEST_CASE("pipeline: bfloat16 training (fp32 master weights) moves the adapter", "[pipeline]") {
