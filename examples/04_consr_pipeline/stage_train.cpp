@@ -79,14 +79,8 @@ std::vector<torch::Tensor> response_logprobs(model_context& m, const cr::prompt_
   const torch::Device device = m.model->device();
   torch::Tensor hidden = m.model->forward_hidden(in);
   torch::Tensor picked = hidden.reshape({-1, hidden.size(2)}).index_select(0, torch::tensor(index).to(device));
-  torch::Tensor logits = m.model->logits(picked);
-  torch::Tensor labels = torch::tensor(targets).to(device);
-  torch::Tensor logp;
-  if (logits.is_cuda() && lt::cuda_backend_registry().token_logprobs == nullptr) {
-    logp = torch::log_softmax(logits.to(torch::kFloat32), -1).gather(1, labels.unsqueeze(1)).squeeze(1);
-  } else {
-    logp = lt::token_logprobs(logits, labels);
-  }
+  // Hidden states → log-probs without the [tokens × vocabulary] logits (consr's linear log-probs).
+  torch::Tensor logp = cr::token_logprobs_of(*m.model, picked, targets);
   logp = logp.to(torch::kCPU);  // the DPO loss runs on the host (per-token vectors only)
   std::vector<torch::Tensor> out;
   std::int64_t start = 0;

@@ -441,3 +441,33 @@ TEST_CASE("generation: prompts that share a prefix (one image, several questions
     }
   }
 }
+
+TEST_CASE("generation: token_logprobs_of equals log_softmax of the logits, gradients included", "[generation]") {
+  for (fixture* f : {&qwen(), &llava()}) {
+    INFO(f->dir);
+    vision_language_model& m = *f->model;
+    torch::manual_seed(3);
+    const std::vector<std::int64_t> targets{0, 5, m.text().vocab_size - 1, 17, 5, 2, 40};
+    const torch::Tensor base = torch::randn({7, m.text().hidden_size});
+    auto reference = [&](const torch::Tensor& h) {
+      torch::Tensor logp = torch::log_softmax(m.logits(h).to(torch::kFloat64), -1);
+      return logp.gather(1, torch::tensor(targets, torch::kInt64).unsqueeze(1)).squeeze(1);
+    };
+    torch::Tensor h1 = base.clone().requires_grad_(true), h2 = base.clone().requires_grad_(true);
+    torch::Tensor ours = token_logprobs_of(m, h1, targets);
+    torch::Tensor ref = reference(h2);
+    CHECK(ours.scalar_type() == torch::kFloat32);
+    CHECK(torch::allclose(ours.to(torch::kFloat64), ref.detach(), 1e-5, 1e-5));
+    const torch::Tensor weights = torch::linspace(0.5, 2.0, 7);
+    (ours * weights).sum().backward();
+    (ref * weights.to(torch::kFloat64)).sum().backward();
+    CHECK(torch::allclose(h1.grad(), h2.grad(), 1e-5, 1e-5));
+    if (m.lm_head) {  // a LoRA adapter on lm_head changes the logits: the result follows them
+      m.lm_head->attach_lora(torch::randn({2, m.text().hidden_size}) * 0.1, torch::randn({m.text().vocab_size, 2}) * 0.1, 2.0);
+      torch::NoGradGuard no_grad;
+      CHECK(torch::allclose(token_logprobs_of(m, base, targets).to(torch::kFloat64), reference(base), 1e-5, 1e-5));
+      m.lm_head->detach_lora();
+    }
+    CHECK_THROWS_WITH(token_logprobs_of(m, base, {1, 2}), Catch::Contains("'hidden'"));
+  }
+}

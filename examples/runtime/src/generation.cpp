@@ -357,21 +357,24 @@ std::vector<std::int64_t> scored_tokens(const char* fn, const std::vector<std::i
   return scored;
 }
 
-// log_softmax(logits(hidden))[target] in fp32 for rows of final hidden states [N, hidden]: through
-// consr's memory-bounded linear log-probs (vocabulary chunks; never the N × V logits, with autograd)
-// when the output projection is a plain weight, through the logits when a LoRA adapter sits on
-// lm_head.
-torch::Tensor token_logprobs_of(vision_language_model& model, const torch::Tensor& hidden, const std::vector<std::int64_t>& targets) {
+}  // namespace
+
+torch::Tensor token_logprobs_of(vision_language_model& model, const torch::Tensor& hidden,
+                                const std::vector<std::int64_t>& targets) {
+  if (hidden.dim() != 2 || hidden.size(0) != static_cast<std::int64_t>(targets.size()))
+    fail("token_logprobs_of", "hidden", "expected [" + std::to_string(targets.size()) + ", hidden] (one row per target), got " +
+                                            std::to_string(hidden.dim()) + "-d");
   torch::Tensor labels = torch::tensor(targets, torch::kInt64).to(hidden.device());
-  if (model.lm_head && model.lm_head->has_lora()) {
+  const bool lora_head = model.lm_head && model.lm_head->has_lora();
+  const bool no_cuda_kernel =
+      hidden.is_cuda() && consr::libtorch::cuda_backend_registry().linear_token_logprobs == nullptr;
+  if (lora_head || no_cuda_kernel) {
     torch::Tensor logp = torch::log_softmax(model.logits(hidden).to(torch::kFloat32), -1);
     return logp.gather(1, labels.unsqueeze(1)).squeeze(1);
   }
   const torch::Tensor& weight = model.lm_head ? model.lm_head->weight : model.language_model->embed_tokens->weight;
   return consr::libtorch::linear_token_logprobs(hidden.contiguous(), weight, torch::Tensor(), labels).to(torch::kFloat32);
 }
-
-}  // namespace
 
 response_logprobs_batch teacher_forced_logprobs(vision_language_model& model, const std::vector<prompt_input>& prompts,
                                                 const std::vector<std::vector<std::int64_t>>& responses,

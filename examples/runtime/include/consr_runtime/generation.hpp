@@ -102,6 +102,15 @@ struct response_logprobs_batch {
   std::vector<std::vector<std::int64_t>> token_ids;  ///< the scored tokens of each row
 };
 
+/// log_softmax(logits(hidden))[target] in fp32 for rows of final-normed hidden states [N, hidden]
+/// and their N target ids, with autograd: through consr's memory-bounded linear log-probs
+/// (`consr::libtorch::linear_token_logprobs`: vocabulary chunks, never the N × V logits) when the
+/// output projection is a plain weight; through the logits when a LoRA adapter sits on lm_head, or
+/// on CUDA when consr's CUDA kernels are not compiled into the program. Throws runtime_error naming
+/// 'hidden' when its rows and the targets differ in number.
+torch::Tensor token_logprobs_of(vision_language_model& model, const torch::Tensor& hidden,
+                                const std::vector<std::int64_t>& targets);
+
 /// Teacher forcing (facts §4, spec §5): for each row builds prompt + response (+ end_of_turn_id,
 /// appended unless the response already ends with it or end_of_turn_id < 0 — the spec's decision
 /// is to include it), runs one forward over the left-padded batch and returns
