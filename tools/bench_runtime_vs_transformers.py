@@ -3,8 +3,9 @@
 
 Run with the venv of tools/build-against-pip-torch.sh (PyPI torch 2.x + transformers), never in CI:
 
-    build/venv-torch/bin/python tools/bench_runtime_vs_transformers.py \
-        --consr build/default/examples/04_consr_pipeline/consr_bench_item --threads 2
+    build/venv-torch/bin/python tools/bench_runtime_vs_transformers.py --threads 2 \
+        --consr build/default/examples/04_consr_pipeline/consr_bench_item \
+        --consr build/pip-torch/examples/04_consr_pipeline/consr_bench_item   # optional: the wheel's LibTorch
 
 1. Makes (once) a random Qwen2.5-VL checkpoint at the 3B model's widths (text: hidden 2048,
    intermediate 11008, 16 heads, 2 KV heads, the real vocabulary size 151936, tied embeddings;
@@ -149,7 +150,8 @@ def run_transformers(model_dir, inputs_path, threads, score_batch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--consr", required=True, help="path of the consr_bench_item binary")
+    ap.add_argument("--consr", required=True, action="append",
+                    help="path of a consr_bench_item binary; repeat it to compare builds (e.g. Debian's LibTorch and the wheel's)")
     ap.add_argument("--work", default="build/bench-runtime", help="model and run directory")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layers", type=int, default=2)
@@ -161,58 +163,65 @@ def main():
     ap.add_argument("--report", help="write the markdown table here")
     ap.add_argument("--json", help="write the raw numbers here")
     a = ap.parse_args()
-    if not os.access(a.consr, os.X_OK):
-        sys.exit(f"bench_runtime_vs_transformers.py: argument '--consr': '{a.consr}' is not an executable")
+    for path in a.consr:
+        if not os.access(path, os.X_OK):
+            sys.exit(f"bench_runtime_vs_transformers.py: argument '--consr': '{path}' is not an executable")
     model_dir = os.path.join(a.work, f"qwen2_5_vl_3b_widths_{a.layers}l_{a.vision_depth}v")
-    run_dir = os.path.join(a.work, "run")
     make_model(model_dir, a.layers, a.vision_depth)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    cmd = [a.consr, "--model", model_dir, "--out", run_dir, "--threads", str(a.threads), "--image-size", str(a.image_size),
-           "--description-tokens", str(a.description_tokens), "--candidate-tokens", str(a.candidate_tokens),
-           "--score-batch", "15", "--tolerance", str(a.tolerance)]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    with open(os.path.join(run_dir, "consr.json")) as f:
-        consr = json.load(f)
-    hf = run_transformers(model_dir, os.path.join(run_dir, "inputs.safetensors"), a.threads, 15)
-    ours = load_file(os.path.join(run_dir, "consr.safetensors"))
-    same_greedy = ours["description"].tolist() == hf["description"]
-    diffs = {k: float((ours[k] - hf["logp"][k]).abs().max()) for k in hf["logp"]}
-    ok = same_greedy and max(diffs.values()) <= a.tolerance
-    c, h = consr["seconds"], hf["seconds"]
-    lines = [
-        f"| stage | consr, torch {consr['torch']} (s) | transformers, torch {hf['torch']} (s) | transformers / consr |",
-        "|---|---|---|---|",
-    ]
+    runs = []
+    for i, path in enumerate(a.consr):
+        run_dir = os.path.join(a.work, f"run-{i}")
+        cmd = [path, "--model", model_dir, "--out", run_dir, "--threads", str(a.threads), "--image-size", str(a.image_size),
+               "--description-tokens", str(a.description_tokens), "--candidate-tokens", str(a.candidate_tokens),
+               "--score-batch", "15", "--tolerance", str(a.tolerance)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        with open(os.path.join(run_dir, "consr.json")) as f:
+            report = json.load(f)
+        runs.append((run_dir, report, load_file(os.path.join(run_dir, "consr.safetensors"))))
+    hf = run_transformers(model_dir, os.path.join(runs[0][0], "inputs.safetensors"), a.threads, 15)
+    checks, ok = [], True
+    for run_dir, report, ours in runs:
+        same_greedy = ours["description"].tolist() == hf["description"]
+        diffs = {k: float((ours[k] - hf["logp"][k]).abs().max()) for k in hf["logp"]}
+        ok = ok and same_greedy and max(diffs.values()) <= a.tolerance
+        checks.append(f"consr on torch {report['torch']}: greedy description tokens {'identical' if same_greedy else 'DIFFERENT'}; "
+                      "scoring log-probs max |consr − transformers| = " + ", ".join(f"{k[5:]} {v:.1e}" for k, v in diffs.items())
+                      + f"; shared vs per-candidate {report.get('shared_vs_unshared_max_abs_logprob_diff', float('nan')):.1e}; "
+                      f"shared-prefix scoring {report['seconds']['scoring_unshared'] / report['seconds']['scoring_shared']:.2f}× "
+                      "the per-candidate prefill.")
+    h = hf["seconds"]
+    head = "| stage | " + " | ".join(f"consr, torch {r['torch']} (s)" for _, r, _ in runs) + \
+        f" | transformers, torch {hf['torch']} (s) | " + " | ".join(f"transformers / consr {r['torch']}" for _, r, _ in runs) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(runs))]
     for stage, ck, hk in [("description: 64 greedy tokens, one stream", "description", "description"),
                           ("candidates: 5 sampled", "candidates_sampled", "candidates_sampled"),
                           ("candidates: 5 revised (5 prompts)", "candidates_revised", "candidates_revised"),
                           ("candidates: 5 from the noisy image", "candidates_noisy", "candidates_noisy"),
                           ("candidates: all 15", "candidates", "candidates"),
-                          ("scoring 15 × 3, shared prefix (consr) vs batched forward", "scoring_shared", "scoring"),
-                          ("scoring 15 × 3, per-candidate prefill (consr) vs batched forward", "scoring_unshared", "scoring"),
+                          ("scoring 15 × 3: shared prefix (consr), batched forward (transformers)", "scoring_shared", "scoring"),
+                          ("scoring 15 × 3: per-candidate prefill (consr), batched forward (transformers)", "scoring_unshared", "scoring"),
                           ("the item (description + candidates + shared scoring)", "item", "item")]:
-        if ck in c:
-            lines.append(f"| {stage} | {c[ck]:.2f} | {h[hk]:.2f} | {h[hk] / c[ck]:.2f}× |")
-    lines.append(f"| peak RSS (MiB, process) | {consr['peak_rss_mib']:.0f} | {hf['peak_rss_mib']:.0f} | |")
-    notes = [
-        f"Equal outputs: greedy description tokens {'identical' if same_greedy else 'DIFFERENT'}; scoring log-probs max |consr − transformers| = "
-        + ", ".join(f"{k[5:]} {v:.2e}" for k, v in diffs.items())
-        + f"; consr shared vs per-candidate {consr.get('shared_vs_unshared_max_abs_logprob_diff', float('nan')):.2e}.",
-        f"Shared-prefix scoring vs per-candidate prefill: {c['scoring_unshared'] / c['scoring_shared']:.2f}×." if "scoring_unshared" in c else "",
+        cs = [r["seconds"][ck] for _, r, _ in runs]
+        lines.append(f"| {stage} | " + " | ".join(f"{c:.2f}" for c in cs) + f" | {h[hk]:.2f} | "
+                     + " | ".join(f"{h[hk] / c:.2f}×" for c in cs) + " |")
+    lines.append("| peak RSS of the process (MiB) | " + " | ".join(f"{r['peak_rss_mib']:.0f}" for _, r, _ in runs)
+                 + f" | {hf['peak_rss_mib']:.0f} |" + " |" * len(runs))
+    r0 = runs[0][1]
+    notes = checks + [
         f"Threads {a.threads}; model {model_dir} ({a.layers} decoder layers, {a.vision_depth} vision blocks, fp32); "
-        f"{consr['image_tokens']} image tokens, prompt {consr['prompt_tokens']} tokens; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}.",
-    ]
-    text = "\n".join(lines) + "\n\n" + "\n".join(n for n in notes if n) + "\n"
+        f"{r0['image_tokens']} image tokens, prompt {r0['prompt_tokens']} tokens; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}."]
+    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     print(text)
     if a.report:
         with open(a.report, "w") as f:
             f.write(text)
     if a.json:
-        hf_out = {k: v for k, v in hf.items() if k not in ("logp",)}
+        hf_out = {k: v for k, v in hf.items() if k != "logp"}
         with open(a.json, "w") as f:
-            json.dump({"consr": consr, "transformers": hf_out, "logprob_max_abs_diff": diffs, "greedy_identical": same_greedy}, f, indent=2)
+            json.dump({"consr": [r for _, r, _ in runs], "transformers": hf_out}, f, indent=2)
     if not ok:
         sys.exit("bench_runtime_vs_transformers.py: the outputs differ (see above)")
 

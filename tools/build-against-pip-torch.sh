@@ -94,7 +94,7 @@ grep -q "consr: LibTorch .* from $torch_prefix " "$build.configure.log" ||
 targets=(consr_torch_ops torch_test_adapter)
 tests='cmake_torch_one_installation|torch_test_adapter|torch_test_ops_python'
 if ((pipeline)); then
-  targets+=(consr_pipeline)
+  targets+=(consr_pipeline consr_bench_item)  # consr_bench_item: tools/bench_runtime_vs_transformers.py --consr
   tests+='|example_04_consr_pipeline'
 fi
 phase "build ${targets[*]} (-j $jobs)"
