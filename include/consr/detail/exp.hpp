@@ -50,27 +50,31 @@ inline constexpr float exp_float_flush = -86.98f;  // below it n < -125 would ne
 /// 2·exp(r) for r = x − n·ln 2, n the integer nearest x / ln 2 (as a float): the Cody–Waite
 /// reduction (n·ln2_hi is exact) and the polynomial of the float exp, the part vector_exp and
 /// vector_exp_nonpositive share.
+// The Cody–Waite split of ln 2 and the polynomial of exp_float_reduced (also used by the AVX-512
+// exp-sum of the log-probs forward, detail::logprob_exp2x).
+inline constexpr float exp_float_ln2_hi = 0x1.63p-1f;        // 355/512: n * ln2_hi is exact for |n| < 2^15
+inline constexpr float exp_float_ln2_lo = -0x1.bd0106p-13f;  // ln 2 - ln2_hi
+// Polynomial coefficients of exp(r) on [-ln2/2, ln2/2], doubled (exactly) because the result is
+// scaled by 2^(n-1): that keeps n = 128 (x near ln FLT_MAX) representable without a second scale.
+// (Scalars, not an array: device code reads namespace-scope constexpr scalars, not arrays.)
+inline constexpr float exp_float_c6 = 2 * 0x1.6a244ep-10f;
+inline constexpr float exp_float_c5 = 2 * 0x1.1239d4p-7f;
+inline constexpr float exp_float_c4 = 2 * 0x1.5558f2p-5f;
+inline constexpr float exp_float_c3 = 2 * 0x1.555492p-3f;
+inline constexpr float exp_float_c2 = 2 * 0x1.fffffcp-2f;
+inline constexpr float exp_float_c1 = 2.0f;
+inline constexpr float exp_float_c0 = 2.0f;
+
 CONSR_HOST_DEVICE CONSR_FORCEINLINE float exp_float_reduced(float x, float n) noexcept {
-  constexpr float ln2_hi = 0x1.63p-1f;        // 355/512: n * ln2_hi is exact for |n| < 2^15
-  constexpr float ln2_lo = -0x1.bd0106p-13f;  // ln 2 - ln2_hi
-  // Polynomial coefficients of exp(r) on [-ln2/2, ln2/2], doubled (exactly) because the result is
-  // scaled by 2^(n-1): that keeps n = 128 (x near ln FLT_MAX) representable without a second scale.
-  constexpr float c6 = 2 * 0x1.6a244ep-10f;
-  constexpr float c5 = 2 * 0x1.1239d4p-7f;
-  constexpr float c4 = 2 * 0x1.5558f2p-5f;
-  constexpr float c3 = 2 * 0x1.555492p-3f;
-  constexpr float c2 = 2 * 0x1.fffffcp-2f;
-  constexpr float c1 = 2.0f;
-  constexpr float c0 = 2.0f;
-  float r = x - n * ln2_hi;
-  r = r - n * ln2_lo;
-  float q = c6;
-  q = q * r + c5;
-  q = q * r + c4;
-  q = q * r + c3;
-  q = q * r + c2;
-  q = q * r + c1;
-  q = q * r + c0;
+  float r = x - n * exp_float_ln2_hi;
+  r = r - n * exp_float_ln2_lo;
+  float q = exp_float_c6;
+  q = q * r + exp_float_c5;
+  q = q * r + exp_float_c4;
+  q = q * r + exp_float_c3;
+  q = q * r + exp_float_c2;
+  q = q * r + exp_float_c1;
+  q = q * r + exp_float_c0;
   return q;
 }
 
