@@ -10,6 +10,11 @@
 //   resized crop: per image, the crop slice interpolated back to H × W (bilinear, align_corners
 //                 false, as torchvision's resized_crop when enlarging), the same boxes as consr.
 // Traffic: noise / mask / crop read the image once and write the output once; mixup reads two.
+// Compute ceiling of the noise (tools/run-benchmarks.py's roofline table): noise_incache runs
+// add_diffusion_noise on 64K elements per thread that stay in L2, and its stages alone on the same
+// count, noise_philox_incache (the Philox words) and noise_normals_incache (words + Box–Muller +
+// interleave: the normals without the image); all count the traffic of the memory-bound rows (4 B
+// read + 4 B written per element), so their bytes per second compare with the copy probe.
 #include "common/bench_common.hpp"
 
 #include <consr/corruption.hpp>
@@ -20,6 +25,9 @@
 
 #if defined(CONSR_BENCH_HAS_TORCH)
 #include <torch/torch.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 
 namespace {
@@ -88,6 +96,63 @@ void consr_mixup(benchmark::State& state) {
 
 void consr_resized_crop(benchmark::State& state) {
   time_on_tiles(state, 6, [](auto x, auto y, consr::rng_key key) { consr::random_resized_crop<float, 4>(x, y, key); });
+}
+
+// ---- compute ceiling of the noise: inputs in L2, and its stages alone ---------------------------
+
+int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+constexpr index_t in_cache_per_thread = 32 * consr::detail::noise_tile;  // 64K elements: 256 KiB in, 256 KiB out
+
+void consr_noise_in_cache(benchmark::State& state, int threads) {
+  const index_t n = in_cache_per_thread * threads;
+  const std::vector<float> x = pixels(static_cast<std::size_t>(n), 6);
+  std::vector<float> y(x.size());
+  std::uint64_t seed = 0;
+  for (auto _ : state) {
+    consr::add_diffusion_noise<float, 1>(consr::make_view(x.data(), n), consr::make_view(y.data(), n),
+                                         consr::rng_key{++seed, 0});
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  consr_bench::set_traffic(state, 4.0 * n, 4.0 * n);
+}
+
+/// One stage of the noise over in_cache_per_thread elements per thread (each thread its own tiles,
+/// as add_diffusion_noise splits them): `normals` false runs philox_words alone, true runs
+/// fill_normal_blocks (words, Box–Muller, interleave).
+void consr_noise_stage(benchmark::State& state, int threads, bool normals) {
+  constexpr index_t blocks = consr::detail::noise_tile / 4;
+  constexpr index_t tiles_per_thread = in_cache_per_thread / consr::detail::noise_tile;
+  std::uint64_t seed = 0;
+  for (auto _ : state) {
+    const consr::rng_key key{++seed, 0};
+    CONSR_OMP(parallel num_threads(threads))
+    {
+      alignas(64) std::uint32_t w[4][blocks];
+      alignas(64) float z[consr::detail::noise_tile + 8];
+      const std::uint64_t first = static_cast<std::uint64_t>(thread_id()) * tiles_per_thread * blocks;
+      for (index_t t = 0; t < tiles_per_thread; ++t) {
+        const std::uint64_t block = first + static_cast<std::uint64_t>(t * blocks);
+        if (normals) {
+          consr::detail::fill_normal_blocks(key, block, blocks, z);
+          benchmark::DoNotOptimize(z[0]);
+        } else {
+          consr::detail::philox_words(key, block, blocks, w[0], w[1], w[2], w[3]);
+          benchmark::DoNotOptimize(w[3][0]);
+        }
+      }
+      benchmark::ClobberMemory();
+    }
+  }
+  const double n = static_cast<double>(in_cache_per_thread) * threads;
+  consr_bench::set_traffic(state, 4.0 * n, 4.0 * n);
 }
 
 #if defined(CONSR_BENCH_HAS_TORCH)
@@ -162,6 +227,12 @@ void torch_resized_crop(benchmark::State& state) {
 void register_all() {
   consr_bench::add("noise", "consr", tiles_label, [](benchmark::State& s, int) { consr_noise_tiles(s); });
   consr_bench::add("noise", "consr", patches_label, [](benchmark::State& s, int) { consr_noise_patches(s); });
+  const std::string in_l2 = std::to_string(in_cache_per_thread) + " per thread,in L2";
+  consr_bench::add("noise_incache", "consr", in_l2, [](benchmark::State& s, int t) { consr_noise_in_cache(s, t); });
+  consr_bench::add("noise_philox_incache", "consr", in_l2,
+                   [](benchmark::State& s, int t) { consr_noise_stage(s, t, false); });
+  consr_bench::add("noise_normals_incache", "consr", in_l2,
+                   [](benchmark::State& s, int t) { consr_noise_stage(s, t, true); });
   consr_bench::add("patch_mask", "consr", tiles_label, [](benchmark::State& s, int) { consr_patch_mask(s); });
   consr_bench::add("mixup", "consr", tiles_label, [](benchmark::State& s, int) { consr_mixup(s); });
   consr_bench::add("resized_crop", "consr", tiles_label, [](benchmark::State& s, int) { consr_resized_crop(s); });

@@ -6,6 +6,12 @@
 //   logprobs_fwd      fp32 forward          consr | torch            N = 256, 1024 (+4096 with CONSR_BENCH_LARGE)
 //   logprobs_fwd_bf16 bf16 logits forward   consr | torch            N = 256
 //   logprobs_fwd_bwd  forward + backward    consr | torch_autograd   N = 256, 1024
+//   logprobs_fwd_incache, logprobs_fwd_bf16_incache, logprobs_fwd_bwd_incache
+//                     the same calls on rows that stay in each core's L2 cache (2 rows per thread
+//                     for the forwards, 1 row and its gradient for the backward), repeated: the
+//                     kernel's compute ceiling, in the bytes per second the memory-bound row would
+//                     move at that speed (tools/run-benchmarks.py sets it beside the probe: the
+//                     roofline table)
 //   logprobs_memory   peak extra resident memory of one forward in a fresh process (counter
 //                     "peak_extra_bytes"; inputs excluded)   consr | torch   N = 64, 256, 1024
 // Traffic: the forward must read N×V logits (+ labels) and write N values; the backward also writes
@@ -92,6 +98,39 @@ void consr_forward_backward(benchmark::State& state, consr::index_t n) {
     benchmark::ClobberMemory();
   }
   consr_bench::set_traffic(state, 4.0 * n * vocab + 12.0 * n, 4.0 * n * vocab + 4.0 * n);
+}
+
+// ---- compute ceiling: the same calls on rows that stay in L2 --------------------------------------
+
+/// The forward (and with `backward`, the backward too) on `rows_per_thread` · threads rows of V
+/// logits that stay in each core's L2 cache (608 KB per fp32 row), timed over and over: what the
+/// kernel costs when memory is free. The traffic counted is that of the memory-bound rows above
+/// (per element: 4 B read, or 2 B for bf16; + 4 B written by the backward), so its bytes per second
+/// are the rate the arithmetic alone would sustain, comparable with the bandwidth probe.
+template <class Logit>
+void consr_in_cache(benchmark::State& state, int threads, consr::index_t rows_per_thread, bool backward) {
+  const consr::index_t n = rows_per_thread * threads;
+  const std::vector<float> source = consr_bench::uniform_floats(static_cast<std::size_t>(n * vocab), 7, -12.0f, 12.0f);
+  const std::vector<Logit> logits(source.begin(), source.end());
+  const std::vector<std::int64_t> labels = consr_bench::uniform_ints(static_cast<std::size_t>(n), 11, vocab);
+  const std::vector<float> grad_logp = consr_bench::uniform_floats(static_cast<std::size_t>(n), 3, -1.0f, 1.0f);
+  std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
+  std::vector<float> grad(backward ? logits.size() : 0);
+  for (auto _ : state) {
+    consr::token_logprobs(consr::make_view(logits.data(), n, vocab), consr::make_view(labels.data(), n),
+                          consr::make_view(logp.data(), n), consr::make_view(lse.data(), n));
+    if constexpr (std::is_same_v<Logit, float>) {
+      if (backward)
+        consr::token_logprobs_backward(consr::make_view(logits.data(), n, vocab), consr::make_view(labels.data(), n),
+                                       consr::make_view(lse.data(), n), consr::make_view(grad_logp.data(), n),
+                                       consr::make_view(grad.data(), n, vocab));
+    }
+    benchmark::DoNotOptimize(logp.data());
+    benchmark::DoNotOptimize(grad.data());
+    benchmark::ClobberMemory();
+  }
+  const double elements = static_cast<double>(n) * vocab;
+  consr_bench::set_traffic(state, sizeof(Logit) * elements, backward ? 4.0 * elements : 0.0);
 }
 
 #if defined(CONSR_BENCH_HAS_TORCH)
@@ -226,6 +265,13 @@ void register_all() {
                      [n](benchmark::State& s, int) { torch_forward_backward(s, n); });
 #endif
   }
+  const std::string in_l2 = "V=" + std::to_string(vocab) + ",in L2";
+  consr_bench::add("logprobs_fwd_incache", "consr", in_l2,
+                   [](benchmark::State& s, int t) { consr_in_cache<float>(s, t, 2, false); });
+  consr_bench::add("logprobs_fwd_bf16_incache", "consr", in_l2,
+                   [](benchmark::State& s, int t) { consr_in_cache<consr::bfloat16>(s, t, 2, false); });
+  consr_bench::add("logprobs_fwd_bwd_incache", "consr", in_l2,
+                   [](benchmark::State& s, int t) { consr_in_cache<float>(s, t, 1, true); });
   for (const consr::index_t n : {64, 256, 1024}) {
     consr_bench::add_once("logprobs_memory", "consr", size_label(n),
                           [n](benchmark::State& s) { memory_benchmark(s, "consr", n); });

@@ -251,7 +251,8 @@ def comparison_rows(results, limits):
     """(kernel, size, threads, consr Result, baseline Result or None, share or None, pattern)."""
     rows = []
     for (kernel, impl, size, threads), r in sorted(results.items()):
-        if impl not in CONSR_IMPLS or kernel.startswith("stream_") or kernel.endswith("_memory"):
+        if (impl not in CONSR_IMPLS or kernel.startswith("stream_") or kernel.endswith("_memory")
+                or kernel.endswith(IN_CACHE_SUFFIX)):
             continue
         # The baseline: LibTorch where it was measured (torch, torch_autograd), else another impl.
         candidates = sorted(((i2, r2) for (k2, i2, s2, t2), r2 in results.items()
@@ -286,6 +287,57 @@ def results_table(rows, limits):
         out.append("| `%s` %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
             kernel, desc, size, threads, fmt_ms(r.min_ms), base_name, base_ms, speedup, bw, share_s))
     return "\n".join(out)
+
+
+IN_CACHE_SUFFIX = "_incache"
+# Stages of a kernel timed alone on in-cache data (bench/bench_corruption.cpp): kernel -> [(stage
+# benchmark, what it runs)]; each counts the kernel's own traffic, so its rate is directly comparable.
+IN_CACHE_STAGES = {
+    "noise": [("noise_philox_incache", "Philox4x32-10 words alone"),
+              ("noise_normals_incache", "normals alone (words + Box–Muller + interleave)")],
+}
+
+
+def roofline_table(results, limits):
+    """The two ceilings of every kernel that has an in-cache twin ("<kernel>_incache": the same calls on
+    data that stays in L2, counting the same traffic): the memory limit (the probe) and the compute
+    ceiling (the in-cache rate), the lower of the two as the bound, and the memory-bound row's share of each."""
+    lines = ["| Kernel | Size | Threads | Memory limit (probe) | Compute ceiling (in L2) | Bound | Measured | "
+             "Share of limit | Share of bound |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    stage_lines = ["| Kernel | Stage | Threads | Rate alone (in L2) | Share of the kernel's in-L2 time |",
+                   "|---|---|---:|---:|---:|"]
+    found = False
+    for (kernel, impl, size, threads), r in sorted(results.items()):
+        if impl != "consr" or not kernel.endswith(IN_CACHE_SUFFIX) or not r.min_ms or not r.bytes():
+            continue
+        base = kernel[:-len(IN_CACHE_SUFFIX)]
+        ceiling = r.bytes() / (r.min_ms * 1e-3)
+        for (k2, i2, s2, t2), m in sorted(results.items()):
+            if k2 != base or i2 != "consr" or t2 != threads or not m.min_ms or not m.bytes():
+                continue
+            pattern = access_pattern(m)
+            if (pattern, threads) not in limits:
+                continue
+            found = True
+            limit = limits[(pattern, threads)][0]
+            measured = m.bytes() / (m.min_ms * 1e-3)
+            bound = min(limit, ceiling)
+            lines.append("| `%s` | %s | %d | %s (%s) | %s | %s (%s) | %s | %.0f %% | %.0f %% |" % (
+                base, s2, threads, fmt_gbs(limit), pattern, fmt_gbs(ceiling), fmt_gbs(bound),
+                "memory" if limit <= ceiling else "compute", fmt_gbs(measured), 100 * measured / limit,
+                100 * measured / bound))
+        for stage, what in IN_CACHE_STAGES.get(base, []):
+            st = results.get((stage, "consr", size, threads))
+            if st is None or not st.min_ms or not st.bytes():
+                continue
+            rate = st.bytes() / (st.min_ms * 1e-3)
+            stage_lines.append("| `%s` | %s | %d | %s | %.0f %% |" % (base, what, threads, fmt_gbs(rate), 100 * ceiling / rate))
+    if not found:
+        return "Not measured in this run."
+    out = "\n".join(lines)
+    if len(stage_lines) > 2:
+        out += "\n\nStages of the in-L2 runs, each timed alone on the same data (the kernel's own traffic counted):\n\n" + "\n".join(stage_lines)
+    return out
 
 
 def limits_table(limits):
@@ -609,6 +661,15 @@ def generated_block(args, results, context, gpu_paths, disturbed=()):
         "### Bandwidth limit (STREAM-like probe, same run)",
         "",
         limits_table(limits) if limits else "Not measured in this run.",
+        "",
+        "### Roofline: memory limit and compute ceiling",
+        "",
+        "The compute ceiling is the same call timed on inputs that stay in each core's L2 cache (`<kernel>_incache`),",
+        "counting the traffic of the memory-bound row, so that its bytes per second say how fast the arithmetic",
+        "alone would move the data. The bound is the lower of the two ceilings; a kernel can reach it only if its",
+        "memory traffic and its arithmetic overlap completely.",
+        "",
+        roofline_table(results, limits),
         "",
         "### Memory: peak resident memory added by one call (fresh process, inputs excluded)",
         "",
