@@ -14,11 +14,8 @@
 
 #include "../test_files.hpp"
 
-#include <stdlib.h>  // mkdtemp
-
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -65,27 +62,11 @@ std::string jsonl(const std::vector<json>& rows) {
   return s;
 }
 
-struct scratch_dir {
-  fs::path path;
-  scratch_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "consr_input_formats_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~scratch_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct scratch_dir : consr_test_files::temp_dir {
+  scratch_dir() : consr_test_files::temp_dir("consr_input_formats") {}
 };
 
-std::string thrown(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(nothing thrown)";
-}
+using consr_test_files::thrown;
 
 // Two items over two fixture images (a PNG and a JPEG), in the formats' own words.
 struct example {

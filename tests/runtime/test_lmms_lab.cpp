@@ -7,7 +7,6 @@
 // tokenizer (Qwen2's, no "<image>") gets "<image>" / "<video>" at the config's ids.
 #include "runtime_test_support.hpp"
 
-#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -26,6 +25,7 @@
 
 using namespace consr_runtime;
 using runtime_test::temp_dir;
+using runtime_test::thrown;
 using json = nlohmann::json;
 
 namespace {
@@ -150,15 +150,6 @@ void write_lmms_checkpoint(const std::string& dir, const vision_language_model& 
 }
 
 json hf_config() { return runtime_test::read_json(llava_dir + "/config.json"); }
-
-std::string thrown(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(nothing thrown)";
-}
 
 }  // namespace
 

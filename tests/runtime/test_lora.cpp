@@ -88,14 +88,6 @@ TEST_CASE("lora: a fresh adapter leaves the logits unchanged; only LM linears ar
 }
 
 TEST_CASE("lora: the forward adds scaling · B(A(x)) (reference in double)", "[lora]") {
-  text_config c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
   linear lin(8, 5, true);
   torch::manual_seed(0);
   torch::Tensor w = torch::randn({5, 8}), b = torch::randn({5}), a = torch::randn({3, 8}), bb = torch::randn({5, 3});

@@ -51,45 +51,6 @@ struct default_chunks : chunk_env {
   default_chunks() : chunk_env("67108864") {}
 };
 
-void randomize(torch::nn::Module& m, std::uint64_t seed, double scale = 0.3) {
-  torch::manual_seed(static_cast<std::int64_t>(seed));
-  torch::NoGradGuard no_grad;
-  for (auto& p : m.named_parameters()) {
-    if (p.key().find("norm") != std::string::npos || p.key().find("ln_q") != std::string::npos)
-      p.value().copy_(1.0 + 0.2 * torch::randn(p.value().sizes()));
-    else
-      p.value().copy_(scale * torch::randn(p.value().sizes()));
-  }
-}
-
-consr_runtime::qwen2_5_vl_vision_model load_qwen_vision(const std::string& dir) {
-  const auto config = consr_runtime::load_model_config(dir);
-  REQUIRE(config.qwen2_5_vl);
-  consr_runtime::qwen2_5_vl_vision_model vision(config.qwen2_5_vl->vision);
-  consr_runtime::checkpoint ck(dir);
-  consr_runtime::load_options options;
-  options.ignore_extra = {"^model\\.(language_model\\.)?(embed_tokens|layers|norm)", "^lm_head\\."};
-  consr_runtime::load_weights(*vision, ck, {{"", {"visual."}}}, options);
-  vision->eval();
-  return vision;
-}
-
-consr_runtime::llava_onevision_vision load_llava_vision(const std::string& dir) {
-  const auto config = consr_runtime::load_model_config(dir);
-  REQUIRE(config.llava_onevision);
-  consr_runtime::llava_onevision_vision vision(*config.llava_onevision);
-  consr_runtime::checkpoint ck(dir);
-  consr_runtime::load_options options;
-  options.ignore_extra = {"^language_model\\."};
-  consr_runtime::load_weights(*vision, ck,
-                              {{"vision_tower.vision_model.", {"vision_tower."}},
-                               {"multi_modal_projector.", {"multi_modal_projector."}},
-                               {"image_newline", {"image_newline"}}},
-                              options);
-  vision->eval();
-  return vision;
-}
-
 // Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB).
 double peak_rss_mib() {
   struct rusage usage {};
@@ -166,16 +127,7 @@ TEST_CASE("memory: LLaVA-OneVision SigLIP tower in one-query chunks equals the u
 }
 
 TEST_CASE("memory: the text decoder in one-query chunks equals one chunk; a bad budget is named", "[memory][qwen2]") {
-  text_config c;
-  c.model_type = "qwen2";
-  c.vocab_size = 41;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.rope_theta = 100.0;
+  const text_config c = tiny_text_config(41, 32, 48, 2);
   consr_runtime::qwen2_causal_lm lm(c);
   randomize(*lm, 5);
   torch::NoGradGuard no_grad;
@@ -203,16 +155,7 @@ TEST_CASE("memory: the text decoder in one-query chunks equals one chunk; a bad 
 namespace {
 
 text_config checkpoint_config(bool mrope) {
-  text_config c;
-  c.model_type = "qwen2";
-  c.vocab_size = 53;
-  c.hidden_size = 32;
-  c.intermediate_size = 56;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.rope_theta = 100.0;
+  text_config c = tiny_text_config(53, 32, 56, 3);
   if (mrope) c.mrope_section = {1, 1, 2};
   return c;
 }

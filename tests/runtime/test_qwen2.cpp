@@ -2,10 +2,7 @@
 // (RMSNorm, GQA attention, RoPE / mRoPE with rotate_half, SwiGLU), plus the KV cache, left-padded
 // batching, tied embeddings, HF parameter names and bad input. Full-model parity with Hugging Face
 // is in test_models.cpp (fixtures produced by transformers).
-// LibTorch first: its glog headers define CHECK, which Catch's CHECK must replace.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "runtime_test_support.hpp"
 
 #include <cmath>
 #include <set>
@@ -19,32 +16,14 @@ using namespace consr_runtime;
 
 namespace {
 
+using runtime_test::randomize;
+
 text_config tiny_config(bool mrope, bool tie = false) {
-  text_config c;
-  c.model_type = "qwen2";
-  c.vocab_size = 37;
-  c.hidden_size = 24;
-  c.intermediate_size = 40;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;  // != hidden / heads on purpose (as an explicit config head_dim)
+  text_config c = runtime_test::tiny_text_config(37, 24, 40, 2);  // head_dim 8 != 24 / 4 on purpose
   c.rms_norm_eps = 1e-6;
-  c.rope_theta = 100.0;  // small θ so that the positions change the result visibly
   c.tie_word_embeddings = tie;
   if (mrope) c.mrope_section = {1, 1, 2};
   return c;
-}
-
-void randomize(torch::nn::Module& m, std::uint64_t seed) {
-  torch::manual_seed(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& p : m.named_parameters()) {
-    if (p.key().find("norm") != std::string::npos)
-      p.value().copy_(1.0 + 0.2 * torch::randn(p.value().sizes()));
-    else
-      p.value().copy_(0.3 * torch::randn(p.value().sizes()));
-  }
 }
 
 // ---- the reference: one sequence, double precision, plain loops --------------------------------

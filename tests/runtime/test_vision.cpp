@@ -26,32 +26,15 @@ std::vector<std::int64_t> to_vector(const torch::Tensor& t) {
   return std::vector<std::int64_t>(c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel());
 }
 
-consr_runtime::qwen2_5_vl_vision_model load_qwen_vision(const std::string& dir, const std::string& prefix) {
-  const auto config = consr_runtime::load_model_config(dir);
-  REQUIRE(config.qwen2_5_vl);
-  consr_runtime::qwen2_5_vl_vision_model vision(config.qwen2_5_vl->vision);
-  consr_runtime::checkpoint ck(dir);
-  consr_runtime::load_options options;
-  options.ignore_extra = {"^model\\.(language_model\\.)?(embed_tokens|layers|norm)", "^lm_head\\."};
-  consr_runtime::load_weights(*vision, ck, {{"", {prefix}}}, options);
-  vision->eval();
-  return vision;
-}
-
-consr_runtime::llava_onevision_vision load_llava_vision(const std::string& dir, const std::string& tower_prefix) {
-  const auto config = consr_runtime::load_model_config(dir);
-  REQUIRE(config.llava_onevision);
-  consr_runtime::llava_onevision_vision vision(*config.llava_onevision);
-  consr_runtime::checkpoint ck(dir);
-  consr_runtime::load_options options;
-  options.ignore_extra = {"^language_model\\."};
-  consr_runtime::load_weights(*vision, ck,
-                              {{"vision_tower.vision_model.", {tower_prefix}},
-                               {"multi_modal_projector.", {"multi_modal_projector."}},
-                               {"image_newline", {"image_newline"}}},
-                              options);
-  vision->eval();
-  return vision;
+/// Every parameter of `copy` (loaded from the bf16 copy of a fixture) equals the same parameter of `main`
+/// rounded to bf16.
+void check_bf16_copy(const torch::nn::Module& main, const torch::nn::Module& copy) {
+  const auto a = main.named_parameters(), b = copy.named_parameters();
+  REQUIRE(a.size() == b.size());
+  for (const auto& p : a) {
+    INFO(p.key());
+    CHECK(torch::equal(p.value().to(torch::kBFloat16).to(torch::kFloat), b[p.key()]));
+  }
 }
 
 }  // namespace
@@ -124,12 +107,7 @@ TEST_CASE("Qwen2.5-VL vision features match HF to 1e-4 (fp32)", "[vision]") {
 TEST_CASE("Qwen2.5-VL vision loads the bf16 sharded copy in the model.visual.* layout", "[vision]") {
   auto main = load_qwen_vision(models_dir + "/qwen2_5_vl_tiny", "visual.");
   auto sharded = load_qwen_vision(models_dir + "/qwen2_5_vl_tiny_sharded", "model.visual.");
-  const auto a = main->named_parameters(), b = sharded->named_parameters();
-  REQUIRE(a.size() == b.size());
-  for (const auto& p : a) {
-    INFO(p.key());
-    CHECK(torch::equal(p.value().to(torch::kBFloat16).to(torch::kFloat), b[p.key()]));
-  }
+  check_bf16_copy(*main, *sharded);
 }
 
 TEST_CASE("LLaVA-OneVision vision module parameters carry the HF names", "[vision]") {
@@ -202,10 +180,5 @@ TEST_CASE("LLaVA-OneVision vision features match HF to 1e-4 (fp32)", "[vision]")
 TEST_CASE("LLaVA-OneVision vision loads the bf16 hub-legacy sharded copy", "[vision]") {
   auto main = load_llava_vision(models_dir + "/llava_onevision_tiny", "vision_tower.");
   auto legacy = load_llava_vision(models_dir + "/llava_onevision_tiny_sharded", "vision_tower.vision_model.");
-  const auto a = main->named_parameters(), b = legacy->named_parameters();
-  REQUIRE(a.size() == b.size());
-  for (const auto& p : a) {
-    INFO(p.key());
-    CHECK(torch::equal(p.value().to(torch::kBFloat16).to(torch::kFloat), b[p.key()]));
-  }
+  check_bf16_copy(*main, *legacy);
 }
