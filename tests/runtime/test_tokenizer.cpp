@@ -3,6 +3,8 @@
 // malformed inputs are rejected with errors naming the file / argument.
 #include <catch2/catch.hpp>
 
+#include "../test_files.hpp"
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -36,22 +38,8 @@ std::string escaped(const std::string& s) { return json(s).dump(); }
 
 std::string ids_string(const std::vector<int64_t>& ids) { return json(ids).dump(); }
 
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "consr_tok_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string p = (path / name).string();
-    std::ofstream(p, std::ios::binary) << text;
-    return p;
-  }
+struct temp_dir : consr_test_files::temp_dir {
+  temp_dir() : consr_test_files::temp_dir("consr_tok") {}
 };
 
 /// Every reference encode and decode case of `ref` against `tok`.
@@ -185,56 +173,16 @@ TEST_CASE("tokenizer: unsupported pipeline steps and malformed BPE files are rej
     INFO(name);
     CHECK_THROWS_WITH(tokenizer::from_file(path), Contains(path) && Contains(part));
   };
-  json j = base;
-  j["normalizer"] = {{"type", "NFKC"}};
-  expect("nfkc.json", j, "NFKC");
-  j = base;
-  j["pre_tokenizer"] = {{"type", "Whitespace"}};
-  expect("whitespace.json", j, "Whitespace");
-  j = base;
-  j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true;
-  expect("prefix_space.json", j, "add_prefix_space");
-  j = base;
-  j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed";
-  expect("removed.json", j, "Isolated");
-  j = base;
-  j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "(unclosed"}};
-  expect("bad_regex.json", j, "does not compile");
-  j = base;
-  j["decoder"] = {{"type", "WordPiece"}};
-  expect("decoder.json", j, "decoder");
-  j = base;
-  j["post_processor"] = {{"type", "TemplateProcessing"}};
-  expect("post.json", j, "TemplateProcessing");
-  j = base;
-  j["model"]["byte_fallback"] = true;
-  expect("byte_fallback.json", j, "byte_fallback");
-  j = base;
-  j["model"]["merges"].push_back(json::array({"zzzz", "qqqq"}));
-  expect("merge_oov.json", j, "'zzzz'");
-  j = base;
-  j["model"]["merges"].push_back("a b c");
-  expect("merge_three.json", j, "'a b c'");
-  j = base;
-  j["model"]["merges"].push_back(7);
-  expect("merge_number.json", j, "neither");
-  j = base;
-  j["added_tokens"][0]["single_word"] = true;
-  expect("single_word.json", j, "single_word");
-  j = base;
-  j["added_tokens"].push_back(j["added_tokens"][0]);
-  expect("dup_added.json", j, "twice");
-  j = base;
-  j["model"].erase("vocab");
-  expect("no_vocab.json", j, "vocab");
-  j = base;
-  j.erase("model");
-  expect("no_model.json", j, "'model'");
+  // Edits of the fixture (JSON Patches in tests/fixtures/tokenizer/rejected_edits.json), one file each.
+  const json cases = read_json(dir + "/rejected_edits.json")["cases"];
+  REQUIRE(cases.size() == 15);
+  for (const auto& c : cases)
+    expect(c.at("file").get<std::string>(), base.patch(c.at("patch")), c.at("part").get<std::string>());
   expect("array.json", json::array({1, 2}), "not a JSON object");
   const std::string broken = tmp.write("broken.json", "{\"model\": {");
   CHECK_THROWS_WITH(tokenizer::from_file(broken), Contains(broken) && Contains("not valid JSON"));
   // A BPE without the byte tokens cannot encode the missing bytes: an error, never a silent drop.
-  j = base;
+  json j = base;
   j["model"]["vocab"].erase("Ā");  // byte 0x00
   j["model"]["merges"] = json::array();
   const std::string path = tmp.write("no_byte.json", j.dump());
