@@ -6,6 +6,7 @@
 //   logprobs_fwd      fp32 forward          consr | torch            N = 256, 1024 (+4096 with CONSR_BENCH_LARGE)
 //   logprobs_fwd_bf16 bf16 logits forward   consr | torch            N = 256
 //   logprobs_fwd_bwd  forward + backward    consr | torch_autograd   N = 256, 1024
+//                     consr_fused: token_logprobs_forward_backward (one call, each row read once)
 //   logprobs_fwd_incache, logprobs_fwd_bf16_incache, logprobs_fwd_bwd_incache
 //                     the same calls on rows that stay in each core's L2 cache (2 rows per thread
 //                     for the forwards, 1 row and its gradient for the backward), repeated: the
@@ -131,6 +132,23 @@ void consr_in_cache(benchmark::State& state, int threads, consr::index_t rows_pe
   }
   const double elements = static_cast<double>(n) * vocab;
   consr_bench::set_traffic(state, sizeof(Logit) * elements, backward ? 4.0 * elements : 0.0);
+}
+
+/// token_logprobs_forward_backward: the same outputs in one call that reads each row from memory once
+/// (the row of a caller that knows the upstream gradient first, e.g. the NLL loss of fine-tuning).
+void consr_fused_forward_backward(benchmark::State& state, consr::index_t n) {
+  const problem& p = cached_problem(n);
+  std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
+  const std::vector<float> grad_logp = consr_bench::uniform_floats(static_cast<std::size_t>(n), 3, -1.0f, 1.0f);
+  std::vector<float> grad(p.logits.size());
+  for (auto _ : state) {
+    consr::token_logprobs_forward_backward(consr::make_view(p.logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
+                                           consr::make_view(grad_logp.data(), n), consr::make_view(logp.data(), n),
+                                           consr::make_view(lse.data(), n), consr::make_view(grad.data(), n, vocab));
+    benchmark::DoNotOptimize(grad.data());
+    benchmark::ClobberMemory();
+  }
+  consr_bench::set_traffic(state, 4.0 * n * vocab + 12.0 * n, 4.0 * n * vocab + 4.0 * n);
 }
 
 #if defined(CONSR_BENCH_HAS_TORCH)
@@ -260,6 +278,8 @@ void register_all() {
   for (const consr::index_t n : {256, 1024}) {
     consr_bench::add("logprobs_fwd_bwd", "consr", size_label(n),
                      [n](benchmark::State& s, int) { consr_forward_backward(s, n); });
+    consr_bench::add("logprobs_fwd_bwd", "consr_fused", size_label(n),
+                     [n](benchmark::State& s, int) { consr_fused_forward_backward(s, n); });
 #if defined(CONSR_BENCH_HAS_TORCH)
     consr_bench::add("logprobs_fwd_bwd", "torch_autograd", size_label(n),
                      [n](benchmark::State& s, int) { torch_forward_backward(s, n); });

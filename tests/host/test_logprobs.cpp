@@ -8,6 +8,7 @@
 
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -667,4 +668,92 @@ TEST_CASE("token_logprobs_backward rejects bad shapes and overlap, naming the ar
   CHECK(buffer == before);
   CHECK(backward(lv, yv, sv, gv, make_view(logits, rows, vocab)) == "<no error>");
   CHECK(buffer != before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// token_logprobs_forward_backward: the outputs of the two calls, in one pass over each row
+
+// The fused call against token_logprobs then token_logprobs_backward on the same inputs: every
+// output bitwise the same (the same row functions run in the same order), out of place and in place.
+template <class T>
+void check_fused_equals_two_calls(index_t rows, index_t vocab, std::uint64_t seed,
+                                  const consr::logprob_options& options) {
+  using Acc = consr::accum_t<T>;
+  auto labels = random_labels<std::int64_t>(rows, vocab, seed + 1);
+  if (rows > 2) labels[1] = options.ignore_index;
+  const auto g = cast_vector<Acc>(random_upstream(rows, seed + 2));
+  const auto logits = random_logits<T>(rows, vocab, 3.0, seed);
+  std::vector<Acc> logp(rows), lse(rows);
+  consr::token_logprobs(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
+                        make_view(logp.data(), rows), make_view(lse.data(), rows), options);
+  std::vector<T> grad(logits.size());
+  consr::token_logprobs_backward(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
+                                 make_view(lse.data(), rows), make_view(g.data(), rows),
+                                 make_view(grad.data(), rows, vocab), options);
+
+  std::vector<Acc> fused_logp(rows, Acc(-7)), fused_lse(rows, Acc(-7));
+  std::vector<T> fused_grad(logits.size(), from_double<T>(9.0));
+  consr::token_logprobs_forward_backward(make_view(logits.data(), rows, vocab), make_view(labels.data(), rows),
+                                         make_view(g.data(), rows), make_view(fused_logp.data(), rows),
+                                         make_view(fused_lse.data(), rows), make_view(fused_grad.data(), rows, vocab),
+                                         options);
+  for (index_t i = 0; i < rows; ++i) {
+    REQUIRE(same_bits(fused_logp[i], logp[i]));
+    REQUIRE(same_bits(fused_lse[i], lse[i]));
+  }
+  for (std::size_t k = 0; k < grad.size(); ++k) REQUIRE(same_bits(fused_grad[k], grad[k]));
+
+  // In place, and without the lse output.
+  auto inplace = logits;
+  std::vector<Acc> inplace_logp(rows, Acc(-7));
+  consr::token_logprobs_forward_backward(make_view(inplace.data(), rows, vocab), make_view(labels.data(), rows),
+                                         make_view(g.data(), rows), make_view(inplace_logp.data(), rows),
+                                         consr::host_view<Acc, 1>{}, make_view(inplace.data(), rows, vocab), options);
+  for (index_t i = 0; i < rows; ++i) REQUIRE(same_bits(inplace_logp[i], logp[i]));
+  for (std::size_t k = 0; k < grad.size(); ++k) REQUIRE(same_bits(inplace[k], grad[k]));
+}
+
+TEST_CASE("token_logprobs_forward_backward writes exactly what the two calls write", "[logprobs][fused]") {
+  consr::logprob_options tempered;
+  tempered.temperature = 0.7;
+  consr::logprob_options custom_ignore;
+  custom_ignore.ignore_index = -1;
+  SECTION("fp32, small rows") { check_fused_equals_two_calls<float>(9, 1000, 201, {}); }
+  SECTION("fp32, Qwen2 vocabulary, temperature") { check_fused_equals_two_calls<float>(5, 152064, 211, tempered); }
+  SECTION("bf16, custom ignore_index") { check_fused_equals_two_calls<bfloat16>(6, 32000, 221, custom_ignore); }
+  SECTION("fp64") { check_fused_equals_two_calls<double>(4, 2049, 231, tempered); }
+  SECTION("large enough for streaming stores and threads") {
+    // 80 × 152064 fp32 = 46 MiB of gradient: above the streaming-store threshold, and split over threads.
+    check_fused_equals_two_calls<float>(80, 152064, 241, {});
+  }
+}
+
+TEST_CASE("token_logprobs_forward_backward rejects bad arguments, naming them, before writing", "[logprobs][fused][errors]") {
+  const index_t rows = 3, vocab = 8;
+  auto logits = random_logits<float>(rows, vocab, 1.0, 251);
+  const std::vector<std::int64_t> labels = {0, 9, 2};  // row 1 out of range
+  const std::vector<std::int64_t> good_labels = {0, 1, 2};
+  std::vector<float> g(4, 1.0f), logp(4, 5.0f), lse(4, 5.0f);
+  std::vector<float> grad(static_cast<std::size_t>(rows * vocab), 42.0f);
+  const auto lv = make_view(logits.data(), rows, vocab);
+  const auto gv = make_view(g.data(), rows);
+  const auto pv = make_view(logp.data(), rows);
+  const auto sv = make_view(lse.data(), rows);
+  const auto dv = make_view(grad.data(), rows, vocab);
+  auto fused = [&](auto&&... args) {
+    return error_argument([&] { consr::token_logprobs_forward_backward(args...); });
+  };
+  CHECK(fused(lv, make_view(labels.data(), rows), gv, pv, sv, dv) == "labels");
+  const auto yv = make_view(good_labels.data(), rows);
+  CHECK(fused(lv, yv, make_view(g.data(), 2), pv, sv, dv) == "grad_token_logp");
+  CHECK(fused(lv, yv, gv, make_view(logp.data(), 4), sv, dv) == "token_logp");
+  CHECK(fused(lv, yv, gv, pv, make_view(lse.data(), 2), dv) == "lse");
+  CHECK(fused(lv, yv, gv, pv, sv, make_view(grad.data(), rows, vocab - 1)) == "grad_logits");
+  CHECK(fused(lv, yv, gv, make_view(g.data(), rows), sv, dv) == "token_logp");  // aliases grad_token_logp
+  consr::logprob_options bad;
+  bad.temperature = 0.0;
+  CHECK(fused(lv, yv, gv, pv, sv, dv, bad) == "options.temperature");
+  CHECK(std::all_of(grad.begin(), grad.end(), [](float v) { return v == 42.0f; }));
+  CHECK(std::all_of(logp.begin(), logp.end(), [](float v) { return v == 5.0f; }));
+  CHECK(fused(lv, yv, gv, pv, sv, dv) == "<no error>");
 }
