@@ -10,7 +10,6 @@
 #include <exception>
 #include <iostream>
 #include <string>
-#include <vector>
 
 #include <c10/util/Exception.h>
 
@@ -25,21 +24,6 @@ std::string rank_prefix() {
   const char* world = std::getenv("WORLD_SIZE");
   if (!rank || !world || std::string(world) == "1") return "";
   return std::string("rank ") + rank + ": ";
-}
-
-// The command line without --nproc (for the ranks --nproc starts).
-std::vector<std::string> without_nproc(int argc, char** argv) {
-  std::vector<std::string> args;
-  for (int k = 0; k < argc; ++k) {
-    const std::string a = argv[k];
-    if (a == "--nproc") {
-      ++k;
-      continue;
-    }
-    if (a.rfind("--nproc=", 0) == 0) continue;
-    args.push_back(a);
-  }
-  return args;
 }
 
 }  // namespace
@@ -59,7 +43,7 @@ int main(int argc, char** argv) {
             "consr_pipeline: argument '--nproc': not under a launcher that already set RANK / WORLD_SIZE (torchrun, "
             "srun); leave --nproc at 1 there");
       std::cout.flush();
-      return consr_runtime::launch_local(static_cast<int>(o.nproc), without_nproc(argc, argv), std::cerr) == 0 ? 0 : 1;
+      return consr_runtime::launch_local(static_cast<int>(o.nproc), consr_runtime::command_line_without_nproc(argc, argv), std::cerr) == 0 ? 0 : 1;
     }
     consr_pipeline::run_pipeline(o, std::cout);
     return 0;

@@ -387,17 +387,9 @@ int main(int argc, char** argv) {
     if (o.nproc > 1) {
       if (consr_runtime::read_dist_env().world_size > 1)
         fail("--nproc", "not under a launcher that already set RANK / WORLD_SIZE (torchrun, srun); leave it at 1 there");
-      std::vector<std::string> args;
-      for (int k = 0; k < argc; ++k) {
-        const std::string a = argv[k];
-        if (a == "--nproc") {
-          ++k;
-          continue;
-        }
-        if (a.rfind("--nproc=", 0) == 0) continue;
-        args.push_back(a);
-      }
-      return consr_runtime::launch_local(o.nproc, args, std::cerr) == 0 ? 0 : 1;
+      return consr_runtime::launch_local(o.nproc, consr_runtime::command_line_without_nproc(argc, argv), std::cerr) == 0
+                 ? 0
+                 : 1;
     }
     return run(o);
   } catch (const c10::Error& e) {

@@ -71,6 +71,22 @@ result pipeline(const std::string& env, const std::string& launcher, const fs::p
   return run(env + " " + launcher + " '" + exe + "' --out '" + out.string() + "'" + common_args + " " + extra, name);
 }
 
+// A pipeline run that must succeed (its stderr shown when it does not).
+result pipeline_ok(const std::string& env, const std::string& launcher, const fs::path& out, const std::string& extra,
+                   const std::string& name) {
+  result r = pipeline(env, launcher, out, extra, name);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  return r;
+}
+
+// The cases that start processes need c10d Gloo; without it they are skipped with a warning.
+bool gloo_available() {
+  if (cr::distributed_available()) return true;
+  WARN("skipped: this build has no c10d Gloo (libgloo-dev)");
+  return false;
+}
+
 // Every process computes with one thread: LibTorch's CPU kernels may round differently at another
 // thread count (~1e-6 in the scores), and the claim is about ranks, not threads.
 const std::string threads = "OMP_NUM_THREADS=1";
@@ -192,14 +208,9 @@ TEST_CASE("read_dist_env reads torchrun's and SLURM's variables and names a bad 
 }
 
 TEST_CASE("2 ranks write the artefacts of 1 process and train 2 x 1 as 1 x 2", "[distributed][processes]") {
-  if (!cr::distributed_available()) {
-    WARN("skipped: this build has no c10d Gloo (libgloo-dev)");
-    return;
-  }
+  if (!gloo_available()) return;
   const fs::path one = test_root / "one", two = test_root / "two";
-  const result a = pipeline(threads, "", one, "--batch-size 2", "one");
-  INFO(a.err);
-  REQUIRE(a.status == 0);
+  pipeline_ok(threads, "", one, "--batch-size 2", "one");
   const result b = pipeline(threads, "", two, "--batch-size 1 --nproc 2", "two");
   INFO(b.err);
   REQUIRE(b.status == 0);
@@ -234,14 +245,9 @@ TEST_CASE("2 ranks write the artefacts of 1 process and train 2 x 1 as 1 x 2", "
 }
 
 TEST_CASE("a rank that dies or hangs ends the run with one clear line; a rerun resumes", "[distributed][faults]") {
-  if (!cr::distributed_available()) {
-    WARN("skipped: this build has no c10d Gloo (libgloo-dev)");
-    return;
-  }
+  if (!gloo_available()) return;
   const fs::path ref = test_root / "fault_reference", out = test_root / "fault";
-  const result a = pipeline(threads, "", ref, "score", "fault_reference");
-  INFO(a.err);
-  REQUIRE(a.status == 0);
+  pipeline_ok(threads, "", ref, "score", "fault_reference");
 
   // Rank 1 crashes when the candidates stage starts: the describe stage is done and stays done.
   const result dead =
@@ -279,6 +285,9 @@ TEST_CASE("a rank that dies or hangs ends the run with one clear line; a rerun r
 }
 
 TEST_CASE("--nproc is checked and refused under a launcher", "[distributed][options]") {
+  // The ranks get the command line without --nproc, in either spelling, and everything else as given.
+  const char* argv[] = {"prog", "--nproc", "2", "--out", "o", "--nproc=3", "--nprocs", "score"};
+  CHECK(cr::command_line_without_nproc(8, argv) == std::vector<std::string>{"prog", "--out", "o", "--nprocs", "score"});
   const result bad = run("'" + exe + "' --nproc 0", "nproc_zero");
   CHECK(bad.status != 0);
   CHECK(bad.err.find("--nproc") != std::string::npos);

@@ -314,6 +314,20 @@ std::string describe_status(int status) {
 
 }  // namespace
 
+std::vector<std::string> command_line_without_nproc(int argc, const char* const* argv) {
+  std::vector<std::string> args;
+  for (int k = 0; k < argc; ++k) {
+    const std::string a = argv[k];
+    if (a == "--nproc") {
+      ++k;  // and its value
+      continue;
+    }
+    if (a.rfind("--nproc=", 0) == 0) continue;
+    args.push_back(a);
+  }
+  return args;
+}
+
 int launch_local(int nproc, const std::vector<std::string>& argv, std::ostream& err, std::chrono::milliseconds grace) {
   if (nproc < 1) throw runtime_error("argument '--nproc': must be at least 1 (got " + std::to_string(nproc) + ")");
   if (argv.empty()) throw runtime_error("launch_local: empty argv");

@@ -96,4 +96,8 @@ class process_group {
 int launch_local(int nproc, const std::vector<std::string>& argv, std::ostream& err,
                  std::chrono::milliseconds grace = std::chrono::seconds(10));
 
+/// The command line `argv[0..argc)` without `--nproc` and its value (`--nproc N` or `--nproc=N`): what
+/// a program started with --nproc hands launch_local for its ranks.
+std::vector<std::string> command_line_without_nproc(int argc, const char* const* argv);
+
 }  // namespace consr_runtime
