@@ -84,17 +84,26 @@ void consr_forward(benchmark::State& state, consr::index_t n) {
   consr_bench::set_traffic(state, static_cast<double>(sizeof(Logit)) * n * vocab + 8.0 * n, 8.0 * n);
 }
 
-void consr_forward_backward(benchmark::State& state, consr::index_t n) {
+/// token_logprobs then token_logprobs_backward, or with `fused` token_logprobs_forward_backward: the
+/// same outputs in one call that reads each row from memory once (for a caller that knows the upstream
+/// gradient first, e.g. the NLL loss of fine-tuning).
+void consr_forward_backward(benchmark::State& state, consr::index_t n, bool fused) {
   const problem& p = cached_problem(n);
   std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
   const std::vector<float> grad_logp = consr_bench::uniform_floats(static_cast<std::size_t>(n), 3, -1.0f, 1.0f);
   std::vector<float> grad(p.logits.size());
+  const auto logits = consr::make_view(p.logits.data(), n, vocab);
+  const auto labels = consr::make_view(p.labels.data(), n);
   for (auto _ : state) {
-    consr::token_logprobs(consr::make_view(p.logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
-                          consr::make_view(logp.data(), n), consr::make_view(lse.data(), n));
-    consr::token_logprobs_backward(consr::make_view(p.logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
-                                   consr::make_view(lse.data(), n), consr::make_view(grad_logp.data(), n),
-                                   consr::make_view(grad.data(), n, vocab));
+    if (fused) {
+      consr::token_logprobs_forward_backward(logits, labels, consr::make_view(grad_logp.data(), n),
+                                             consr::make_view(logp.data(), n), consr::make_view(lse.data(), n),
+                                             consr::make_view(grad.data(), n, vocab));
+    } else {
+      consr::token_logprobs(logits, labels, consr::make_view(logp.data(), n), consr::make_view(lse.data(), n));
+      consr::token_logprobs_backward(logits, labels, consr::make_view(lse.data(), n),
+                                     consr::make_view(grad_logp.data(), n), consr::make_view(grad.data(), n, vocab));
+    }
     benchmark::DoNotOptimize(grad.data());
     benchmark::ClobberMemory();
   }
@@ -132,23 +141,6 @@ void consr_in_cache(benchmark::State& state, int threads, consr::index_t rows_pe
   }
   const double elements = static_cast<double>(n) * vocab;
   consr_bench::set_traffic(state, sizeof(Logit) * elements, backward ? 4.0 * elements : 0.0);
-}
-
-/// token_logprobs_forward_backward: the same outputs in one call that reads each row from memory once
-/// (the row of a caller that knows the upstream gradient first, e.g. the NLL loss of fine-tuning).
-void consr_fused_forward_backward(benchmark::State& state, consr::index_t n) {
-  const problem& p = cached_problem(n);
-  std::vector<float> logp(static_cast<std::size_t>(n)), lse(static_cast<std::size_t>(n));
-  const std::vector<float> grad_logp = consr_bench::uniform_floats(static_cast<std::size_t>(n), 3, -1.0f, 1.0f);
-  std::vector<float> grad(p.logits.size());
-  for (auto _ : state) {
-    consr::token_logprobs_forward_backward(consr::make_view(p.logits.data(), n, vocab), consr::make_view(p.labels.data(), n),
-                                           consr::make_view(grad_logp.data(), n), consr::make_view(logp.data(), n),
-                                           consr::make_view(lse.data(), n), consr::make_view(grad.data(), n, vocab));
-    benchmark::DoNotOptimize(grad.data());
-    benchmark::ClobberMemory();
-  }
-  consr_bench::set_traffic(state, 4.0 * n * vocab + 12.0 * n, 4.0 * n * vocab + 4.0 * n);
 }
 
 #if defined(CONSR_BENCH_HAS_TORCH)
@@ -277,9 +269,9 @@ void register_all() {
 #endif
   for (const consr::index_t n : {256, 1024}) {
     consr_bench::add("logprobs_fwd_bwd", "consr", size_label(n),
-                     [n](benchmark::State& s, int) { consr_forward_backward(s, n); });
+                     [n](benchmark::State& s, int) { consr_forward_backward(s, n, false); });
     consr_bench::add("logprobs_fwd_bwd", "consr_fused", size_label(n),
-                     [n](benchmark::State& s, int) { consr_fused_forward_backward(s, n); });
+                     [n](benchmark::State& s, int) { consr_forward_backward(s, n, true); });
 #if defined(CONSR_BENCH_HAS_TORCH)
     consr_bench::add("logprobs_fwd_bwd", "torch_autograd", size_label(n),
                      [n](benchmark::State& s, int) { torch_forward_backward(s, n); });
