@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_files.hpp"
+#include "pipeline_test_options.hpp"
 #include "consr_runtime/safetensors.hpp"
 #include "pipeline.hpp"
 
@@ -21,8 +22,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-const fs::path test_root = CONSR_PIPELINE_TEST_OUT;
 
 json load(const fs::path& p) { return json::parse(consr_test_files::slurp(p)); }
 
@@ -46,14 +45,10 @@ TEST_CASE("gradient checkpointing: the flag is parsed, and refused where no trai
 }
 
 TEST_CASE("gradient checkpointing: training with it equals training without it", "[pipeline]") {
-  cp::options o = cp::default_options(cp::profile::demo);
-  o.output_dir = (test_root / "gradient_checkpointing").string();
-  o.max_new_tokens = 8;
-  o.description_max_new_tokens = 8;
+  cp::options o = consr_pipeline_test::tiny_options("gradient_checkpointing", 8);
   o.num_sampled = 3;
   o.num_revised = 1;
   o.num_noisy = 2;
-  o.epochs = 2;
   fs::remove_all(o.output_dir);
   std::ostringstream log;
   cp::run_pipeline(o, log);

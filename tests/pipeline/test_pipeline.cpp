@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include "../test_files.hpp"
+#include "pipeline_test_options.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -59,15 +60,7 @@ json load(const fs::path& p) { return json::parse(slurp(p)); }
 
 using consr_test_files::write_text;
 
-// The demo profile, shortened: 12-token generations, two epochs.
-cp::options tiny_options(const std::string& name) {
-  cp::options o = cp::default_options(cp::profile::demo);
-  o.output_dir = (test_root / name).string();
-  o.max_new_tokens = 12;
-  o.description_max_new_tokens = 12;
-  o.epochs = 2;
-  return o;
-}
+using consr_pipeline_test::tiny_options;
 
 std::vector<cp::stage_result> run_fresh(const cp::options& o, std::string* log_text = nullptr) {
   fs::remove_all(o.output_dir);
@@ -719,18 +712,14 @@ TEST_CASE("pipeline: bfloat16 training (fp32 master weights) moves the adapter",
 }
 
 TEST_CASE("pipeline: LLaVA-OneVision end to end", "[pipeline][llava]") {
-  cp::options o = cp::default_options(cp::profile::demo);
+  cp::options o = tiny_options("llava", 8);
   o.model_dir = fixtures + "/models/llava_onevision_tiny";
-  o.output_dir = (test_root / "llava").string();
   const fs::path input = test_root / "llava_input.jsonl";
   write_text(input, "{\"id\": 17, \"image\": \"" + fixtures + "/models/images/photo_48x64.jpg\", \"prompt\": \"What is this?\"}\n");
   o.input = input.string();
   o.num_sampled = 2;
   o.num_revised = 2;
   o.num_noisy = 2;
-  o.max_new_tokens = 8;
-  o.description_max_new_tokens = 8;
-  o.epochs = 2;
   run_fresh(o);
   const fs::path dir = o.output_dir;
   for (const auto& f : artefacts) {
