@@ -27,6 +27,7 @@
 #include "consr_runtime/image.hpp"
 #include "consr_runtime/lora.hpp"
 #include "consr_runtime/models.hpp"
+#include "consr_runtime/parse_number.hpp"
 #include "consr_runtime/processors.hpp"
 #include "consr_runtime/tokenizer.hpp"
 
@@ -50,12 +51,7 @@ struct arguments {
 };
 
 double parse_number(const std::string& flag, const std::string& value) {
-  try {
-    std::size_t used = 0;
-    double x = std::stod(value, &used);
-    if (used == value.size()) return x;
-  } catch (const std::exception&) {
-  }
+  if (const auto x = consr_runtime::parse_double(value)) return *x;
   throw consr_runtime::runtime_error("argument '" + flag + "': not a number: '" + value + "'");
 }
 

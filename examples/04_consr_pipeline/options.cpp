@@ -15,6 +15,7 @@
 #include <consr/reward.hpp>
 
 #include "consr_runtime/paper_prompts.hpp"
+#include "consr_runtime/parse_number.hpp"
 #include "pipeline.hpp"
 
 namespace consr_pipeline {
@@ -227,34 +228,17 @@ void validate_options(const options& o) {
 namespace {
 
 std::int64_t parse_int(const std::string& arg, const std::string& value) {
-  try {
-    std::size_t used = 0;
-    long long x = std::stoll(value, &used);
-    if (used == value.size()) return static_cast<std::int64_t>(x);
-  } catch (const std::exception&) {
-  }
+  if (const auto x = consr_runtime::parse_int64(value)) return *x;
   fail_arg(arg, "not an integer: '" + value + "'");
 }
 
 std::uint64_t parse_uint(const std::string& arg, const std::string& value) {
-  try {
-    std::size_t used = 0;
-    if (!value.empty() && value[0] != '-') {
-      unsigned long long x = std::stoull(value, &used);
-      if (used == value.size()) return static_cast<std::uint64_t>(x);
-    }
-  } catch (const std::exception&) {
-  }
+  if (const auto x = consr_runtime::parse_uint64(value)) return *x;
   fail_arg(arg, "not a non-negative integer: '" + value + "'");
 }
 
 double parse_double(const std::string& arg, const std::string& value) {
-  try {
-    std::size_t used = 0;
-    double x = std::stod(value, &used);
-    if (used == value.size()) return x;
-  } catch (const std::exception&) {
-  }
+  if (const auto x = consr_runtime::parse_double(value)) return *x;
   fail_arg(arg, "not a number: '" + value + "'");
 }
 
