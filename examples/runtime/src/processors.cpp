@@ -538,22 +538,38 @@ llava_onevision_packed llava_onevision_image_processor::operator()(const std::ve
 
 namespace {
 
-class qwen2_vl_family final : public image_processor {
+// What the families share: the model type, the image and video token ids and the family's processor.
+template <class Processor>
+class family_base : public image_processor {
  public:
-  qwen2_vl_family(const model_config& config, qwen2_vl_processor_config pc)
-      : model_type_(config.model_type),
-        image_token_(config.qwen2_5_vl->image_token_id),
-        video_token_(config.qwen2_5_vl->video_token_id),
-        processor_(std::move(pc)) {}
+  family_base(std::string model_type, std::int64_t image_token, std::int64_t video_token, Processor processor)
+      : model_type_(std::move(model_type)),
+        image_token_(image_token),
+        video_token_(video_token),
+        processor_(std::move(processor)) {}
 
   const std::string& model_type() const noexcept override { return model_type_; }
+  torch::Tensor normalize(const rgb_image& image) const override { return processor_.normalize(image); }
+  std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
+
+ protected:
+  std::string model_type_;
+  std::int64_t image_token_, video_token_;
+  Processor processor_;
+};
+
+class qwen2_vl_family final : public family_base<qwen2_vl_image_processor> {
+ public:
+  qwen2_vl_family(const model_config& config, qwen2_vl_processor_config pc)
+      : family_base(config.model_type, config.qwen2_5_vl->image_token_id, config.qwen2_5_vl->video_token_id,
+                    qwen2_vl_image_processor(std::move(pc))) {}
+
   std::optional<pixel_bounds> bounds() const override {
     return pixel_bounds{processor_.config().min_pixels, processor_.config().max_pixels};
   }
   void check_size(std::int64_t height, std::int64_t width) const override {
     (void)processor_.resized_size(height, width);
   }
-  torch::Tensor normalize(const rgb_image& image) const override { return processor_.normalize(image); }
   packed_image pack(const torch::Tensor& normalized, std::int64_t, std::int64_t) const override {
     qwen2_vl_packed p = processor_.pack(normalized);
     packed_image out;
@@ -562,32 +578,22 @@ class qwen2_vl_family final : public image_processor {
     out.num_image_tokens = p.num_image_tokens.at(0);
     return out;
   }
-  std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
   vision_workload workload(std::int64_t height, std::int64_t width) const override {
     const auto [h, w] = processor_.resized_size(height, width);
     const std::int64_t p = processor_.config().patch_size, m = processor_.config().merge_size;
     const std::int64_t patches = (h / p) * (w / p);  // one temporal patch: the still image
     return {1, patches, patches / (m * m)};
   }
-
- private:
-  std::string model_type_;
-  std::int64_t image_token_, video_token_;
-  qwen2_vl_image_processor processor_;
 };
 
-class llava_onevision_family final : public image_processor {
+class llava_onevision_family final : public family_base<llava_onevision_image_processor> {
  public:
   llava_onevision_family(const model_config& config, llava_onevision_image_processor processor)
-      : model_type_(config.model_type),
-        image_token_(config.llava_onevision->image_token_index),
-        video_token_(config.llava_onevision->video_token_index),
-        processor_(std::move(processor)) {}
+      : family_base(config.model_type, config.llava_onevision->image_token_index,
+                    config.llava_onevision->video_token_index, std::move(processor)) {}
 
-  const std::string& model_type() const noexcept override { return model_type_; }
   std::optional<pixel_bounds> bounds() const override { return std::nullopt; }
   void check_size(std::int64_t, std::int64_t) const override {}  // anyres takes any size
-  torch::Tensor normalize(const rgb_image& image) const override { return processor_.normalize(image); }
   packed_image pack(const torch::Tensor& normalized, std::int64_t height, std::int64_t width) const override {
     llava_onevision_packed p = processor_.pack({normalized}, {{height, width}});
     packed_image out;
@@ -596,17 +602,11 @@ class llava_onevision_family final : public image_processor {
     out.num_image_tokens = p.num_image_tokens.at(0);
     return out;
   }
-  std::vector<std::int64_t> feature_token_ids() const override { return {image_token_, video_token_}; }
   vision_workload workload(std::int64_t height, std::int64_t width) const override {
     const auto& c = processor_.config();
     const std::int64_t side = c.tile_size / c.vision_patch_size;
     return {processor_.num_tiles(height, width), side * side, llava_onevision_num_image_tokens(height, width, c)};
   }
-
- private:
-  std::string model_type_;
-  std::int64_t image_token_, video_token_;
-  llava_onevision_image_processor processor_;
 };
 
 }  // namespace
