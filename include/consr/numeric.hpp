@@ -19,26 +19,18 @@
 namespace consr {
 
 namespace detail {
-CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint32_t float_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
+/// std::bit_cast (C++20) for trivially copyable types of one size, on host and device.
+template <class To, class From>
+CONSR_HOST_DEVICE CONSR_FORCEINLINE To bit_cast(const From& from) noexcept {
+  static_assert(sizeof(To) == sizeof(From), "consr::detail::bit_cast: the types must have the same size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
 }
-CONSR_HOST_DEVICE CONSR_FORCEINLINE float bits_float(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint64_t double_bits(double d) noexcept {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
-CONSR_HOST_DEVICE CONSR_FORCEINLINE double bits_double(std::uint64_t u) noexcept {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
+CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint32_t float_bits(float f) noexcept { return bit_cast<std::uint32_t>(f); }
+CONSR_HOST_DEVICE CONSR_FORCEINLINE float bits_float(std::uint32_t u) noexcept { return bit_cast<float>(u); }
+CONSR_HOST_DEVICE CONSR_FORCEINLINE std::uint64_t double_bits(double d) noexcept { return bit_cast<std::uint64_t>(d); }
+CONSR_HOST_DEVICE CONSR_FORCEINLINE double bits_double(std::uint64_t u) noexcept { return bit_cast<double>(u); }
 
 /// a·b rounded once to double — the IEEE product, sign of zero included — on
 /// host and device, and never fused with a neighbouring addition. FMA
@@ -71,19 +63,26 @@ CONSR_HOST_DEVICE inline double quiet_nan_double() noexcept {
 }
 }  // namespace detail
 
-/// bfloat16 storage: the upper 16 bits of an IEEE fp32.
-struct bfloat16 {
+/// What the two 16-bit storage types share: the bits, the conversion to float
+/// and from_bits; Self supplies to_float / from_float for its format. (Not in
+/// detail: a base class's namespace joins argument-dependent lookup.)
+template <class Self>
+struct storage16 {
   std::uint16_t bits;
 
-  bfloat16() = default;
-  CONSR_HOST_DEVICE explicit bfloat16(float f) noexcept : bits(from_float(f)) {}
-  CONSR_HOST_DEVICE explicit operator float() const noexcept { return to_float(bits); }
-
-  static CONSR_HOST_DEVICE bfloat16 from_bits(std::uint16_t b) noexcept {
-    bfloat16 h;
+  CONSR_HOST_DEVICE explicit operator float() const noexcept { return Self::to_float(bits); }
+  static CONSR_HOST_DEVICE Self from_bits(std::uint16_t b) noexcept {
+    Self h;
     h.bits = b;
     return h;
   }
+};
+
+/// bfloat16 storage: the upper 16 bits of an IEEE fp32.
+struct bfloat16 : storage16<bfloat16> {
+  bfloat16() = default;
+  CONSR_HOST_DEVICE explicit bfloat16(float f) noexcept : storage16{from_float(f)} {}
+
   static CONSR_HOST_DEVICE CONSR_FORCEINLINE float to_float(std::uint16_t b) noexcept {
     return detail::bits_float(static_cast<std::uint32_t>(b) << 16);
   }
@@ -97,18 +96,10 @@ struct bfloat16 {
 };
 
 /// IEEE binary16 storage.
-struct float16 {
-  std::uint16_t bits;
-
+struct float16 : storage16<float16> {
   float16() = default;
-  CONSR_HOST_DEVICE explicit float16(float f) noexcept : bits(from_float(f)) {}
-  CONSR_HOST_DEVICE explicit operator float() const noexcept { return to_float(bits); }
+  CONSR_HOST_DEVICE explicit float16(float f) noexcept : storage16{from_float(f)} {}
 
-  static CONSR_HOST_DEVICE float16 from_bits(std::uint16_t b) noexcept {
-    float16 h;
-    h.bits = b;
-    return h;
-  }
   /// Exact for every binary16 value, subnormals, infinities and NaN included.
   static CONSR_HOST_DEVICE CONSR_FORCEINLINE float to_float(std::uint16_t h) noexcept {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
