@@ -30,36 +30,42 @@ struct eigen_gemm {
   template <class T>
   static void gemm_nt(index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b, index_t ldb,
                       T beta, T* c, index_t ldc) {
-    if (m == 0 || n == 0) return;
-    const_map<T> a_mat(a, m, k, Eigen::OuterStride<>(lda));
-    const_map<T> b_mat(b, n, k, Eigen::OuterStride<>(ldb));
-    map<T> c_mat(c, m, n, Eigen::OuterStride<>(ldc));
-    update(c_mat, alpha, a_mat * b_mat.transpose(), beta, k);
+    gemm<false, true>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   /// C[m×n] = alpha·A[m×k]·B[k×n] + beta·C.
   template <class T>
   static void gemm_nn(index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b, index_t ldb,
                       T beta, T* c, index_t ldc) {
-    if (m == 0 || n == 0) return;
-    const_map<T> a_mat(a, m, k, Eigen::OuterStride<>(lda));
-    const_map<T> b_mat(b, k, n, Eigen::OuterStride<>(ldb));
-    map<T> c_mat(c, m, n, Eigen::OuterStride<>(ldc));
-    update(c_mat, alpha, a_mat * b_mat, beta, k);
+    gemm<false, false>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   /// C[m×n] = alpha·A[k×m]ᵀ·B[k×n] + beta·C.
   template <class T>
   static void gemm_tn(index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b, index_t ldb,
                       T beta, T* c, index_t ldc) {
-    if (m == 0 || n == 0) return;
-    const_map<T> a_mat(a, k, m, Eigen::OuterStride<>(lda));
-    const_map<T> b_mat(b, k, n, Eigen::OuterStride<>(ldb));
-    map<T> c_mat(c, m, n, Eigen::OuterStride<>(ldc));
-    update(c_mat, alpha, a_mat.transpose() * b_mat, beta, k);
+    gemm<true, false>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
  private:
+  /// C = alpha·op(A)·op(B) + beta·C, op = transpose where TransA / TransB: A is stored [k×m] when
+  /// transposed, [m×k] otherwise; B [n×k] when transposed, [k×n] otherwise.
+  template <bool TransA, bool TransB, class T>
+  static void gemm(index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b, index_t ldb,
+                   T beta, T* c, index_t ldc) {
+    if (m == 0 || n == 0) return;
+    const_map<T> a_mat(a, TransA ? k : m, TransA ? m : k, Eigen::OuterStride<>(lda));
+    const_map<T> b_mat(b, TransB ? n : k, TransB ? k : n, Eigen::OuterStride<>(ldb));
+    map<T> c_mat(c, m, n, Eigen::OuterStride<>(ldc));
+    if constexpr (TransA) {
+      update(c_mat, alpha, a_mat.transpose() * b_mat, beta, k);
+    } else if constexpr (TransB) {
+      update(c_mat, alpha, a_mat * b_mat.transpose(), beta, k);
+    } else {
+      update(c_mat, alpha, a_mat * b_mat, beta, k);
+    }
+  }
+
   template <class CMap, class Product, class T>
   static void update(CMap& c_mat, T alpha, const Product& product, T beta, index_t k) {
     static_assert(std::is_floating_point_v<T>, "consr::eigen_gemm: T must be float or double");
