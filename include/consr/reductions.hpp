@@ -211,6 +211,41 @@ index_t scored_count(const host_view<Label, 1>& labels, bool has_labels, std::in
   return n;
 }
 
+/// The checks of a per-segment reduction over scored tokens: `values` (named
+/// `values_arg`), `labels` when given (one per value: `labels_what`), the
+/// offsets over the values, `out` (one per segment: `out_what`). Returns S.
+template <class V, class Label, class Offset, class R>
+index_t check_scored_segments(const host_view<V, 1>& values, const char* values_arg, const host_view<Label, 1>& labels,
+                              bool has_labels, const host_view<Offset, 1>& offsets, const host_view<R, 1>& out,
+                              const char* fn, const char* labels_what, const char* out_what) {
+  assert_value_type<V>();
+  assert_output_type<R>();
+  check_view(values, fn, values_arg);
+  if (has_labels) {
+    check_view(labels, fn, "labels");
+    check_extent(labels, 0, values.size(), fn, "labels", labels_what);
+  }
+  const index_t num_segments = check_packed_offsets(offsets, values.size(), fn, "offsets", values_arg);
+  check_view(out, fn, "out");
+  check_extent(out, 0, num_segments, fn, "out", out_what);
+  check_no_broadcast(out, fn, "out");
+  return num_segments;
+}
+
+/// out[s] = finish(sum, count) for each of the S segments, with the scored sum
+/// (in double) and count of segment s; in parallel for large inputs.
+template <class V, class Label, class Offset, class R, class Finish>
+void reduce_scored_segments(const host_view<V, 1>& values, const host_view<Label, 1>& labels, bool has_labels,
+                            std::int64_t ignore_index, const host_view<Offset, 1>& offsets, index_t num_segments,
+                            const host_view<R, 1>& out, Finish finish) {
+  CONSR_OMP(parallel for schedule(static) if (values.size() >= segment_parallel_threshold && num_segments > 1))
+  for (index_t s = 0; s < num_segments; ++s) {
+    index_t count = 0;
+    const double sum = scored_sum(values, labels, has_labels, ignore_index, offsets[s], offsets[s + 1], count);
+    out[s] = from_accum<R>(finish(sum, count));
+  }
+}
+
 /// segmented_sum, segmented_mean and segmented_masked_mean: checks (values,
 /// labels when given, offsets, out), then per segment the scored sum, stored
 /// as is or divided by the scored count (NaN when there is none).
@@ -218,27 +253,14 @@ template <class V, class Label, class Offset, class R>
 void segmented_scored_reduce(const host_view<V, 1>& values, const host_view<Label, 1>& labels, bool has_labels,
                              std::int64_t ignore_index, const host_view<Offset, 1>& offsets, const host_view<R, 1>& out,
                              bool mean, const char* fn) {
-  assert_value_type<V>();
-  assert_output_type<R>();
-  check_view(values, fn, "values");
-  if (has_labels) {
-    check_view(labels, fn, "labels");
-    check_extent(labels, 0, values.size(), fn, "labels", "one label per value");
-  }
-  const index_t num_segments = check_packed_offsets(offsets, values.size(), fn, "offsets", "values");
-  check_view(out, fn, "out");
-  check_extent(out, 0, num_segments, fn, "out", "one value per segment");
-  check_no_broadcast(out, fn, "out");
-  CONSR_OMP(parallel for schedule(static) if (values.size() >= segment_parallel_threshold && num_segments > 1))
-  for (index_t s = 0; s < num_segments; ++s) {
-    index_t count = 0;
-    const double sum = scored_sum(values, labels, has_labels, ignore_index, offsets[s], offsets[s + 1], count);
-    if (mean) {
-      out[s] = from_accum<R>(count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
-    } else {
-      out[s] = from_accum<R>(sum);
-    }
-  }
+  const index_t num_segments = check_scored_segments(values, "values", labels, has_labels, offsets, out, fn,
+                                                     "one label per value", "one value per segment");
+  reduce_scored_segments(values, labels, has_labels, ignore_index, offsets, num_segments, out,
+                         [mean](double sum, index_t count) {
+                           if (!mean) return sum;
+                           return count > 0 ? sum / static_cast<double>(count)
+                                            : std::numeric_limits<double>::quiet_NaN();
+                         });
 }
 
 }  // namespace detail

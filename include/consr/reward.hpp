@@ -214,24 +214,13 @@ void sequence_probability_impl(const host_view<V, 1>& logp, const host_view<Offs
                                const host_view<Label, 1>& labels, bool has_labels, const host_view<R, 1>& out,
                                std::int64_t ignore_index) {
   constexpr const char* fn = "consr::sequence_probability";
-  assert_value_type<V>();
-  assert_output_type<R>();
-  check_view(logp, fn, "logp");
-  if (has_labels) {
-    check_view(labels, fn, "labels");
-    check_extent(labels, 0, logp.size(), fn, "labels", "one label per token of 'logp'");
-  }
-  const index_t num_sequences = check_packed_offsets(offsets, logp.size(), fn, "offsets", "logp");
-  check_view(out, fn, "out");
-  check_extent(out, 0, num_sequences, fn, "out", "one probability per sequence");
-  check_no_broadcast(out, fn, "out");
-  CONSR_OMP(parallel for schedule(static) if (logp.size() >= segment_parallel_threshold && num_sequences > 1))
-  for (index_t s = 0; s < num_sequences; ++s) {
-    index_t count = 0;
-    const double sum = scored_sum(logp, labels, has_labels, ignore_index, offsets[s], offsets[s + 1], count);
-    out[s] = from_accum<R>(count > 0 ? std::exp(sum / static_cast<double>(count))
-                                     : std::numeric_limits<double>::quiet_NaN());
-  }
+  const index_t num_sequences = check_scored_segments(logp, "logp", labels, has_labels, offsets, out, fn,
+                                                      "one label per token of 'logp'", "one probability per sequence");
+  reduce_scored_segments(logp, labels, has_labels, ignore_index, offsets, num_sequences, out,
+                         [](double sum, index_t count) {
+                           return count > 0 ? std::exp(sum / static_cast<double>(count))
+                                            : std::numeric_limits<double>::quiet_NaN();
+                         });
 }
 
 }  // namespace detail
