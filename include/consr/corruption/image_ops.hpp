@@ -36,6 +36,16 @@ struct patch_grid {
   index_t rows, cols;
 };
 
+/// The element and rank rules of the patch mask and the crops: a non-const float, double,
+/// bfloat16 or float16 element; [C, H, W] or [B, C, H, W] views. (The compiler's note names
+/// the operation that broke them.)
+template <class T, int R>
+constexpr void assert_image_op_types() {
+  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
+                "consr image operations: element type must be float, double, consr::bfloat16 or consr::float16");
+  static_assert(R == 3 || R == 4, "consr image operations: images are [C, H, W] or [B, C, H, W] views");
+}
+
 /// The option checks of random_patch_mask (host and device) for a batch `x`:
 /// patch_size >= 1, probability in [0, 1], at most 2^31 patches per image,
 /// image_offset + B within the per-image streams. Returns the patch grid.
@@ -67,9 +77,7 @@ patch_grid check_patch_mask(const patch_mask_options& options, const strided_vie
 template <class T, int R>
 void random_patch_mask(detail::type_identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
                        const patch_mask_options& options = {}) {
-  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
-                "consr::random_patch_mask: element type must be float, double, consr::bfloat16 or consr::float16");
-  static_assert(R == 3 || R == 4, "consr::random_patch_mask: images are [C, H, W] or [B, C, H, W] views");
+  detail::assert_image_op_types<T, R>();
   constexpr const char* fn = "consr::random_patch_mask";
   detail::check_image_and_output(image, out, fn);
   const host_view<const T, 4> x = detail::as_batch(image);
@@ -343,10 +351,12 @@ void crop_resize_batch(host_view<const T, 4> x, const crop_box* boxes, host_view
   }
 }
 
-/// The view checks of the crops (host and device): both well formed, `out`
-/// with the image's batch and channel extents, no broadcast, no overlap.
+/// The checks of the crops (host and device): the element and rank rules
+/// (assert_image_op_types), both views well formed, `out` with the image's
+/// batch and channel extents, no broadcast, no overlap.
 template <class T, int R, class S>
 void check_crop_views(const strided_view<const T, R, S>& image, const strided_view<T, R, S>& out, const char* fn) {
+  assert_image_op_types<T, R>();
   check_view(image, fn, "image");
   check_view(out, fn, "out");
   if constexpr (R == 4) check_extent(out, 0, image.extent(0), fn, "out", "the image's batch size");
@@ -368,9 +378,6 @@ void check_crop_views(const strided_view<const T, R, S>& image, const strided_vi
 template <class T, int R>
 void crop_and_resize_bilinear(detail::type_identity_t<host_view<const T, R>> image, const crop_box& box,
                               host_view<T, R> out) {
-  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
-                "consr::crop_and_resize_bilinear: element type must be float, double, consr::bfloat16 or consr::float16");
-  static_assert(R == 3 || R == 4, "consr::crop_and_resize_bilinear: images are [C, H, W] or [B, C, H, W] views");
   constexpr const char* fn = "consr::crop_and_resize_bilinear";
   detail::check_crop_views(image, out, fn);
   const index_t height = image.extent(R - 2), width = image.extent(R - 1);
@@ -392,9 +399,6 @@ void crop_and_resize_bilinear(detail::type_identity_t<host_view<const T, R>> ima
 template <class T, int R>
 void random_resized_crop(detail::type_identity_t<host_view<const T, R>> image, host_view<T, R> out, rng_key key,
                          const resized_crop_options& options = {}) {
-  static_assert(is_supported_float_v<T> && !std::is_const_v<T>,
-                "consr::random_resized_crop: element type must be float, double, consr::bfloat16 or consr::float16");
-  static_assert(R == 3 || R == 4, "consr::random_resized_crop: images are [C, H, W] or [B, C, H, W] views");
   constexpr const char* fn = "consr::random_resized_crop";
   detail::check_crop_views(image, out, fn);
   for (int d = 0; d < R; ++d) detail::check_extent(out, d, image.extent(d), fn, "out", "the image's extent");
