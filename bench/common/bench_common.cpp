@@ -20,6 +20,8 @@
 #if defined(CONSR_BENCH_HAS_TORCH)
 #include <ATen/Parallel.h>
 #endif
+#include "consr/detail/streaming_store.hpp"
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -134,14 +136,9 @@ void stream_copy_plain(const float* a, float* b, std::size_t n) {
 
 // Non-temporal (streaming) stores bypass the caches and skip the read-for-ownership of each line,
 // which is what the fastest writing kernels use; the limit is the better of the two store kinds.
-#if defined(__AVX512F__)
-constexpr std::size_t nt_width = 16;
-#elif defined(__AVX__)
-constexpr std::size_t nt_width = 8;
-#elif defined(__SSE2__)
-constexpr std::size_t nt_width = 4;
-#else
-constexpr std::size_t nt_width = 0;
+// Floats per store: the width of the library's own streaming stores (consr/detail/streaming_store.hpp).
+#if defined(__SSE2__)
+constexpr std::size_t nt_width = consr::detail::streaming_store_width / sizeof(float);
 #endif
 
 void stream_write_nontemporal(float* a, std::size_t n, float v) {

@@ -34,6 +34,17 @@ namespace detail {
 /// 10 × 3 × 384 × 384 images is written about 10 % faster with streaming stores.)
 inline constexpr std::size_t streaming_store_min_bytes = std::size_t{8} << 20;
 
+#if CONSR_HAS_STREAMING_STORES
+/// Bytes one streaming store writes: the widest vector register the compiler targets.
+#if defined(__AVX512F__)
+inline constexpr std::size_t streaming_store_width = 64;
+#elif defined(__AVX__)
+inline constexpr std::size_t streaming_store_width = 32;
+#else
+inline constexpr std::size_t streaming_store_width = 16;
+#endif
+#endif
+
 /// True when an output of `bytes` bytes should be written with streaming stores.
 inline bool use_streaming_stores(double bytes) noexcept {
   return CONSR_HAS_STREAMING_STORES && bytes >= static_cast<double>(streaming_store_min_bytes);
@@ -45,13 +56,7 @@ inline bool use_streaming_stores(double bytes) noexcept {
 /// this thread to the same bytes) may depend on the data: streaming stores are weakly ordered.
 inline void copy_streaming(void* dst, const void* src, std::size_t bytes) noexcept {
 #if CONSR_HAS_STREAMING_STORES
-#if defined(__AVX512F__)
-  constexpr std::size_t width = 64;
-#elif defined(__AVX__)
-  constexpr std::size_t width = 32;
-#else
-  constexpr std::size_t width = 16;
-#endif
+  constexpr std::size_t width = streaming_store_width;
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
   const std::size_t head = (width - reinterpret_cast<std::uintptr_t>(d) % width) % width;
