@@ -193,34 +193,39 @@ void partition_temp_storage(void* d_temp_storage, std::size_t& temp_storage_byte
 // Fancy iterators for CUB (no Thrust dependency): item i is f(base + i)
 // ------------------------------------------------------------------------------------------------
 
-/// A random-access input iterator whose item i is `f(i)`: a strided read with
-/// a type conversion, a masked pair, ... (CUB needs only operator[], + and *).
-template <class F, class Value>
-struct index_input_iterator {
+/// A random-access iterator whose item i is `at(base + i)` converted to
+/// Reference (CUB needs only operator[], + and *).
+template <class At, class Value, class Reference>
+struct index_iterator {
   using value_type = Value;
-  using reference = Value;
+  using reference = Reference;
   using pointer = void;
   using difference_type = std::ptrdiff_t;
   using iterator_category = ::cuda::std::random_access_iterator_tag;
 
-  F f;
+  At at;
   index_t base = 0;
 
   template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __host__ __device__ index_input_iterator operator+(I d) const {
-    return {f, base + static_cast<index_t>(d)};
+  __host__ __device__ index_iterator operator+(I d) const {
+    return {at, base + static_cast<index_t>(d)};
   }
   template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __host__ __device__ index_input_iterator& operator+=(I d) {
+  __host__ __device__ index_iterator& operator+=(I d) {
     base += static_cast<index_t>(d);
     return *this;
   }
   template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __device__ Value operator[](I i) const {
-    return f(base + static_cast<index_t>(i));
+  __device__ Reference operator[](I i) const {
+    return at(base + static_cast<index_t>(i));
   }
-  __device__ Value operator*() const { return f(base); }
+  __device__ Reference operator*() const { return at(base); }
 };
+
+/// A random-access input iterator whose item i is `f(i)`: a strided read with
+/// a type conversion, a masked pair, ...
+template <class F, class Value>
+using index_input_iterator = index_iterator<F, Value, Value>;
 
 /// Assigning to item i of an index_output_iterator calls `g(i, value)`.
 template <class G>
@@ -234,34 +239,17 @@ struct index_output_proxy {
   }
 };
 
+/// Item i of an index_output_iterator: the proxy that passes an assignment to g.
+template <class G>
+struct index_output_at {
+  G g;
+  __device__ index_output_proxy<G> operator()(index_t i) const { return {g, i}; }
+};
+
 /// A random-access output iterator: `it[i] = v` runs `g(base + i, v)` (writes
 /// several outputs from one reduction result, converts, counts, ...).
 template <class G>
-struct index_output_iterator {
-  using value_type = void;
-  using reference = index_output_proxy<G>;
-  using pointer = void;
-  using difference_type = std::ptrdiff_t;
-  using iterator_category = ::cuda::std::random_access_iterator_tag;
-
-  G g;
-  index_t base = 0;
-
-  template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __host__ __device__ index_output_iterator operator+(I d) const {
-    return {g, base + static_cast<index_t>(d)};
-  }
-  template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __host__ __device__ index_output_iterator& operator+=(I d) {
-    base += static_cast<index_t>(d);
-    return *this;
-  }
-  template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
-  __device__ index_output_proxy<G> operator[](I i) const {
-    return {g, base + static_cast<index_t>(i)};
-  }
-  __device__ index_output_proxy<G> operator*() const { return {g, base}; }
-};
+using index_output_iterator = index_iterator<index_output_at<G>, void, index_output_proxy<G>>;
 
 // ------------------------------------------------------------------------------------------------
 // Packed segments on the device (spec §2)

@@ -44,34 +44,36 @@ __host__ __device__ inline T quiet_nan() noexcept {
   return ::cuda::std::numeric_limits<T>::quiet_NaN();
 }
 
+/// A strided device array read by index: what a reduction's reader keeps of a 1-D view.
+template <class T>
+struct strided_in {
+  const T* data;
+  index_t stride;
+  __device__ T operator[](index_t i) const { return data[i * stride]; }
+};
+
 /// Item i of a strided view, converted to Acc (bf16/fp16 through to_accum).
 template <class V, class Acc>
 struct read_as {
-  const V* data;
-  index_t stride;
-  __device__ Acc operator()(index_t i) const { return to_accum<Acc>(data[i * stride]); }
+  strided_in<V> values;
+  __device__ Acc operator()(index_t i) const { return to_accum<Acc>(values[i]); }
 };
 
 /// weights[i] · values[i] in double.
 template <class V, class W>
 struct read_weighted {
-  const V* values;
-  index_t values_stride;
-  const W* weights;
-  index_t weights_stride;
-  __device__ double operator()(index_t i) const {
-    return to_accum<double>(weights[i * weights_stride]) * to_accum<double>(values[i * values_stride]);
-  }
+  strided_in<V> values;
+  strided_in<W> weights;
+  __device__ double operator()(index_t i) const { return to_accum<double>(weights[i]) * to_accum<double>(values[i]); }
 };
 
 /// 1 when labels[i] is scored (not ignore_index), else 0.
 template <class Label>
 struct read_scored {
-  const Label* labels;
-  index_t stride;
+  strided_in<Label> labels;
   std::int64_t ignore_index;
   __device__ long long operator()(index_t i) const {
-    return static_cast<std::int64_t>(labels[i * stride]) != ignore_index ? 1 : 0;
+    return static_cast<std::int64_t>(labels[i]) != ignore_index ? 1 : 0;
   }
 };
 
@@ -89,14 +91,12 @@ struct masked_accum_plus {
 /// (values[i], 1) when labels[i] is scored, else (0, 0); an ignored value is never read.
 template <class V, class Label>
 struct read_masked {
-  const V* values;
-  index_t values_stride;
-  const Label* labels;
-  index_t labels_stride;
+  strided_in<V> values;
+  strided_in<Label> labels;
   std::int64_t ignore_index;
   __device__ masked_accum operator()(index_t i) const {
-    if (static_cast<std::int64_t>(labels[i * labels_stride]) == ignore_index) return {0.0, 0};
-    return {to_accum<double>(values[i * values_stride]), 1};
+    if (static_cast<std::int64_t>(labels[i]) == ignore_index) return {0.0, 0};
+    return {to_accum<double>(values[i]), 1};
   }
 };
 
@@ -172,7 +172,7 @@ status segmented_reduce(void* d_temp_storage, std::size_t& temp_storage_bytes, R
     return status::success;
   }
   const index_input_iterator<Read, Acc> in{read, 0};
-  const index_output_iterator<Write> out{write, 0};
+  const index_output_iterator<Write> out{{write}, 0};
   const index_input_iterator<segment_begin_at<Offset>, Offset> begins{{seg}, 0};
   const index_input_iterator<segment_end_at<Offset>, Offset> ends{{seg}, 0};
   return to_status(cub::DeviceSegmentedReduce::Reduce(d_temp_storage, temp_storage_bytes, in, out,
@@ -203,6 +203,20 @@ packed_segments<std::remove_cv_t<Offset>> check_segments_and_output(const device
   return seg;
 }
 
+/// The checks of a reduction over `values` with one `companion` (weights, labels) per value: both
+/// views well formed, the companion's length, then the offsets and out as check_segments_and_output.
+template <class V, class C, class Offset, class R>
+packed_segments<std::remove_cv_t<Offset>> check_paired_segments(const device_view<V, 1>& values,
+                                                                const device_view<C, 1>& companion,
+                                                                const char* companion_arg, const char* companion_what,
+                                                                const device_view<Offset, 1>& offsets,
+                                                                const device_view<R, 1>& out, const char* fn) {
+  ::consr::detail::check_view(values, fn, "values");
+  ::consr::detail::check_view(companion, fn, companion_arg);
+  ::consr::detail::check_extent(companion, 0, values.size(), fn, companion_arg, companion_what);
+  return check_segments_and_output(offsets, values.size(), out, fn);
+}
+
 /// The launch sequence of every reduction: size query, offsets check, CUB.
 template <class Acc, class Read, class Write, class Offset, class Op>
 status run_reduction(void* d_temp_storage, std::size_t& temp_storage_bytes, Read read, Write write,
@@ -212,6 +226,24 @@ status run_reduction(void* d_temp_storage, std::size_t& temp_storage_bytes, Read
     if (v != status::success) return v;
   }
   return segmented_reduce(d_temp_storage, temp_storage_bytes, read, write, seg, op, init, stream);
+}
+
+/// segmented_sum and segmented_mean: the checks, then each segment's sum of `values` in double,
+/// passed to the writer make_write(segments) returns.
+template <class V, class Offset, class R, class MakeWrite>
+status sum_segments(void* d_temp_storage, std::size_t& temp_storage_bytes, const device_view<V, 1>& values,
+                    const device_view<Offset, 1>& offsets, const device_view<R, 1>& out, cudaStream_t stream,
+                    error_info* error, const char* fn, MakeWrite make_write) noexcept {
+  assert_device_value_type<V>();
+  assert_device_output_type<R>();
+  return guarded([&] {
+    ::consr::detail::check_view(values, fn, "values");
+    const auto seg = check_segments_and_output(offsets, values.size(), out, fn);
+    using VT = std::remove_cv_t<V>;
+    return run_reduction<double>(d_temp_storage, temp_storage_bytes,
+                                 read_as<VT, double>{{values.data(), values.stride(0)}}, make_write(seg), seg,
+                                 double_plus{}, 0.0, stream, error);
+  });
 }
 
 }  // namespace detail
@@ -228,18 +260,9 @@ template <class V, class Offset, class R>
 status segmented_sum(void* d_temp_storage, std::size_t& temp_storage_bytes, device_view<V, 1> values,
                      device_view<Offset, 1> offsets, device_view<R, 1> out, cudaStream_t stream = nullptr,
                      error_info* error = nullptr) noexcept {
-  detail::assert_device_value_type<V>();
-  detail::assert_device_output_type<R>();
-  return detail::guarded([&] {
-    constexpr const char* fn = "consr::cuda::segmented_sum";
-    ::consr::detail::check_view(values, fn, "values");
-    const auto seg = detail::check_segments_and_output(offsets, values.size(), out, fn);
-    using VT = std::remove_cv_t<V>;
-    return detail::run_reduction<double>(d_temp_storage, temp_storage_bytes,
-                                         detail::read_as<VT, double>{values.data(), values.stride(0)},
-                                         detail::write_value<R>{out.data(), out.stride(0)}, seg, detail::double_plus{},
-                                         0.0, stream, error);
-  });
+  return detail::sum_segments(d_temp_storage, temp_storage_bytes, values, offsets, out, stream, error,
+                              "consr::cuda::segmented_sum",
+                              [&](const auto& /*seg*/) { return detail::write_value<R>{out.data(), out.stride(0)}; });
 }
 
 /// Per-segment mean on the device: out[s] = Σ values[i] / (offsets[s+1] − offsets[s]),
@@ -249,19 +272,11 @@ template <class V, class Offset, class R>
 status segmented_mean(void* d_temp_storage, std::size_t& temp_storage_bytes, device_view<V, 1> values,
                       device_view<Offset, 1> offsets, device_view<R, 1> out, cudaStream_t stream = nullptr,
                       error_info* error = nullptr) noexcept {
-  detail::assert_device_value_type<V>();
-  detail::assert_device_output_type<R>();
-  return detail::guarded([&] {
-    constexpr const char* fn = "consr::cuda::segmented_mean";
-    ::consr::detail::check_view(values, fn, "values");
-    const auto seg = detail::check_segments_and_output(offsets, values.size(), out, fn);
-    using VT = std::remove_cv_t<V>;
-    using O = std::remove_cv_t<Offset>;
-    return detail::run_reduction<double>(d_temp_storage, temp_storage_bytes,
-                                         detail::read_as<VT, double>{values.data(), values.stride(0)},
-                                         detail::write_mean<R, O>{out.data(), out.stride(0), seg}, seg,
-                                         detail::double_plus{}, 0.0, stream, error);
-  });
+  using O = std::remove_cv_t<Offset>;
+  return detail::sum_segments(d_temp_storage, temp_storage_bytes, values, offsets, out, stream, error,
+                              "consr::cuda::segmented_mean", [&](const detail::packed_segments<O>& seg) {
+                                return detail::write_mean<R, O>{out.data(), out.stride(0), seg};
+                              });
 }
 
 /// Per-segment weighted sum on the device: out[s] = Σ_i weights[i] · values[i]
@@ -277,15 +292,12 @@ status segmented_weighted_sum(void* d_temp_storage, std::size_t& temp_storage_by
   detail::assert_device_output_type<R>();
   return detail::guarded([&] {
     constexpr const char* fn = "consr::cuda::segmented_weighted_sum";
-    ::consr::detail::check_view(values, fn, "values");
-    ::consr::detail::check_view(weights, fn, "weights");
-    ::consr::detail::check_extent(weights, 0, values.size(), fn, "weights", "one weight per value");
-    const auto seg = detail::check_segments_and_output(offsets, values.size(), out, fn);
-    using VT = std::remove_cv_t<V>;
-    using WT = std::remove_cv_t<W>;
+    const auto seg =
+        detail::check_paired_segments(values, weights, "weights", "one weight per value", offsets, out, fn);
     return detail::run_reduction<double>(
         d_temp_storage, temp_storage_bytes,
-        detail::read_weighted<VT, WT>{values.data(), values.stride(0), weights.data(), weights.stride(0)},
+        detail::read_weighted<std::remove_cv_t<V>, std::remove_cv_t<W>>{{values.data(), values.stride(0)},
+                                                                        {weights.data(), weights.stride(0)}},
         detail::write_value<R>{out.data(), out.stride(0)}, seg, detail::double_plus{}, 0.0, stream, error);
   });
 }
@@ -311,7 +323,7 @@ status segmented_count(void* d_temp_storage, std::size_t& temp_storage_bytes, de
     const auto seg = detail::check_segments_and_output(offsets, labels.size(), out, fn);
     using L = std::remove_cv_t<Label>;
     return detail::run_reduction<long long>(d_temp_storage, temp_storage_bytes,
-                                            detail::read_scored<L>{labels.data(), labels.stride(0), ignore_index},
+                                            detail::read_scored<L>{{labels.data(), labels.stride(0)}, ignore_index},
                                             detail::write_count<Count>{out.data(), out.stride(0), error}, seg,
                                             detail::count_plus{}, 0ll, stream, error);
   });
@@ -334,15 +346,11 @@ status segmented_masked_mean(void* d_temp_storage, std::size_t& temp_storage_byt
                 "consr::cuda::segmented_masked_mean: labels must be int32 or int64");
   return detail::guarded([&] {
     constexpr const char* fn = "consr::cuda::segmented_masked_mean";
-    ::consr::detail::check_view(values, fn, "values");
-    ::consr::detail::check_view(labels, fn, "labels");
-    ::consr::detail::check_extent(labels, 0, values.size(), fn, "labels", "one label per value");
-    const auto seg = detail::check_segments_and_output(offsets, values.size(), out, fn);
-    using VT = std::remove_cv_t<V>;
-    using L = std::remove_cv_t<Label>;
+    const auto seg = detail::check_paired_segments(values, labels, "labels", "one label per value", offsets, out, fn);
     return detail::run_reduction<detail::masked_accum>(
         d_temp_storage, temp_storage_bytes,
-        detail::read_masked<VT, L>{values.data(), values.stride(0), labels.data(), labels.stride(0), ignore_index},
+        detail::read_masked<std::remove_cv_t<V>, std::remove_cv_t<Label>>{
+            {values.data(), values.stride(0)}, {labels.data(), labels.stride(0)}, ignore_index},
         detail::write_masked_mean<R>{out.data(), out.stride(0)}, seg, detail::masked_accum_plus{},
         detail::masked_accum{0.0, 0}, stream, error);
   });
