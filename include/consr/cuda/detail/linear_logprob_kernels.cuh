@@ -80,8 +80,7 @@ __global__ void __launch_bounds__(logprob_block_threads) linear_fold_kernel(cons
   constexpr int vec = linear_vec_v<Acc>;
   constexpr int vpt = logprob_vectors_per_thread;
   constexpr int tile_vecs = logprob_block_threads * vpt;
-  __shared__ Acc max_scratch[logprob_block_threads / 32];
-  __shared__ double sum_scratch[logprob_block_threads / 32];
+  __shared__ logprob_group_scratch<Acc> scratch;
   const int lane = static_cast<int>(threadIdx.x);
   const int body_vecs = a.cols / vec;
   const int tail_begin = body_vecs * vec;
@@ -93,9 +92,7 @@ __global__ void __launch_bounds__(logprob_block_threads) linear_fold_kernel(cons
     logprob_running<Acc> run{logprob_neg_inf<Acc>(), 0.0};
     if (lane < a.cols - tail_begin) {
       const int j = tail_begin + lane;
-      const Acc z = __ldg(logits_row + j) + linear_bias(a.bias, j);
-      logprob_raise_max(run, z, a.inv_tau);
-      run.sum += static_cast<double>(logprob_term(z, logprob_shift(run.max), a.c_hi, a.c_lo));
+      logprob_absorb(run, __ldg(logits_row + j) + linear_bias(a.bias, j), a.inv_tau, a.c_hi, a.c_lo);
     }
     const uint4* body = reinterpret_cast<const uint4*>(logits_row);
     for (int t0 = 0; t0 < body_vecs; t0 += tile_vecs) {
@@ -126,9 +123,8 @@ __global__ void __launch_bounds__(logprob_block_threads) linear_fold_kernel(cons
         for (int j = 0; j < vec; ++j) tile_sum += logprob_term(z[k][j], shift, a.c_hi, a.c_lo);
       run.sum += static_cast<double>(tile_sum);
     }
-    const double chunk_max = static_cast<double>(logprob_group_max<logprob_block_threads>(run.max, max_scratch));
-    const double chunk_sum = logprob_group_sum<logprob_block_threads>(
-        logprob_rescaled(static_cast<double>(run.max), run.sum, chunk_max, a.inv_tau), sum_scratch);
+    const logprob_total chunk = logprob_group_total<logprob_block_threads>(run, a.inv_tau, scratch);
+    const double chunk_max = chunk.max, chunk_sum = chunk.sum;
     if (lane == 0) {
       if (a.first) {
         a.row_max[row] = chunk_max;
@@ -174,21 +170,8 @@ __global__ void __launch_bounds__(logprob_block_threads) linear_finish_kernel(co
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t row = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < a.rows; row += stride) {
     const std::int64_t y = static_cast<std::int64_t>(a.labels[row * a.label_stride]);
-    Acc logp = Acc(0);
-    Acc lse = Acc(0);
-    if (y == a.ignore_index) {
-      // not scored
-    } else if (y < 0 || y >= a.vocab) {
-      report_error(a.error, status::label_out_of_range, row);
-      logp = logprob_nan<Acc>();
-      lse = logprob_nan<Acc>();
-    } else {
-      const double log_sum = log(a.row_sum[row]);
-      logp = static_cast<Acc>((a.label_logit[row] - a.row_max[row]) / a.tau - log_sum);
-      lse = static_cast<Acc>(a.row_max[row] / a.tau + log_sum);
-    }
-    a.token_logp[row * a.logp_stride] = logp;
-    if (a.lse != nullptr) a.lse[row * a.lse_stride] = lse;
+    logprob_finish<Acc>(a, row, y,
+                        [&] { return logprob_row_stats{a.label_logit[row], a.row_max[row], a.row_sum[row]}; });
   }
 }
 

@@ -34,11 +34,20 @@ struct logprob_forward_args {
   error_info* error;
 };
 
-/// The last step of a row, in fp64: logp = (z_y − max)/τ − log(sum), lse = max/τ + log(sum).
-template <class Logit, class Label>
-__device__ void logprob_finish_row(const logprob_forward_args<Logit, Label>& a, index_t row, std::int64_t y,
-                                   double row_max, double row_sum) {
-  using Acc = accum_t<Logit>;
+/// What the last step of a scored row needs: the label's logit, the row's max and its sum of
+/// exp((z − max)/τ).
+struct logprob_row_stats {
+  double z_y;
+  double max;
+  double sum;
+};
+
+/// The last step of row `row` (label y), in fp64: logp = (z_y − max)/τ − log(sum), lse = max/τ +
+/// log(sum); both 0 for an ignored row, NaN with a report for a label outside [0, vocab).
+/// `stats()` gives the row's logprob_row_stats and is called for a scored row only. Writes
+/// a.token_logp and a.lse (when not null). Shared by the log-probs and the linear log-probs.
+template <class Acc, class Args, class Stats>
+__device__ __forceinline__ void logprob_finish(const Args& a, index_t row, std::int64_t y, Stats stats) {
   Acc logp = Acc(0);
   Acc lse = Acc(0);
   if (y == a.ignore_index) {
@@ -48,35 +57,79 @@ __device__ void logprob_finish_row(const logprob_forward_args<Logit, Label>& a, 
     logp = logprob_nan<Acc>();
     lse = logprob_nan<Acc>();
   } else {
-    const double z_y = static_cast<double>(logprob_load<Logit>(a.logits + row * a.row_stride + y));
-    const double log_sum = log(row_sum);
-    logp = static_cast<Acc>((z_y - row_max) / a.tau - log_sum);
-    lse = static_cast<Acc>(row_max / a.tau + log_sum);
+    const logprob_row_stats r = stats();
+    const double log_sum = log(r.sum);
+    logp = static_cast<Acc>((r.z_y - r.max) / a.tau - log_sum);
+    lse = static_cast<Acc>(r.max / a.tau + log_sum);
   }
   a.token_logp[row * a.logp_stride] = logp;
   if (a.lse != nullptr) a.lse[row * a.lse_stride] = lse;
 }
+
+/// The last step of a row of the log-probs forward (logprob_finish on its logits).
+template <class Logit, class Label>
+__device__ void logprob_finish_row(const logprob_forward_args<Logit, Label>& a, index_t row, std::int64_t y,
+                                   double row_max, double row_sum) {
+  logprob_finish<accum_t<Logit>>(a, row, y, [&] {
+    return logprob_row_stats{static_cast<double>(logprob_load<Logit>(a.logits + row * a.row_stride + y)), row_max,
+                             row_sum};
+  });
+}
+
+/// Work item `item` of a kernel with TPR threads per row: 8 consecutive rows for TPR = 32 (one
+/// warp each, this thread's warp takes `row`), or split `split` of row `row` for TPR = 256.
+template <int TPR>
+struct logprob_work_item {
+  static_assert(TPR == 32 || TPR == logprob_block_threads, "a row is handled by a warp or by a block");
+  index_t row;
+  int split;
+
+  __device__ __forceinline__ logprob_work_item(index_t item, int splits)
+      : row(TPR == 32 ? item * (logprob_block_threads / TPR) + static_cast<int>(threadIdx.x) / TPR : item / splits),
+        split(TPR == 32 ? 0 : static_cast<int>(item % splits)) {}
+};
+
+/// Loads a lane's vectors of a tile, raw[k] = body[first + k·TPR] (first = tile · TPR · VPT + lane)
+/// below body_vecs: through the read-only cache with −∞ vectors past the end (ReadOnly), or with
+/// plain loads (the backward, whose output may be this very memory) leaving those past it unset.
+template <class Logit, int TPR, bool ReadOnly, int VPT>
+__device__ __forceinline__ void logprob_load_tile(uint4 (&raw)[VPT], const uint4* body, int body_vecs, int first) {
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int v = first + k * TPR;
+    if constexpr (ReadOnly) raw[k] = v < body_vecs ? __ldg(body + v) : logprob_neg_inf_vector<Logit>();
+    else if (v < body_vecs) raw[k] = body[v];
+  }
+}
+
+/// The tiles [begin, end) of a row body of `body_vecs` vectors that split `split` of `splits`
+/// reads: an even share of ⌈body_vecs / tile_vecs⌉ tiles.
+struct logprob_tile_range {
+  int begin;
+  int end;
+
+  __device__ __forceinline__ logprob_tile_range(int body_vecs, int tile_vecs, int split, int splits) {
+    const int tiles = (body_vecs + tile_vecs - 1) / tile_vecs;
+    begin = static_cast<int>(static_cast<long long>(tiles) * split / splits);
+    end = static_cast<int>(static_cast<long long>(tiles) * (split + 1) / splits);
+  }
+};
 
 /// Work item = (row, split) for TPR = 256 (one block), or 8 consecutive rows for TPR = 32 (one
 /// warp each). Control flow is uniform per group, so the group's shuffles and barriers are safe.
 template <int TPR, class Logit, class Label>
 __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 8)
     logprob_forward_kernel(const logprob_forward_args<Logit, Label> a, const index_t items) {
-  static_assert(TPR == 32 || TPR == logprob_block_threads, "a row is handled by a warp or by a block");
   using Acc = accum_t<Logit>;
   constexpr int vec = logprob_vec_v<Logit>;
   constexpr int vpt = logprob_vectors_per_thread;
   constexpr int tile_vecs = TPR * vpt;
-  constexpr int rows_per_block = logprob_block_threads / TPR;
+  __shared__ logprob_group_scratch<Acc> scratch;
   const int vocab = static_cast<int>(a.vocab);
-  __shared__ Acc max_scratch[logprob_block_threads / 32];
-  __shared__ double sum_scratch[logprob_block_threads / 32];
   const int lane = static_cast<int>(threadIdx.x) % TPR;
-  const int group = static_cast<int>(threadIdx.x) / TPR;
 
   for (index_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const index_t row = TPR == 32 ? item * rows_per_block + group : item / a.splits;
-    const int split = TPR == 32 ? 0 : static_cast<int>(item % a.splits);
+    const auto [row, split] = logprob_work_item<TPR>(item, a.splits);
     if (row >= a.rows) continue;  // only the last block of the warp-per-row shape; whole warps
     const std::int64_t y = static_cast<std::int64_t>(__ldg(a.labels + row * a.label_stride));
     const bool scored = y != a.ignore_index && y >= 0 && y < a.vocab;
@@ -91,23 +144,14 @@ __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 8)
         const int edge_count = layout.head + (vocab - layout.tail_begin);
         if (lane < edge_count) {
           const int e = lane < layout.head ? lane : layout.tail_begin + (lane - layout.head);
-          const Acc z = logprob_load<Logit>(logits_row + e);
-          logprob_raise_max(run, z, a.inv_tau);
-          run.sum += static_cast<double>(logprob_term(z, logprob_shift(run.max), a.c_hi, a.c_lo));
+          logprob_absorb(run, logprob_load<Logit>(logits_row + e), a.inv_tau, a.c_hi, a.c_lo);
         }
       }
-      const int tiles = (layout.body_vecs + tile_vecs - 1) / tile_vecs;
-      const int tile_begin = static_cast<int>(static_cast<long long>(tiles) * split / a.splits);
-      const int tile_end = static_cast<int>(static_cast<long long>(tiles) * (split + 1) / a.splits);
+      const logprob_tile_range tiles(layout.body_vecs, tile_vecs, split, a.splits);
       const uint4* body = reinterpret_cast<const uint4*>(logits_row + layout.head);
-      for (int t = tile_begin; t < tile_end; ++t) {
+      for (int t = tiles.begin; t < tiles.end; ++t) {
         uint4 raw[vpt];
-        const int first = t * tile_vecs + lane;
-#pragma unroll
-        for (int k = 0; k < vpt; ++k) {
-          const int v = first + k * TPR;
-          raw[k] = v < layout.body_vecs ? __ldg(body + v) : logprob_neg_inf_vector<Logit>();
-        }
+        logprob_load_tile<Logit, TPR, true>(raw, body, layout.body_vecs, t * tile_vecs + lane);
         logprob_raise_max(run, logprob_tile_max<Logit>(raw), a.inv_tau);
         const Acc shift = logprob_shift(run.max);
         Acc tile_sum = Acc(0);  // ≤ 32 terms in fp32, each ≤ 1 (or NaN)
@@ -118,10 +162,9 @@ __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 8)
         }
         run.sum += static_cast<double>(tile_sum);
       }
-      const Acc group_max = logprob_group_max<TPR>(run.max, max_scratch);
-      row_max = static_cast<double>(group_max);
-      row_sum = logprob_group_sum<TPR>(
-          logprob_rescaled(static_cast<double>(run.max), run.sum, row_max, a.inv_tau), sum_scratch);
+      const logprob_total total = logprob_group_total<TPR>(run, a.inv_tau, scratch);
+      row_max = total.max;
+      row_sum = total.sum;
     }
     if (lane == 0) {
       if (a.splits == 1) logprob_finish_row(a, row, y, row_max, row_sum);
@@ -277,20 +320,16 @@ __device__ __noinline__ Acc logprob_label_grad(Acc z_y, double scale, double tau
 template <int TPR, class Logit, class Label, class Grad>
 __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 4)
     logprob_backward_kernel(const logprob_backward_args<Logit, Label, Grad> a, const index_t items) {
-  static_assert(TPR == 32 || TPR == logprob_block_threads, "a row is handled by a warp or by a block");
   using Acc = accum_t<Logit>;
   constexpr int vec = logprob_vec_v<Logit>;
   constexpr int vpt = logprob_vectors_per_thread;
   constexpr int tile_vecs = TPR * vpt;
-  constexpr int rows_per_block = logprob_block_threads / TPR;
-  const int vocab = static_cast<int>(a.vocab);
   constexpr unsigned store_alignment = logprob_store_alignment_v<Logit, Grad>;
+  const int vocab = static_cast<int>(a.vocab);
   const int lane = static_cast<int>(threadIdx.x) % TPR;
-  const int group = static_cast<int>(threadIdx.x) / TPR;
 
   for (index_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const index_t row = TPR == 32 ? item * rows_per_block + group : item / a.splits;
-    const int split = TPR == 32 ? 0 : static_cast<int>(item % a.splits);
+    const auto [row, split] = logprob_work_item<TPR>(item, a.splits);
     if (row >= a.rows) continue;
     const std::int64_t y = static_cast<std::int64_t>(a.labels[row * a.label_stride]);
     const bool ignored = y == a.ignore_index;
@@ -300,9 +339,7 @@ __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 4)
     const logprob_row_layout layout = logprob_layout(logits_row, vocab);
     const bool vectorized =
         (reinterpret_cast<std::uintptr_t>(out_row + layout.head) & (store_alignment - 1u)) == 0u;
-    const int tiles = (layout.body_vecs + tile_vecs - 1) / tile_vecs;
-    const int tile_begin = static_cast<int>(static_cast<long long>(tiles) * split / a.splits);
-    const int tile_end = static_cast<int>(static_cast<long long>(tiles) * (split + 1) / a.splits);
+    const logprob_tile_range tiles(layout.body_vecs, tile_vecs, split, a.splits);
     const int edge_count = layout.head + (vocab - layout.tail_begin);
     const int edge = lane < layout.head ? lane : layout.tail_begin + (lane - layout.head);  // if lane < edge_count
 
@@ -314,7 +351,7 @@ __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 4)
       Acc g[vec];
 #pragma unroll
       for (int j = 0; j < vec; ++j) g[j] = fill;
-      for (int t = tile_begin; t < tile_end; ++t) {
+      for (int t = tiles.begin; t < tiles.end; ++t) {
 #pragma unroll
         for (int k = 0; k < vpt; ++k) {
           const int v = t * tile_vecs + lane + k * TPR;
@@ -338,14 +375,10 @@ __global__ void __launch_bounds__(logprob_block_threads, TPR == 32 ? 1 : 4)
     const int label_vector = label >= layout.head && label < layout.tail_begin ? (label - layout.head) / vec : -1;
     const int label_offset = (label - layout.head) % vec;
     const uint4* body = reinterpret_cast<const uint4*>(logits_row + layout.head);
-    for (int t = tile_begin; t < tile_end; ++t) {
+    for (int t = tiles.begin; t < tiles.end; ++t) {
       uint4 raw[vpt];
       const int first = t * tile_vecs + lane;
-#pragma unroll
-      for (int k = 0; k < vpt; ++k) {
-        const int v = first + k * TPR;
-        if (v < layout.body_vecs) raw[k] = body[v];  // plain load: grad may be this very memory
-      }
+      logprob_load_tile<Logit, TPR, false>(raw, body, layout.body_vecs, first);  // grad may be this memory
 #pragma unroll
       for (int k = 0; k < vpt; ++k) {
         const int v = first + k * TPR;

@@ -241,6 +241,36 @@ __device__ __forceinline__ double logprob_rescaled(double from_max, double sum, 
   return from_max == to_max ? sum : sum * exp((from_max - to_max) * inv_tau);
 }
 
+/// Absorbs one value z into a running pair (a head or tail scalar of a row).
+template <class Acc>
+__device__ __forceinline__ void logprob_absorb(logprob_running<Acc>& r, Acc z, double inv_tau, Acc c_hi, Acc c_lo) {
+  logprob_raise_max(r, z, inv_tau);
+  r.sum += static_cast<double>(logprob_term(z, logprob_shift(r.max), c_hi, c_lo));
+}
+
+/// Shared memory of logprob_group_total: one slot per warp of a block.
+template <class Acc>
+struct logprob_group_scratch {
+  Acc max[logprob_block_threads / 32];
+  double sum[logprob_block_threads / 32];
+};
+
+/// A group's (max, sum) in fp64.
+struct logprob_total {
+  double max;
+  double sum;
+};
+
+/// The group's total of the lanes' running pairs, in every lane: the largest max, and the sums
+/// rescaled to it and added.
+template <int TPR, class Acc>
+__device__ __forceinline__ logprob_total logprob_group_total(const logprob_running<Acc>& run, double inv_tau,
+                                                             logprob_group_scratch<Acc>& scratch) {
+  const double max = static_cast<double>(logprob_group_max<TPR>(run.max, scratch.max));
+  return {max, logprob_group_sum<TPR>(logprob_rescaled(static_cast<double>(run.max), run.sum, max, inv_tau),
+                                      scratch.sum)};
+}
+
 }  // namespace detail
 }  // namespace cuda
 }  // namespace consr
