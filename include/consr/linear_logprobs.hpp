@@ -210,6 +210,16 @@ void widen_rows(const T* src, index_t src_ld, index_t rows, index_t cols, Acc* d
   }
 }
 
+/// The element rules of the linear log-probs, host and device, both directions (the compiler's note
+/// names the function that broke them).
+template <class T, class Label>
+constexpr void assert_linear_types() {
+  static_assert(is_supported_float_v<T>,
+                "consr linear log-probs: hidden, weight and bias must be float, double, consr::bfloat16 or "
+                "consr::float16 (all the same type)");
+  static_assert(is_index_type_v<Label>, "consr linear log-probs: labels must be int32 or int64");
+}
+
 // The arguments linear_token_logprobs and its backward share (options, hidden, weight, bias,
 // labels), checked in this order; returns N, H and V.
 struct linear_extents {
@@ -317,10 +327,7 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
                                 host_view<const T, 1> bias, host_view<const Label, 1> labels,
                                 host_view<accum_t<T>, 1> token_logp, host_view<accum_t<T>, 1> lse,
                                 const linear_logprob_options& options, host_view<std::byte, 1> workspace) {
-  static_assert(is_supported_float_v<T>,
-                "consr::linear_token_logprobs: hidden, weight and bias must be float, double, consr::bfloat16 or "
-                "consr::float16 (all the same type)");
-  static_assert(is_index_type_v<Label>, "consr::linear_token_logprobs: labels must be int32 or int64");
+  assert_linear_types<T, Label>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "consr::linear_token_logprobs";
 
@@ -398,10 +405,7 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
                                          host_view<accum_t<T>, 2> grad_hidden, host_view<accum_t<T>, 2> grad_weight,
                                          host_view<accum_t<T>, 1> grad_bias, const linear_logprob_options& options,
                                          host_view<std::byte, 1> workspace) {
-  static_assert(is_supported_float_v<T>,
-                "consr::linear_token_logprobs_backward: hidden, weight and bias must be float, double, "
-                "consr::bfloat16 or consr::float16 (all the same type)");
-  static_assert(is_index_type_v<Label>, "consr::linear_token_logprobs_backward: labels must be int32 or int64");
+  assert_linear_types<T, Label>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "consr::linear_token_logprobs_backward";
 

@@ -203,7 +203,7 @@ cudaError_t linear_chunk_logits(cublasHandle_t handle, const device_view<const T
 
 /// Checks shared by both directions; returns (N, H, V).
 template <class T, class Label>
-void linear_check_inputs(cublasHandle_t handle, const device_view<const T, 2>& hidden,
+::consr::detail::linear_extents linear_check_inputs(cublasHandle_t handle, const device_view<const T, 2>& hidden,
                          const device_view<const T, 2>& weight, const device_view<const T, 1>& bias,
                          const device_view<const Label, 1>& labels, const linear_logprob_options& options,
                          const char* fn) {
@@ -214,7 +214,57 @@ void linear_check_inputs(cublasHandle_t handle, const device_view<const T, 2>& h
   ::consr::detail::check_extent(weight, 1, hidden.extent(1), fn, "weight", "hidden size, columns of hidden");
   if (bias.size() != 0) linear_check_vector(bias, weight.extent(0), fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
   logprob_check_per_row(labels, hidden.extent(0), fn, "labels");
+  return {hidden.extent(0), hidden.extent(1), weight.extent(0)};
 }
+
+/// What both directions share after their checks: the chunk logits [N, cols] (row-major, ld) at the
+/// start of the temporary storage, hidden as the GEMM operand (fp16: its fp32 copy), and the loop
+/// over the vocabulary chunks [v0, v0 + cols) that first computes each chunk's logits.
+template <class T>
+struct linear_chunks {
+  using Acc = accum_t<T>;
+  using GemmT = linear_gemm_t<T>;
+
+  cublasHandle_t handle;
+  const device_view<const T, 2>& weight;
+  index_t tokens;
+  index_t vocab;
+  index_t cols_max;
+  void* const* parts;  // the temporary storage, cut as linear_temp_layout says
+  cudaStream_t stream;
+  const char* fn;
+  Acc* logits = nullptr;
+  index_t ld = 0;
+  const GemmT* hidden_gemm = nullptr;
+  index_t hidden_ld = 0;
+
+  /// Sets logits, ld and the hidden operand.
+  cudaError_t prepare(const device_view<const T, 2>& hidden) {
+    logits = static_cast<Acc*>(parts[linear_temp_sizes::logits]);
+    ld = linear_padded(cols_max, linear_vec_v<Acc>);
+    hidden_ld = linear_ld(hidden);
+    return linear_gemm_operand(hidden.data(), tokens, hidden.extent(1),
+                               static_cast<float*>(parts[linear_temp_sizes::hidden_wide]), stream, hidden_gemm,
+                               hidden_ld);
+  }
+
+  /// For each chunk: its logits, then body(v0, cols, weight_gemm, weight_gemm_ld) with the chunk's
+  /// weight operand (for the backward's GEMMs). Stops at the first status other than success.
+  template <class Body>
+  status for_each(Body&& body) const {
+    for (index_t v0 = 0; v0 < vocab; v0 += cols_max) {
+      const index_t cols = vocab - v0 < cols_max ? vocab - v0 : cols_max;
+      const GemmT* weight_gemm = nullptr;
+      index_t weight_gemm_ld = 0;
+      CONSR_CUDA_RETURN_IF_ERROR(linear_chunk_logits<T>(handle, weight, v0, cols, tokens, hidden_gemm, hidden_ld,
+                                                        static_cast<float*>(parts[linear_temp_sizes::weight_wide]),
+                                                        logits, ld, stream, fn, weight_gemm, weight_gemm_ld));
+      const status s = body(v0, cols, weight_gemm, weight_gemm_ld);
+      if (s != status::success) return s;
+    }
+    return status::success;
+  }
+};
 
 /// The forward behind the public overload.
 template <class T, class Label>
@@ -223,18 +273,13 @@ status linear_forward(cublasHandle_t handle, void* d_temp_storage, std::size_t& 
                       device_view<const Label, 1> labels, device_view<accum_t<T>, 1> token_logp,
                       device_view<accum_t<T>, 1> lse, const linear_logprob_options& options, error_info* error,
                       cudaStream_t stream) {
-  static_assert(is_supported_float_v<T>,
-                "consr::cuda::linear_token_logprobs: hidden, weight and bias must be float, double, consr::bfloat16 "
-                "or consr::float16 (all the same type)");
-  static_assert(is_index_type_v<Label>, "consr::cuda::linear_token_logprobs: labels must be int32 or int64");
-  using Acc = accum_t<T>;
+  ::consr::detail::assert_linear_types<T, Label>();
   using GemmT = linear_gemm_t<T>;
   constexpr const char* fn = "consr::cuda::linear_token_logprobs";
   return guarded([&]() -> status {
-    linear_check_inputs(handle, hidden, weight, bias, labels, options, fn);
-    const index_t tokens = hidden.extent(0);
-    const index_t hidden_size = hidden.extent(1);
-    const index_t vocab = weight.extent(0);
+    const ::consr::detail::linear_extents extents =
+        linear_check_inputs(handle, hidden, weight, bias, labels, options, fn);
+    const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
     const bool write_lse = logprob_check_row_outputs(token_logp, lse, tokens, fn, "tokens, rows of hidden");
     const index_t cols_max = linear_chunk_columns(vocab, options, fn);
     const linear_temp_sizes sizes = linear_temp_layout<T>(tokens, hidden_size, vocab, options.vocab_chunk, true, false);
@@ -244,56 +289,43 @@ status linear_forward(cublasHandle_t handle, void* d_temp_storage, std::size_t& 
     if (tokens == 0) return status::success;
     const linear_cublas_scope scope(handle, stream, fn);
 
-    Acc* logits = static_cast<Acc*>(parts[linear_temp_sizes::logits]);
     double* row_max = static_cast<double*>(parts[linear_temp_sizes::row_max]);
     double* row_sum = static_cast<double*>(parts[linear_temp_sizes::row_sum]);
     double* label_logit = static_cast<double*>(parts[linear_temp_sizes::label_logit]);
-    const index_t ld = linear_padded(cols_max, linear_vec_v<Acc>);
+    linear_chunks<T> chunks{handle, weight, tokens, vocab, cols_max, parts, stream, fn};
+    CONSR_CUDA_RETURN_IF_ERROR(chunks.prepare(hidden));
 
-    // GEMM operands: the inputs, or (fp16) their fp32 copies.
-    const GemmT* hidden_gemm = nullptr;
-    index_t hidden_ld = linear_ld(hidden);
-    CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(hidden.data(), tokens, hidden_size,
-                                                   static_cast<float*>(parts[linear_temp_sizes::hidden_wide]), stream,
-                                                   hidden_gemm, hidden_ld));
-
+    // The fold's and the finish's arguments: the rows, their labels and their running state.
+    const auto set_rows = [&](auto& a) {
+      a.rows = tokens;
+      a.vocab = vocab;
+      a.labels = labels.data();
+      a.label_stride = labels.stride(0);
+      a.row_max = row_max;
+      a.row_sum = row_sum;
+      a.label_logit = label_logit;
+    };
     linear_fold_args<T, Label> f{};
-    f.logits = logits;
-    f.ld = ld;
-    f.rows = tokens;
-    f.vocab = vocab;
-    f.labels = labels.data();
-    f.label_stride = labels.stride(0);
-    f.row_max = row_max;
-    f.row_sum = row_sum;
-    f.label_logit = label_logit;
+    set_rows(f);
+    f.logits = chunks.logits;
+    f.ld = chunks.ld;
     logprob_scale_constants(options.temperature, f.c_hi, f.c_lo);
     f.inv_tau = 1.0 / options.temperature;
     f.ignore_index = options.ignore_index;
 
-    for (index_t v0 = 0; v0 < vocab; v0 += cols_max) {
-      const index_t cols = vocab - v0 < cols_max ? vocab - v0 : cols_max;
-      const GemmT* weight_gemm = nullptr;
-      index_t weight_gemm_ld = 0;
-      CONSR_CUDA_RETURN_IF_ERROR(linear_chunk_logits<T>(handle, weight, v0, cols, tokens, hidden_gemm, hidden_ld,
-                                                        static_cast<float*>(parts[linear_temp_sizes::weight_wide]),
-                                                        logits, ld, stream, fn, weight_gemm, weight_gemm_ld));
+    const status folded = chunks.for_each([&](index_t v0, index_t cols, const GemmT*, index_t) -> status {
       f.cols = static_cast<int>(cols);
       f.v0 = v0;
       f.bias = bias.size() != 0 ? bias.data() + v0 : nullptr;
       f.first = v0 == 0;
       linear_fold_kernel<T, Label><<<linear_row_grid(tokens), logprob_block_threads, 0, stream>>>(f);
       CONSR_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    }
+      return status::success;
+    });
+    if (folded != status::success) return folded;
 
     linear_finish_args<T, Label> fin{};
-    fin.rows = tokens;
-    fin.vocab = vocab;
-    fin.labels = labels.data();
-    fin.label_stride = labels.stride(0);
-    fin.row_max = row_max;
-    fin.row_sum = row_sum;
-    fin.label_logit = label_logit;
+    set_rows(fin);
     fin.token_logp = token_logp.data();
     fin.logp_stride = token_logp.stride(0);
     fin.lse = write_lse ? lse.data() : nullptr;
@@ -315,19 +347,15 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
                        device_view<const accum_t<T>, 1> grad_token_logp, device_view<accum_t<T>, 2> grad_hidden,
                        device_view<accum_t<T>, 2> grad_weight, device_view<accum_t<T>, 1> grad_bias,
                        const linear_logprob_options& options, error_info* error, cudaStream_t stream) {
-  static_assert(is_supported_float_v<T>,
-                "consr::cuda::linear_token_logprobs_backward: hidden, weight and bias must be float, double, "
-                "consr::bfloat16 or consr::float16 (all the same type)");
-  static_assert(is_index_type_v<Label>, "consr::cuda::linear_token_logprobs_backward: labels must be int32 or int64");
+  ::consr::detail::assert_linear_types<T, Label>();
   using Acc = accum_t<T>;
   using GemmT = linear_gemm_t<T>;
   using G = linear_grad_t<T>;
   constexpr const char* fn = "consr::cuda::linear_token_logprobs_backward";
   return guarded([&]() -> status {
-    linear_check_inputs(handle, hidden, weight, bias, labels, options, fn);
-    const index_t tokens = hidden.extent(0);
-    const index_t hidden_size = hidden.extent(1);
-    const index_t vocab = weight.extent(0);
+    const ::consr::detail::linear_extents extents =
+        linear_check_inputs(handle, hidden, weight, bias, labels, options, fn);
+    const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
     logprob_check_per_row(lse, tokens, fn, "lse");
     logprob_check_per_row(grad_token_logp, tokens, fn, "grad_token_logp");
     const bool want_hidden = grad_hidden.size() != 0;
@@ -366,8 +394,10 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     if (tokens == 0 || !(want_hidden || want_weight || want_bias)) return status::success;
     const linear_cublas_scope scope(handle, stream, fn);
 
-    Acc* logits = static_cast<Acc*>(parts[linear_temp_sizes::logits]);
-    const index_t ld = linear_padded(cols_max, linear_vec_v<Acc>);
+    linear_chunks<T> chunks{handle, weight, tokens, vocab, cols_max, parts, stream, fn};
+    CONSR_CUDA_RETURN_IF_ERROR(chunks.prepare(hidden));
+    Acc* const logits = chunks.logits;
+    const index_t ld = chunks.ld;
     G* grad = nullptr;
     index_t grad_ld = ld;
     if constexpr (std::is_same_v<G, bfloat16>) {
@@ -379,11 +409,6 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     const index_t grad_hidden_ld = want_hidden ? linear_ld(grad_hidden) : 1;
     const index_t grad_weight_ld = want_weight ? linear_ld(grad_weight) : 1;
 
-    const GemmT* hidden_gemm = nullptr;
-    index_t hidden_ld = linear_ld(hidden);
-    CONSR_CUDA_RETURN_IF_ERROR(linear_gemm_operand(hidden.data(), tokens, hidden_size,
-                                                   static_cast<float*>(parts[linear_temp_sizes::hidden_wide]), stream,
-                                                   hidden_gemm, hidden_ld));
     GemmT* ones = nullptr;
     if (want_bias) {
       ones = static_cast<GemmT*>(parts[linear_temp_sizes::ones]);
@@ -400,13 +425,7 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     ga.vocab = vocab;
     ga.labels = labels.data();
     ga.label_stride = labels.stride(0);
-    ga.lse = lse.data();
-    ga.lse_stride = lse.stride(0);
-    ga.grad_logp = grad_token_logp.data();
-    ga.grad_logp_stride = grad_token_logp.stride(0);
-    ga.tau = options.temperature;
-    logprob_scale_constants(options.temperature, ga.c_hi, ga.c_lo);
-    ga.ignore_index = options.ignore_index;
+    logprob_set_backward_inputs(ga, lse, grad_token_logp, options);
     ga.error = error;
 
     if (vocab == 0) {
@@ -426,14 +445,8 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
     const cudaDataType_t gemm_type = linear_cuda_type<GemmT>();
     const cudaDataType_t grad_type = linear_cuda_type<G>();
     const cudaDataType_t acc_type = linear_cuda_type<Acc>();
-    for (index_t v0 = 0; v0 < vocab; v0 += cols_max) {
-      const index_t cols = vocab - v0 < cols_max ? vocab - v0 : cols_max;
-      // Recompute the chunk's logits, then G (in place, or into the bf16 buffer).
-      const GemmT* weight_gemm = nullptr;
-      index_t weight_gemm_ld = 0;
-      CONSR_CUDA_RETURN_IF_ERROR(linear_chunk_logits<T>(handle, weight, v0, cols, tokens, hidden_gemm, hidden_ld,
-                                                        static_cast<float*>(parts[linear_temp_sizes::weight_wide]),
-                                                        logits, ld, stream, fn, weight_gemm, weight_gemm_ld));
+    // Per chunk: its logits recomputed, then G (in place, or into the bf16 buffer), then the GEMMs.
+    return chunks.for_each([&](index_t v0, index_t cols, const GemmT* weight_gemm, index_t weight_gemm_ld) -> status {
       ga.cols = static_cast<int>(cols);
       ga.v0 = v0;
       ga.bias = bias.size() != 0 ? bias.data() + v0 : nullptr;
@@ -450,11 +463,12 @@ status linear_backward(cublasHandle_t handle, void* d_temp_storage, std::size_t&
                          acc_type, grad_hidden_ld, fn, "hidden gradient");
       // ∂W_chunk += Gᵀ · h: column-major (H × cols) = hidden_cm (H × N) · G_cmᵀ (N × cols).
       if (want_weight)
-        linear_gemm<Acc>(handle, CUBLAS_OP_N, CUBLAS_OP_T, hidden_size, cols, tokens, hidden_gemm, gemm_type, hidden_ld,
-                         grad, grad_type, grad_ld, Acc(1), grad_weight.data() + v0 * grad_weight.stride(0), acc_type,
-                         grad_weight_ld, fn, "weight gradient");
-    }
-    return status::success;
+        linear_gemm<Acc>(handle, CUBLAS_OP_N, CUBLAS_OP_T, hidden_size, cols, tokens, chunks.hidden_gemm, gemm_type,
+                         chunks.hidden_ld, grad, grad_type, grad_ld, Acc(1),
+                         grad_weight.data() + v0 * grad_weight.stride(0), acc_type, grad_weight_ld, fn,
+                         "weight gradient");
+      return status::success;
+    });
   });
 }
 

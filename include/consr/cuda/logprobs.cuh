@@ -149,6 +149,32 @@ inline void logprob_scale_constants(double tau, double& c_hi, double& c_lo) noex
   c_lo = 0.0;
 }
 
+/// The fields of a log-probs kernel's arguments that come from the logits [rows, vocab] and
+/// their labels.
+template <class Args, class Logit, class Label>
+void logprob_set_rows(Args& a, const device_view<const Logit, 2>& logits, const device_view<const Label, 1>& labels) {
+  a.logits = logits.data();
+  a.rows = logits.extent(0);
+  a.vocab = logits.extent(1);
+  a.row_stride = logits.stride(0);
+  a.labels = labels.data();
+  a.label_stride = labels.stride(0);
+}
+
+/// The fields of a backward kernel's arguments (log-probs and linear log-probs) that come from the
+/// forward's lse, the incoming gradient and the options (τ, its exp2 constants, ignore_index).
+template <class Args, class Acc, class Options>
+void logprob_set_backward_inputs(Args& a, const device_view<const Acc, 1>& lse,
+                                 const device_view<const Acc, 1>& grad_token_logp, const Options& options) {
+  a.lse = lse.data();
+  a.lse_stride = lse.stride(0);
+  a.grad_logp = grad_token_logp.data();
+  a.grad_logp_stride = grad_token_logp.stride(0);
+  a.tau = options.temperature;
+  logprob_scale_constants(options.temperature, a.c_hi, a.c_lo);
+  a.ignore_index = options.ignore_index;
+}
+
 inline status logprob_sm_count(int& sms) noexcept {
   int device = 0;
   CONSR_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
@@ -252,12 +278,7 @@ status logprob_forward(void* d_temp_storage, std::size_t* temp_storage_bytes, de
     }
 
     logprob_forward_args<Logit, Label> a{};
-    a.logits = logits.data();
-    a.rows = rows;
-    a.vocab = vocab;
-    a.row_stride = logits.stride(0);
-    a.labels = labels.data();
-    a.label_stride = labels.stride(0);
+    logprob_set_rows(a, logits, labels);
     a.token_logp = token_logp.data();
     a.logp_stride = token_logp.stride(0);
     a.lse = write_lse ? lse.data() : nullptr;
@@ -325,21 +346,10 @@ status logprob_backward(device_view<const Logit, 2> logits, device_view<const La
     const logprob_launch_shape shape =
         forced.threads_per_row != 0 ? forced : logprob_backward_shape(vocab, static_cast<int>(sizeof(Logit)));
     logprob_backward_args<Logit, Label, Grad> a{};
-    a.logits = logits.data();
-    a.rows = rows;
-    a.vocab = vocab;
-    a.row_stride = logits.stride(0);
-    a.labels = labels.data();
-    a.label_stride = labels.stride(0);
-    a.lse = lse.data();
-    a.lse_stride = lse.stride(0);
-    a.grad_logp = grad_token_logp.data();
-    a.grad_logp_stride = grad_token_logp.stride(0);
+    logprob_set_rows(a, logits, labels);
+    logprob_set_backward_inputs(a, lse, grad_token_logp, options);
     a.grad = grad_logits.data();
     a.grad_row_stride = grad_logits.stride(0);
-    a.tau = options.temperature;
-    logprob_scale_constants(options.temperature, a.c_hi, a.c_lo);
-    a.ignore_index = options.ignore_index;
     a.splits = shape.splits;
     a.error = error;
 
