@@ -62,6 +62,7 @@ dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, c
   const bool per_token_reference = s.reference_logp_sum.size() == 0;
   const bool weighted = dpo_uses_weights(o);
   const std::int64_t ignore = o.ignore_index;
+  const std::int64_t unfused = opaque_all_ones();  // dpo_unfused: the weighted products rounded alone
   dpo_side_sums sums;
   if (!has_labels) {
     // All scored: |y| is the length; only the sums needed are accumulated, each bit-identical to
@@ -80,7 +81,7 @@ dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, c
         [&](index_t t, double* x) {
           const double a = static_cast<double>(s.policy_logp[t]);
           x[0] = per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
-          x[1] = weighted ? static_cast<double>(s.weights[t]) * a : a;
+          x[1] = weighted ? dpo_unfused(static_cast<double>(s.weights[t]) * a, unfused) : a;
         },
         r);
     sums.log_ratio = r[0];
@@ -95,7 +96,7 @@ dpo_side_sums dpo_side(const dpo_sequences<T, Offset, Label>& s, index_t pair, c
         const bool scored = !has_labels || static_cast<std::int64_t>(s.labels[t]) != ignore;
         const double a = static_cast<double>(s.policy_logp[t]);
         const double ratio = per_token_reference ? a - static_cast<double>(s.reference_logp[t]) : a;
-        const double weighted_a = weighted ? static_cast<double>(s.weights[t]) * a : a;
+        const double weighted_a = weighted ? dpo_unfused(static_cast<double>(s.weights[t]) * a, unfused) : a;
         x[0] = scored ? ratio : 0.0;
         x[1] = scored ? weighted_a : 0.0;
         x[2] = scored ? 1.0 : 0.0;

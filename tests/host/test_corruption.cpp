@@ -6,6 +6,8 @@
 
 #include <consr/corruption.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -16,6 +18,10 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#if defined(CONSR_TEST_REQUIRE_AVX512)  // host_test_corruption_avx512 (test_util.hpp skips it without AVX-512)
+static_assert(CONSR_PHILOX_X86_SIMD, "host_test_corruption_avx512 must compile the vectorized Philox words");
+#endif
 
 using consr::index_t;
 using consr::noise_schedule;

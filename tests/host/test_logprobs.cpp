@@ -18,22 +18,8 @@
 #include <string>
 #include <vector>
 
-#if defined(CONSR_TEST_REQUIRE_AVX512)
-// This build (host_test_logprobs_avx512) exists to test the AVX-512 forward: it must be the one
-// compiled, and the tests run only on a CPU that has it (exit code 77: skipped).
-#include <cstdio>
-#include <cstdlib>
+#if defined(CONSR_TEST_REQUIRE_AVX512)  // host_test_logprobs_avx512 (test_util.hpp skips it without AVX-512)
 static_assert(CONSR_LOGPROBS_AVX512, "host_test_logprobs_avx512 must compile the AVX-512 exp-sum");
-namespace {
-const bool cpu_has_avx512 = [] {
-  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-      !__builtin_cpu_supports("avx512vl")) {
-    std::puts("skipped: this CPU has no AVX-512 (F, BW, VL)");
-    std::exit(77);
-  }
-  return true;
-}();
-}  // namespace
 #endif
 
 namespace {

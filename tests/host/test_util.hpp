@@ -19,6 +19,24 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(CONSR_TEST_REQUIRE_AVX512)
+// host_test_<family>_avx512 (tests/CMakeLists.txt): the family's tests built for AVX-512, to test the
+// code paths only such builds have; they run only on a CPU that has AVX-512 F, BW and VL, and report
+// "skipped" (exit code 77) elsewhere, before any test runs.
+#include <cstdio>
+#include <cstdlib>
+namespace consr_test {
+inline const bool cpu_has_avx512 = [] {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl")) {
+    std::puts("skipped: this CPU has no AVX-512 (F, BW, VL)");
+    std::exit(77);
+  }
+  return true;
+}();
+}  // namespace consr_test
+#endif
+
 namespace consr_test {
 
 using consr::index_t;

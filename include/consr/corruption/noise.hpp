@@ -249,14 +249,21 @@ inline void philox_words(rng_key key, std::uint64_t first_block, index_t num_blo
     }
   }
 #endif
-  const index_t done = j;
+  // The rest (all of it without x86 SIMD), counted from 0: a loop from `j` to a constant num_blocks
+  // made GCC 12 warn of an out-of-bounds iteration it cannot reach (-Waggressive-loop-optimizations).
+  const index_t rest = num_blocks - j;
+  std::uint32_t* const t0 = w0 + j;
+  std::uint32_t* const t1 = w1 + j;
+  std::uint32_t* const t2 = w2 + j;
+  std::uint32_t* const t3 = w3 + j;
+  const std::uint64_t rest_first = first_block + static_cast<std::uint64_t>(j);
   CONSR_SIMD
-  for (index_t k = done; k < num_blocks; ++k) {
-    const uint4x32 r = philox_block(key, first_block + static_cast<std::uint64_t>(k));
-    w0[k] = r.v[0];
-    w1[k] = r.v[1];
-    w2[k] = r.v[2];
-    w3[k] = r.v[3];
+  for (index_t k = 0; k < rest; ++k) {
+    const uint4x32 r = philox_block(key, rest_first + static_cast<std::uint64_t>(k));
+    t0[k] = r.v[0];
+    t1[k] = r.v[1];
+    t2[k] = r.v[2];
+    t3[k] = r.v[3];
   }
 }
 

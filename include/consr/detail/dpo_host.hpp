@@ -80,6 +80,29 @@ CONSR_FORCEINLINE void dpo_scored_lanes(const Label* p, std::int64_t ignore, dpo
 #define CONSR_DPO_LANE_VECTORS 0
 #endif
 
+/// All bits set, in a register the compiler cannot see into (see dpo_unfused).
+CONSR_FORCEINLINE std::int64_t opaque_all_ones() noexcept {
+  std::int64_t v = -1;
+#if defined(__GNUC__) || defined(__clang__)
+  __asm__("" : "+r"(v));
+#endif
+  return v;
+}
+
+/// x unchanged (mask = opaque_all_ones()), but rounded on its own: a product passed through it is never
+/// contracted with the sum it goes into. Without labels, ω·a goes straight into a sum, and GCC fuses
+/// `s += ω·a` into one multiply-add on FMA targets (-march=native), while with labels the product is
+/// masked first and rounded alone: the DPO sums would differ in the last bit between the two, and
+/// between the contiguous loops here and dpo_side. Every weighted product of the DPO sums goes through
+/// this (one AND), so they are the same bits with and without labels, strided or not, on every target.
+CONSR_FORCEINLINE double dpo_unfused(double x, std::int64_t mask) noexcept {
+  std::int64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits &= mask;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
 /// The partial sums of one side: sum 0 is Σ (a − a_ref) (Σ a with a
 /// per-sequence reference), sum 1 (when Second) Σ ω a (Σ a without weights),
 /// both over the scored tokens; `count` the scored tokens (with Labels).
@@ -88,10 +111,15 @@ struct dpo_run_sums {
 #if CONSR_DPO_LANE_VECTORS
   dpo_lanes s0{}, s1{};
   dpo_lane_mask minus_scored{};  // −1 per scored token of the full groups, per lane
+  dpo_lane_mask unfused = dpo_lane_mask{} + opaque_all_ones();
 #else
   double s0[sum_lanes] = {}, s1[sum_lanes] = {};
 #endif
+  std::int64_t unfused_bits = opaque_all_ones();
   index_t count = 0;
+
+  // dpo_unfused: the products of the vector path are masked with `unfused` (without labels) or with the
+  // scored lanes (with labels), those of the scalar path with unfused_bits.
 
   // Position j + k into lane k (scalar: the fallback and the last, partial group). An ignored
   // token adds 0 (a NaN stored there does not propagate).
@@ -100,7 +128,7 @@ struct dpo_run_sums {
     const double a = static_cast<double>(r.logp[j + k]);
     double x0 = a, x1 = a;
     if constexpr (Reference) x0 = a - static_cast<double>(r.reference[j + k]);
-    if constexpr (Weights) x1 = static_cast<double>(r.weights[j + k]) * a;
+    if constexpr (Weights) x1 = dpo_unfused(static_cast<double>(r.weights[j + k]) * a, unfused_bits);
     if constexpr (Labels) {
       const bool scored = static_cast<std::int64_t>(r.labels[j + k]) != ignore;
       x0 = scored ? x0 : 0.0;
@@ -126,6 +154,7 @@ struct dpo_run_sums {
     if constexpr (Weights) {
       dpo_load_lanes(r.weights + j, y);
       x1 = y * a;
+      if constexpr (!Labels) x1 = reinterpret_cast<dpo_lanes>(reinterpret_cast<dpo_lane_mask>(x1) & unfused);
     }
     if constexpr (Labels) {  // +0.0 in the ignored lanes, as the scalar select
       dpo_lane_mask scored;
