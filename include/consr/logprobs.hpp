@@ -87,6 +87,10 @@ struct inverse_temperature {
 // (one chain would make this loop, not the exp-sum, the bottleneck).
 template <class Acc, class Logit>
 CONSR_FORCEINLINE Acc logprob_block_max(const Logit* CONSR_RESTRICT block, index_t n) noexcept {
+#if CONSR_LOGPROBS_AVX512
+  if constexpr (std::is_same_v<Logit, bfloat16> && std::is_same_v<Acc, float>)
+    return logprob_block_max_bf16_avx512(block, n);
+#endif
   constexpr int lanes = 32;
   constexpr Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   Acc lane_max[lanes];

@@ -7,6 +7,9 @@
 #include "../numeric.hpp"
 #include "exp.hpp"
 
+#include <limits>
+#include <type_traits>
+
 // Host builds with AVX-512 (F, BW, VL) sum the exponentials of the fp32 and bf16 forward with
 // intrinsics (detail::logprob_sum_exp_avx512); every other build runs the portable `omp simd` loop.
 #if !defined(__CUDACC__) && !defined(__HIPCC__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
@@ -74,6 +77,43 @@ CONSR_FORCEINLINE __m512 logprob_load16(const bfloat16* p, __mmask16 mask) noexc
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all_lanes, _mm512_maskz_cvtepu16_epi32(all_lanes, bits), 16));
 }
 
+// 32 bf16 logits from `p` as two fp32 vectors without a shuffle: a 32-bit lane holds two bf16, the
+// even element in its low half and the odd one in its high half, so (lane << 16) is the even one
+// as fp32 and (lane & 0xffff0000) the odd one. (The lane order differs from the logits' order;
+// maxima and sums do not care, up to the order of the sum's additions.)
+CONSR_FORCEINLINE void logprob_load32_bf16(const bfloat16* p, __m512& even, __m512& odd) noexcept {
+  const __m512i v = _mm512_loadu_si512(p);
+  even = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all_lanes, v, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+/// The maximum of n bf16 logits, as logprob_block_max computes it (a NaN is dropped, as by
+/// `v > m ? v : m`: vmaxps keeps its second operand when either is NaN).
+CONSR_FORCEINLINE float logprob_block_max_bf16_avx512(const bfloat16* block, index_t n) noexcept {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
+  index_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    __m512 a, b, c, d;
+    logprob_load32_bf16(block + j, a, b);
+    logprob_load32_bf16(block + j + 32, c, d);
+    m0 = _mm512_maskz_max_ps(all_lanes, a, m0);
+    m1 = _mm512_maskz_max_ps(all_lanes, b, m1);
+    m2 = _mm512_maskz_max_ps(all_lanes, c, m2);
+    m3 = _mm512_maskz_max_ps(all_lanes, d, m3);
+  }
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, _mm512_maskz_max_ps(all_lanes, _mm512_maskz_max_ps(all_lanes, m0, m1),
+                                            _mm512_maskz_max_ps(all_lanes, m2, m3)));
+  float m = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < 16; ++l) m = lane[l] > m ? lane[l] : m;
+  for (; j < n; ++j) {
+    const float v = static_cast<float>(block[j]);
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
 template <bool Scaled, class Logit>
 CONSR_FORCEINLINE float logprob_sum_exp_avx512(const Logit* CONSR_RESTRICT chunk, index_t n, float shift,
                                                float inv_tau_hi, float inv_tau_lo) noexcept {
@@ -83,6 +123,17 @@ CONSR_FORCEINLINE float logprob_sum_exp_avx512(const Logit* CONSR_RESTRICT chunk
   constexpr __mmask16 all = all_lanes;
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
   index_t j = 0;
+  if constexpr (std::is_same_v<Logit, bfloat16>) {
+    for (; j + 64 <= n; j += 64) {
+      __m512 a, b, c, d;
+      logprob_load32_bf16(chunk + j, a, b);
+      logprob_load32_bf16(chunk + j + 32, c, d);
+      s0 = _mm512_add_ps(s0, logprob_exp2x(logprob_shifted<Scaled>(a, vshift, inv_hi, inv_lo), k));
+      s1 = _mm512_add_ps(s1, logprob_exp2x(logprob_shifted<Scaled>(b, vshift, inv_hi, inv_lo), k));
+      s2 = _mm512_add_ps(s2, logprob_exp2x(logprob_shifted<Scaled>(c, vshift, inv_hi, inv_lo), k));
+      s3 = _mm512_add_ps(s3, logprob_exp2x(logprob_shifted<Scaled>(d, vshift, inv_hi, inv_lo), k));
+    }
+  }
   for (; j + 64 <= n; j += 64) {
     s0 = _mm512_add_ps(s0, logprob_exp2x(logprob_shifted<Scaled>(logprob_load16(chunk + j, all), vshift, inv_hi, inv_lo), k));
     s1 = _mm512_add_ps(s1, logprob_exp2x(logprob_shifted<Scaled>(logprob_load16(chunk + j + 16, all), vshift, inv_hi, inv_lo), k));
