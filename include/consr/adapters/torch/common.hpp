@@ -30,33 +30,19 @@ namespace libtorch {
 /// The at::ScalarType whose elements have the bits of consr element type T
 /// (float, double, consr::bfloat16 → kBFloat16, consr::float16 → kHalf, int32, int64).
 template <class T>
-struct torch_dtype;
-template <>
-struct torch_dtype<float> {
-  static constexpr at::ScalarType value = at::kFloat;
-};
-template <>
-struct torch_dtype<double> {
-  static constexpr at::ScalarType value = at::kDouble;
-};
-template <>
-struct torch_dtype<bfloat16> {
-  static constexpr at::ScalarType value = at::kBFloat16;
-};
-template <>
-struct torch_dtype<float16> {
-  static constexpr at::ScalarType value = at::kHalf;
-};
-template <>
-struct torch_dtype<std::int32_t> {
-  static constexpr at::ScalarType value = at::kInt;
-};
-template <>
-struct torch_dtype<std::int64_t> {
-  static constexpr at::ScalarType value = at::kLong;
-};
+constexpr at::ScalarType torch_dtype_of() noexcept {
+  using U = std::remove_cv_t<T>;
+  static_assert(is_supported_float_v<U> || is_index_type_v<U>,
+                "consr::libtorch: element type must be float, double, consr::bfloat16, consr::float16, int32 or int64");
+  if constexpr (std::is_same_v<U, float>) return at::kFloat;
+  else if constexpr (std::is_same_v<U, double>) return at::kDouble;
+  else if constexpr (std::is_same_v<U, bfloat16>) return at::kBFloat16;
+  else if constexpr (std::is_same_v<U, float16>) return at::kHalf;
+  else if constexpr (std::is_same_v<U, std::int32_t>) return at::kInt;
+  else return at::kLong;
+}
 template <class T>
-inline constexpr at::ScalarType torch_dtype_v = torch_dtype<std::remove_cv_t<T>>::value;
+inline constexpr at::ScalarType torch_dtype_v = torch_dtype_of<T>();
 
 /// Python-style dtype name ("float32", "bfloat16", "int64", ...) for messages.
 inline std::string dtype_name(at::ScalarType s) {
@@ -187,39 +173,42 @@ struct type_tag {
   using type = T;
 };
 
+/// Calls f(type_tag<T>{}) with T the first of T, Rest... whose torch dtype is t's; otherwise fails
+/// naming `arg` and the dtypes `allowed`.
+template <class T, class... Rest, class F>
+decltype(auto) dispatch_dtype_among(const at::Tensor& t, const char* fn, const char* arg, F& f,
+                                    std::initializer_list<at::ScalarType> allowed) {
+  if (t.scalar_type() == torch_dtype_v<T>) return f(type_tag<T>{});
+  if constexpr (sizeof...(Rest) > 0) {
+    return dispatch_dtype_among<Rest...>(t, fn, arg, f, allowed);
+  } else {
+    fail(fn, arg, "has dtype " + dtype_name(t.scalar_type()) + " but must be " + dtype_list(allowed));
+  }
+}
+
+/// Calls f(type_tag<T>{}) with T the one of Ts (consr element or index types) that t holds;
+/// otherwise fails naming `arg` and the dtypes of Ts, in that order.
+template <class... Ts, class F>
+decltype(auto) dispatch_dtype(const at::Tensor& t, const char* fn, const char* arg, F&& f) {
+  return dispatch_dtype_among<Ts...>(t, fn, arg, f, {torch_dtype_v<Ts>...});
+}
+
 /// Calls f(type_tag<T>{}) with T the consr element type of a floating tensor.
 template <class F>
 decltype(auto) dispatch_floating(const at::Tensor& t, const char* fn, const char* arg, F&& f) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return f(type_tag<float>{});
-    case at::kDouble: return f(type_tag<double>{});
-    case at::kBFloat16: return f(type_tag<bfloat16>{});
-    case at::kHalf: return f(type_tag<float16>{});
-    default: break;
-  }
-  fail(fn, arg, "has dtype " + dtype_name(t.scalar_type()) + " but must be float32, float64, bfloat16 or float16");
+  return dispatch_dtype<float, double, bfloat16, float16>(t, fn, arg, f);
 }
 
 /// Calls f(type_tag<T>{}) with T = float or double for a float32 / float64 tensor.
 template <class F>
 decltype(auto) dispatch_float_or_double(const at::Tensor& t, const char* fn, const char* arg, F&& f) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return f(type_tag<float>{});
-    case at::kDouble: return f(type_tag<double>{});
-    default: break;
-  }
-  fail(fn, arg, "has dtype " + dtype_name(t.scalar_type()) + " but must be float32 or float64");
+  return dispatch_dtype<float, double>(t, fn, arg, f);
 }
 
 /// Calls f(type_tag<I>{}) with I = int32_t or int64_t for an int32 / int64 tensor.
 template <class F>
 decltype(auto) dispatch_index(const at::Tensor& t, const char* fn, const char* arg, F&& f) {
-  switch (t.scalar_type()) {
-    case at::kInt: return f(type_tag<std::int32_t>{});
-    case at::kLong: return f(type_tag<std::int64_t>{});
-    default: break;
-  }
-  fail(fn, arg, "has dtype " + dtype_name(t.scalar_type()) + " but must be int64 or int32");
+  return dispatch_dtype<std::int64_t, std::int32_t>(t, fn, arg, f);
 }
 
 /// Calls f(type_tag<T>{}, type_tag<I>{}) with T the consr element type of the floating tensor
