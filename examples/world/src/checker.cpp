@@ -194,6 +194,11 @@ description_check check_description(const std::string& text, const scene& s) {
 
 check_result check(const question& q, const std::string& answer, const scene* s) {
   check_result r;
+  // A number answer (count, reading): parsed as the number, correct when it is q.number.
+  const auto number = [&](const std::optional<int>& n) {
+    if (n) r.parsed = std::to_string(*n);
+    r.correct = n && *n == q.number;
+  };
   switch (q.type) {
     case question_type::existence: {
       const auto yn = parse_yes_no(answer);
@@ -207,24 +212,18 @@ check_result check(const question& q, const std::string& answer, const scene* s)
       r.correct = c && *c == q.target.c;
       break;
     }
-    case question_type::count: {
-      const auto n = parse_count_answer(answer);
-      if (n) r.parsed = std::to_string(*n);
-      r.correct = n && *n == q.number;
+    case question_type::count:
+      number(parse_count_answer(answer));
       break;
-    }
     case question_type::position: {
       const int cell = parse_position_answer(answer);
       if (cell >= 0) r.parsed = position_name(cell);
       r.correct = cell >= 0 && cell == q.cell;
       break;
     }
-    case question_type::reading: {
-      const auto d = parse_digit_answer(answer);
-      if (d) r.parsed = std::to_string(*d);
-      r.correct = d && *d == q.number;
+    case question_type::reading:
+      number(parse_digit_answer(answer));
       break;
-    }
     case question_type::description: {
       if (!s) throw std::invalid_argument("consr_world::check: a description needs its scene");
       const auto d = check_description(answer, *s);
