@@ -83,6 +83,11 @@ inline long long error_index(const error_info& info) noexcept {
                 fn ": argument '" arg "' must be a device view (consr::device_view); use consr::" host_fn \
                    " for host memory")
 
+/// True when every one of the spaces S is device_space: a launcher runs only then (its
+/// CONSR_CUDA_REQUIRE_DEVICE_VIEW asserts name the view that is not on the device).
+template <class... S>
+inline constexpr bool all_device_spaces_v = (std::is_same_v<S, ::consr::device_space> && ...);
+
 /// Grid size for `n` work items at `block` threads each, capped for grid-stride loops.
 inline unsigned grid_for(long long n, unsigned block, unsigned max_blocks = 65535u * 4u) noexcept {
   const long long g = (n + block - 1) / block;

@@ -514,9 +514,7 @@ status linear_token_logprobs(cublasHandle_t handle, void* d_temp_storage, std::s
   static_assert(outputs_ok,
                 "consr::cuda::linear_token_logprobs: token_logp and lse must be non-const device views of "
                 "accum_t<T> (float for float/bfloat16/float16, double for double)");
-  if constexpr (same_type && outputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
-                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space> &&
-                std::is_same_v<S5, device_space> && std::is_same_v<S6, device_space>) {
+  if constexpr (same_type && outputs_ok && all_device_spaces_v<S1, S2, S3, S4, S5, S6>) {
     return detail::linear_forward<T, Label>(handle, d_temp_storage, temp_storage_bytes, hidden, weight, bias, labels,
                                             token_logp, lse, options, error, stream);
   } else {
@@ -569,11 +567,7 @@ status linear_token_logprobs_backward(cublasHandle_t handle, void* d_temp_storag
   static_assert(outputs_ok,
                 "consr::cuda::linear_token_logprobs_backward: grad_hidden, grad_weight and grad_bias must be "
                 "non-const device views of accum_t<T>");
-  if constexpr (same_type && inputs_ok && outputs_ok && std::is_same_v<S1, device_space> &&
-                std::is_same_v<S2, device_space> && std::is_same_v<S3, device_space> &&
-                std::is_same_v<S4, device_space> && std::is_same_v<S5, device_space> &&
-                std::is_same_v<S6, device_space> && std::is_same_v<S7, device_space> &&
-                std::is_same_v<S8, device_space> && std::is_same_v<S9, device_space>) {
+  if constexpr (same_type && inputs_ok && outputs_ok && all_device_spaces_v<S1, S2, S3, S4, S5, S6, S7, S8, S9>) {
     return detail::linear_backward<T, Label>(handle, d_temp_storage, temp_storage_bytes, hidden, weight, bias, labels,
                                              lse, grad_token_logp, grad_hidden, grad_weight, grad_bias, options, error,
                                              stream);

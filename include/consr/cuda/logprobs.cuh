@@ -386,8 +386,7 @@ status token_logprobs_entry(void* d_temp_storage, std::size_t* temp_storage_byte
   static_assert(outputs_ok,
                 "consr::cuda::token_logprobs: token_logp and lse must be non-const device views of accum_t<Logit> "
                 "(float for float/bfloat16/float16 logits, double for double)");
-  if constexpr (outputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
-                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space>) {
+  if constexpr (outputs_ok && all_device_spaces_v<S1, S2, S3, S4>) {
     return logprob_forward<Logit, Label>(d_temp_storage, temp_storage_bytes, logits, labels, token_logp, lse, options,
                                          error, stream);
   } else {
@@ -463,9 +462,7 @@ status token_logprobs_backward(strided_view<LogitsT, 2, S1> logits, strided_view
       std::is_same_v<std::remove_const_t<LseT>, Acc> && std::is_same_v<std::remove_const_t<GradLogpT>, Acc>;
   static_assert(inputs_ok,
                 "consr::cuda::token_logprobs_backward: lse and grad_token_logp must be device views of accum_t<Logit>");
-  if constexpr (inputs_ok && std::is_same_v<S1, device_space> && std::is_same_v<S2, device_space> &&
-                std::is_same_v<S3, device_space> && std::is_same_v<S4, device_space> &&
-                std::is_same_v<S5, device_space>) {
+  if constexpr (inputs_ok && all_device_spaces_v<S1, S2, S3, S4, S5>) {
     return detail::logprob_backward<Logit, Label, Grad>(logits, labels, lse, grad_token_logp, grad_logits, options,
                                                         error, stream);
   } else {
