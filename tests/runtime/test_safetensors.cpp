@@ -185,63 +185,57 @@ TEST_CASE("safetensors: corrupt or malicious files throw runtime_error naming th
 
   expect_rejected(dir, "empty", "", {"fewer than the 8-byte"});
   expect_rejected(dir, "short", "abc", {"3 bytes"});
-  expect_rejected(dir, "len_beyond_file", make_file("{}", "", 4096), {"runs past the end"});
-  expect_rejected(dir, "len_huge", make_file("{}", "", 200'000'000ULL), {"100 MB"});
-  expect_rejected(dir, "len_max", make_file("{}", "", UINT64_MAX - 1), {"100 MB"});
-  expect_rejected(dir, "not_json", make_file("{not json", data8), {"not valid JSON"});
-  expect_rejected(dir, "truncated_json", make_file(R"({"a":{"dtype":"F32")", data8), {"not valid JSON"});
-  expect_rejected(dir, "array_header", make_file("[1,2]", data8), {"not a JSON object"});
-  expect_rejected(dir, "empty_header", make_file("", data8), {"not a JSON object"});
-  expect_rejected(dir, "entry_not_object", make_file(R"({"w":[1]})", data8), {"'w'", "not a JSON object"});
-  expect_rejected(dir, "unknown_dtype", make_file(R"({"w":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "unknown dtype 'F17'"});
-  expect_rejected(dir, "missing_dtype", make_file(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "dtype"});
-  expect_rejected(dir, "negative_shape",
-                  make_file(R"({"w":{"dtype":"F32","shape":[-1,2],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "non-negative"});
-  expect_rejected(dir, "fractional_shape",
-                  make_file(R"({"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "non-negative"});
-  expect_rejected(dir, "shape_overflow",
-                  make_file(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,8]}})",
-                            data8),
-                  {"'w'", "overflow"});
-  expect_rejected(dir, "bytes_overflow",
-                  make_file(R"({"w":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "overflow"});
-  expect_rejected(dir, "length_mismatch",
-                  make_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8),
-                  {"'w'", "needs 12"});
-  expect_rejected(dir, "offsets_out_of_range",
-                  make_file(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data8),
-                  {"'w'", "outside the data buffer"});
-  expect_rejected(dir, "offsets_reversed",
-                  make_file(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", data8),
-                  {"'w'", "outside"});
-  expect_rejected(dir, "offsets_negative",
-                  make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", data8),
-                  {"'w'", "data_offsets"});
-  expect_rejected(dir, "offsets_not_pair",
-                  make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data8),
-                  {"'w'", "data_offsets"});
-  expect_rejected(dir, "overlap",
-                  make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                            std::string(12, '\0')),
-                  {"'b'", "overlap", "'a'"});
-  expect_rejected(dir, "overlap_same",
-                  make_file(R"({"a":)" + ok_entry + R"(,"b":)" + ok_entry + "}", data8), {"overlap"});
-  expect_rejected(dir, "duplicate_names",
-                  make_file(R"({"w":)" + ok_entry + R"(,"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
-                            std::string(16, '\0')),
-                  {"'w' twice"});
-  expect_rejected(dir, "duplicate_field", make_file(R"({"w":{"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}})", data8),
-                  {"'dtype' twice"});
-  expect_rejected(dir, "metadata_not_string", make_file(R"({"__metadata__":{"a":1},"w":)" + ok_entry + "}", data8),
-                  {"__metadata__", "'a'"});
-  expect_rejected(dir, "metadata_not_object", make_file(R"({"__metadata__":[],"w":)" + ok_entry + "}", data8),
-                  {"__metadata__"});
+
+  // One row a corrupt header: the file make_file(header, data, declared_len) must be rejected with
+  // every one of `parts` in the message (expect_rejected names the row in a failure).
+  struct corrupt_header {
+    std::string name, header, data;
+    std::vector<std::string> parts;
+    std::uint64_t declared_len = UINT64_MAX;
+  };
+  const std::vector<corrupt_header> rows = {
+      {"len_beyond_file", "{}", "", {"runs past the end"}, 4096},
+      {"len_huge", "{}", "", {"100 MB"}, 200'000'000ULL},
+      {"len_max", "{}", "", {"100 MB"}, UINT64_MAX - 1},
+      {"not_json", "{not json", data8, {"not valid JSON"}},
+      {"truncated_json", R"({"a":{"dtype":"F32")", data8, {"not valid JSON"}},
+      {"array_header", "[1,2]", data8, {"not a JSON object"}},
+      {"empty_header", "", data8, {"not a JSON object"}},
+      {"entry_not_object", R"({"w":[1]})", data8, {"'w'", "not a JSON object"}},
+      {"unknown_dtype", R"({"w":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", data8,
+       {"'w'", "unknown dtype 'F17'"}},
+      {"missing_dtype", R"({"w":{"shape":[2],"data_offsets":[0,8]}})", data8, {"'w'", "dtype"}},
+      {"negative_shape", R"({"w":{"dtype":"F32","shape":[-1,2],"data_offsets":[0,8]}})", data8,
+       {"'w'", "non-negative"}},
+      {"fractional_shape", R"({"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,8]}})", data8,
+       {"'w'", "non-negative"}},
+      {"shape_overflow",
+       R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,8]}})", data8,
+       {"'w'", "overflow"}},
+      {"bytes_overflow", R"({"w":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]}})", data8,
+       {"'w'", "overflow"}},
+      {"length_mismatch", R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8, {"'w'", "needs 12"}},
+      {"offsets_out_of_range", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data8,
+       {"'w'", "outside the data buffer"}},
+      {"offsets_reversed", R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", data8, {"'w'", "outside"}},
+      {"offsets_negative", R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", data8,
+       {"'w'", "data_offsets"}},
+      {"offsets_not_pair", R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data8,
+       {"'w'", "data_offsets"}},
+      {"overlap",
+       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+       R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       std::string(12, '\0'), {"'b'", "overlap", "'a'"}},
+      {"overlap_same", R"({"a":)" + ok_entry + R"(,"b":)" + ok_entry + "}", data8, {"overlap"}},
+      {"duplicate_names", R"({"w":)" + ok_entry + R"(,"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+       std::string(16, '\0'), {"'w' twice"}},
+      {"duplicate_field", R"({"w":{"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}})", data8,
+       {"'dtype' twice"}},
+      {"metadata_not_string", R"({"__metadata__":{"a":1},"w":)" + ok_entry + "}", data8, {"__metadata__", "'a'"}},
+      {"metadata_not_object", R"({"__metadata__":[],"w":)" + ok_entry + "}", data8, {"__metadata__"}},
+  };
+  for (const auto& row : rows)
+    expect_rejected(dir, row.name, make_file(row.header, row.data, row.declared_len), row.parts);
 
   // A real file cut short: its last tensor's offsets now run past the data buffer.
   const std::string good = dir.file("good.safetensors");
