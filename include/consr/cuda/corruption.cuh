@@ -169,9 +169,10 @@ struct odometer {
 /// already give instruction-level parallelism.
 inline constexpr int noise_min_blocks_per_sm = 6;
 
-template <class T, class Acc, bool Vectorized>
-__global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) noise_contiguous_kernel(const T* x, T* y, index_t n, rng_key key, std::uint64_t element_offset,
-                                        Acc a, Acc b) {
+/// The grid-stride loop both noise kernels share: calls f(i0, z) for each work unit, with z the
+/// four normals of local elements i0 .. i0 + 3 (some of which may lie outside [0, n)).
+template <class F>
+__device__ __forceinline__ void for_each_noise_block(index_t n, rng_key key, std::uint64_t element_offset, F&& f) {
   const std::uint64_t first_block = element_offset / 4;
   const index_t lead = static_cast<index_t>(element_offset % 4);
   const index_t num_blocks = (lead + n + 3) / 4;
@@ -179,6 +180,14 @@ __global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) no
        k += static_cast<index_t>(gridDim.x) * blockDim.x) {
     const normal4 z = normal_block(key, first_block + static_cast<std::uint64_t>(k));
     const index_t i0 = 4 * k - lead;
+    f(i0, z);
+  }
+}
+
+template <class T, class Acc, bool Vectorized>
+__global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) noise_contiguous_kernel(const T* x, T* y, index_t n, rng_key key, std::uint64_t element_offset,
+                                        Acc a, Acc b) {
+  for_each_noise_block(n, key, element_offset, [&](index_t i0, const normal4& z) {
     if (Vectorized && i0 >= 0 && i0 + 4 <= n) {
       const group4<T> in = load_group(x + i0);
       group4<T> out;
@@ -192,19 +201,13 @@ __global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) no
         if (i >= 0 && i < n) y[i] = noised(x[i], z.v[l], a, b);
       }
     }
-  }
+  });
 }
 
 template <class T, int R, class Acc>
 __global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) noise_strided_kernel(device_view<const T, R> x, device_view<T, R> y, index_t n, rng_key key,
                                      std::uint64_t element_offset, Acc a, Acc b) {
-  const std::uint64_t first_block = element_offset / 4;
-  const index_t lead = static_cast<index_t>(element_offset % 4);
-  const index_t num_blocks = (lead + n + 3) / 4;
-  for (index_t k = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < num_blocks;
-       k += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const normal4 z = normal_block(key, first_block + static_cast<std::uint64_t>(k));
-    const index_t i0 = 4 * k - lead;
+  for_each_noise_block(n, key, element_offset, [&](index_t i0, const normal4& z) {
     const int lo = i0 < 0 ? static_cast<int>(-i0) : 0;
     const int hi = n - i0 < 4 ? static_cast<int>(n - i0) : 4;
     odometer<R> it;
@@ -213,7 +216,7 @@ __global__ void __launch_bounds__(elementwise_block, noise_min_blocks_per_sm) no
       if (l > lo) it.next(x, y);
       y.data()[it.off_b] = noised(x.data()[it.off_a], z.v[l], a, b);
     }
-  }
+  });
 }
 
 template <class T, int R>
