@@ -322,6 +322,31 @@ void linear_fold_chunk(const Acc* row, index_t n_cols, double& running_max, doub
   running_sum = sum;
 }
 
+// What the forward and the backward set up alike once the checks pass: the temperature, the
+// vocabulary chunk, the chunk-logits buffer and the hidden operand in the accumulation type.
+template <class T>
+struct linear_pass {
+  using Acc = accum_t<T>;
+  double tau;
+  bool scaled;
+  inverse_temperature<Acc> inv_tau;
+  std::int64_t ignore_index;
+  index_t chunk;
+  Acc* logits;
+  index_t hidden_ld = 0;
+  const Acc* hidden_acc;
+
+  linear_pass(const host_view<const T, 2>& hidden, index_t vocab, const linear_logprob_options& options,
+              const linear_workspace& ws, const linear_workspace_layout& layout) noexcept
+      : tau(options.temperature),
+        scaled(options.temperature != 1.0),
+        inv_tau(options.temperature),
+        ignore_index(options.ignore_index),
+        chunk(std::min(options.vocab_chunk, vocab)),
+        logits(ws.at<Acc>(layout.logits)),
+        hidden_acc(linear_hidden_operand(hidden, ws, layout, hidden_ld)) {}
+};
+
 template <class Gemm, class T, class Label>
 void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T, 2> weight,
                                 host_view<const T, 1> bias, host_view<const Label, 1> labels,
@@ -346,17 +371,10 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   const linear_workspace ws(workspace, layout.bytes, fn);
 
   // ---- setup -----------------------------------------------------------------------------------
-  const double tau = options.temperature;
-  const bool scaled = tau != 1.0;
-  const inverse_temperature<Acc> inv_tau(tau);
-  const std::int64_t ignore_index = options.ignore_index;
-  const index_t chunk = std::min(options.vocab_chunk, vocab);
-  Acc* logits = ws.at<Acc>(layout.logits);
+  const linear_pass<T> pass(hidden, vocab, options, ws, layout);
   double* row_max = ws.at<double>(layout.row_max);
   double* row_sum = ws.at<double>(layout.row_sum);
   double* label_logit = ws.at<double>(layout.label_logit);
-  index_t hidden_ld = 0;
-  const Acc* hidden_acc = linear_hidden_operand(hidden, ws, layout, hidden_ld);
   for (index_t i = 0; i < tokens; ++i) {
     row_max[i] = -std::numeric_limits<double>::infinity();
     row_sum[i] = 0.0;
@@ -364,36 +382,37 @@ void linear_token_logprobs_impl(host_view<const T, 2> hidden, host_view<const T,
   }
 
   // ---- vocabulary chunks: one GEMM, then one pass over each token's chunk row ---------------------
-  for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
-    const index_t cols = std::min(chunk, vocab - v0);
+  for (index_t v0 = 0; v0 < vocab; v0 += pass.chunk) {
+    const index_t cols = std::min(pass.chunk, vocab - v0);
     index_t weight_chunk_ld = 0;
-    linear_chunk_logits<Gemm>(weight, v0, cols, tokens, hidden_acc, hidden_ld, ws, layout, logits, weight_chunk_ld);
+    linear_chunk_logits<Gemm>(weight, v0, cols, tokens, pass.hidden_acc, pass.hidden_ld, ws, layout, pass.logits,
+                              weight_chunk_ld);
     const T* bias_chunk = linear_bias_chunk(bias, v0);
     const bool run_parallel = parallel_worth_it(tokens, cols);
     (void)run_parallel;
     CONSR_OMP(parallel for schedule(static) if (run_parallel))
     for (index_t i = 0; i < tokens; ++i) {
       const std::int64_t y = static_cast<std::int64_t>(labels[i]);
-      if (y == ignore_index) continue;
-      Acc* row = logits + i * cols;
+      if (y == pass.ignore_index) continue;
+      Acc* row = pass.logits + i * cols;
       if (bias_chunk) add_bias(row, bias_chunk, cols);
       if (y >= v0 && y < v0 + cols) label_logit[i] = static_cast<double>(row[y - v0]);
-      if (scaled) linear_fold_chunk<true>(row, cols, row_max[i], row_sum[i], tau, inv_tau);
-      else linear_fold_chunk<false>(row, cols, row_max[i], row_sum[i], tau, inv_tau);
+      if (pass.scaled) linear_fold_chunk<true>(row, cols, row_max[i], row_sum[i], pass.tau, pass.inv_tau);
+      else linear_fold_chunk<false>(row, cols, row_max[i], row_sum[i], pass.tau, pass.inv_tau);
     }
   }
 
   // ---- results: logp = (z_y − max) / τ − log Σ, lse = max / τ + log Σ (in fp64, as token_logprobs) ---
   for (index_t i = 0; i < tokens; ++i) {
     const std::int64_t y = static_cast<std::int64_t>(labels[i]);
-    if (y == ignore_index) {
+    if (y == pass.ignore_index) {
       token_logp[i] = Acc(0);
       if (write_lse) lse[i] = Acc(0);
       continue;
     }
     const row_logsumexp r{row_max[i], std::log(row_sum[i])};
-    token_logp[i] = static_cast<Acc>(r.logp(label_logit[i], tau));
-    if (write_lse) lse[i] = static_cast<Acc>(r.lse(tau));
+    token_logp[i] = static_cast<Acc>(r.logp(label_logit[i], pass.tau));
+    if (write_lse) lse[i] = static_cast<Acc>(r.lse(pass.tau));
   }
 }
 
@@ -460,42 +479,36 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   const linear_workspace ws(workspace, layout.bytes, fn);
 
   // ---- setup -----------------------------------------------------------------------------------
-  const double tau = options.temperature;
-  const bool scaled = tau != 1.0;
-  const inverse_temperature<Acc> inv_tau(tau);
-  const std::int64_t ignore_index = options.ignore_index;
-  const index_t chunk = std::min(options.vocab_chunk, vocab);
-  Acc* logits = ws.at<Acc>(layout.logits);
+  const linear_pass<T> pass(hidden, vocab, options, ws, layout);
   const index_t grad_weight_ld = gemm_leading_dim(grad_weight);
-  index_t hidden_ld = 0;
-  const Acc* hidden_acc = linear_hidden_operand(hidden, ws, layout, hidden_ld);
 
-  for (index_t v0 = 0; v0 < vocab; v0 += chunk) {
-    const index_t cols = std::min(chunk, vocab - v0);
+  for (index_t v0 = 0; v0 < vocab; v0 += pass.chunk) {
+    const index_t cols = std::min(pass.chunk, vocab - v0);
     // Recompute the chunk's logits, then turn them into G in place.
     index_t weight_chunk_ld = 0;
-    const Acc* weight_chunk = linear_chunk_logits<Gemm>(weight, v0, cols, tokens, hidden_acc, hidden_ld, ws, layout,
-                                                        logits, weight_chunk_ld);
+    const Acc* weight_chunk = linear_chunk_logits<Gemm>(weight, v0, cols, tokens, pass.hidden_acc, pass.hidden_ld, ws,
+                                                        layout, pass.logits, weight_chunk_ld);
     const T* bias_chunk = linear_bias_chunk(bias, v0);
     const bool run_parallel = parallel_worth_it(tokens, cols);
     (void)run_parallel;
     CONSR_OMP(parallel for schedule(static) if (run_parallel))
     for (index_t i = 0; i < tokens; ++i) {
-      Acc* row = logits + i * cols;
+      Acc* row = pass.logits + i * cols;
       const std::int64_t y = static_cast<std::int64_t>(labels[i]);
-      if (y == ignore_index) {
+      if (y == pass.ignore_index) {
         std::fill(row, row + cols, Acc(0));
         continue;
       }
       if (bias_chunk) add_bias(row, bias_chunk, cols);
-      const double scale = static_cast<double>(grad_token_logp[i]) / tau;  // g_i / τ
+      const double scale = static_cast<double>(grad_token_logp[i]) / pass.tau;  // g_i / τ
       const Acc row_lse = lse[i];
       const bool label_here = y >= v0 && y < v0 + cols;
       const double z_y = label_here ? static_cast<double>(row[y - v0]) : 0.0;  // read before it is overwritten
       const Acc neg_scale = static_cast<Acc>(-scale);
-      if (scaled) logprob_grad_row<true>(row, row, cols, inv_tau, row_lse, neg_scale);
-      else logprob_grad_row<false>(row, row, cols, inv_tau, row_lse, neg_scale);
-      if (label_here) row[y - v0] = static_cast<Acc>(logprob_label_grad(scale, z_y, tau, static_cast<double>(row_lse)));
+      if (pass.scaled) logprob_grad_row<true>(row, row, cols, pass.inv_tau, row_lse, neg_scale);
+      else logprob_grad_row<false>(row, row, cols, pass.inv_tau, row_lse, neg_scale);
+      if (label_here)
+        row[y - v0] = static_cast<Acc>(logprob_label_grad(scale, z_y, pass.tau, static_cast<double>(row_lse)));
     }
     if (want_bias) {
       // ∂b[v0 + j] += Σ_i G[i, j]: column blocks in parallel, rows summed in order within each.
@@ -508,7 +521,7 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
         const index_t nj = std::min(column_block, cols - j0);
         Acc column_sum[column_block] = {};
         for (index_t i = 0; i < tokens; ++i) {
-          const Acc* g_row = logits + i * cols + j0;
+          const Acc* g_row = pass.logits + i * cols + j0;
           CONSR_SIMD
           for (index_t j = 0; j < nj; ++j) column_sum[j] += g_row[j];
         }
@@ -517,10 +530,10 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
     }
     // ∂h (=, then +=) G · W_chunk;  ∂W_chunk += Gᵀ · hidden.
     if (want_hidden)
-      Gemm::gemm_nn(tokens, hidden_size, cols, Acc(1), logits, cols, weight_chunk, weight_chunk_ld,
+      Gemm::gemm_nn(tokens, hidden_size, cols, Acc(1), pass.logits, cols, weight_chunk, weight_chunk_ld,
                     v0 == 0 ? Acc(0) : Acc(1), grad_hidden.data(), grad_hidden_ld);
     if (want_weight)
-      Gemm::gemm_tn(cols, hidden_size, tokens, Acc(1), logits, cols, hidden_acc, hidden_ld, Acc(1),
+      Gemm::gemm_tn(cols, hidden_size, tokens, Acc(1), pass.logits, cols, pass.hidden_acc, pass.hidden_ld, Acc(1),
                     grad_weight.data() + v0 * grad_weight.stride(0), grad_weight_ld);
   }
 }
