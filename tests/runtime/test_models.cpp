@@ -62,13 +62,20 @@ rgb_image fixture_image(const fixture& f) {
   return load_image(f.dir + "/" + f.meta["prompt_images"][0].get<std::string>());
 }
 
-model_inputs qwen_image_inputs_from_pixels() {
-  const fixture& f = qwen_fixture();
+// The fixture's prompt (its input_ids), with `pixel_values` as its image when given; the caller adds
+// the family's image_grid_thw / image_sizes or the features.
+model_inputs prompt_inputs(const fixture& f, const torch::Tensor& pixel_values = {}) {
   model_inputs in;
   in.input_ids = f["prompt_input_ids"];
+  in.images.pixel_values = pixel_values;
+  return in;
+}
+
+model_inputs qwen_image_inputs_from_pixels() {
+  const fixture& f = qwen_fixture();
+  const std::int64_t rows = f["prompt_image_grid_thw"].prod().item<std::int64_t>();
+  model_inputs in = prompt_inputs(f, f["pixel_values"].narrow(0, 0, rows));
   in.images.image_grid_thw = f["prompt_image_grid_thw"];
-  const std::int64_t rows = in.images.image_grid_thw.prod().item<std::int64_t>();
-  in.images.pixel_values = f["pixel_values"].narrow(0, 0, rows);
   return in;
 }
 
@@ -130,16 +137,13 @@ TEST_CASE("models: Qwen2.5-VL logits equal HF (fp32, image in the input)", "[mod
   SECTION("from the PNG through the processor (decode → smart_resize → normalize → pack)") {
     auto processor = qwen2_vl_image_processor::from_file(qwen_dir);
     auto packed = processor({fixture_image(f)});
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
-    in.images.pixel_values = packed.pixel_values;
+    model_inputs in = prompt_inputs(f, packed.pixel_values);
     in.images.image_grid_thw = packed.image_grid_thw;
     CHECK(packed.image_grid_thw.equal(f["prompt_image_grid_thw"]));
     check_prompt_logits(model->forward(in)[0], f);
   }
   SECTION("from HF's vision features (the decoder, merge and mRoPE alone)") {
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
+    model_inputs in = prompt_inputs(f);
     in.images.image_grid_thw = f["prompt_image_grid_thw"];
     const std::int64_t n = f.meta["num_image_tokens"].get<std::int64_t>();
     in.images.features = f["vision_features"].narrow(0, 0, n);
@@ -175,16 +179,13 @@ TEST_CASE("models: LLaVA-OneVision logits equal HF (fp32, image in the input)", 
   SECTION("from the PNG through the processor (anyres tiles, packing with image_newline)") {
     auto processor = llava_onevision_image_processor::from_directory(llava_dir);
     auto packed = processor({fixture_image(f)});
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
-    in.images.pixel_values = packed.pixel_values;
+    model_inputs in = prompt_inputs(f, packed.pixel_values);
     in.images.image_sizes = packed.image_sizes;
     CHECK(packed.num_image_tokens.at(0) == f.meta["num_image_tokens"].get<std::int64_t>());
     check_prompt_logits(model->forward(in)[0], f);
   }
   SECTION("from HF's packed image features (the decoder and merge alone)") {
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
+    model_inputs in = prompt_inputs(f);
     in.images.features = f["vision_features"];
     check_prompt_logits(model->forward(in)[0], f);
   }
@@ -335,16 +336,14 @@ TEST_CASE("models: bad input is rejected with a clear error", "[models]") {
   auto model = load_model(qwen_dir);
   torch::NoGradGuard no_grad;
   SECTION("image token count differs from the features") {
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
+    model_inputs in = prompt_inputs(f);
     in.images.image_grid_thw = f["prompt_image_grid_thw"];
     in.images.features = f["vision_features"];  // 28 rows for 24 tokens
     CHECK_THROWS_WITH(model->embed(in), Catch::Contains("'input_ids'") && Catch::Contains("24 image tokens") &&
                                             Catch::Contains("28 feature rows"));
   }
   SECTION("image tokens without images") {
-    model_inputs in;
-    in.input_ids = f["prompt_input_ids"];
+    model_inputs in = prompt_inputs(f);
     CHECK_THROWS_WITH(model->forward(in), Catch::Contains("'input_ids'"));
   }
   SECTION("a prompt longer than max_position_embeddings") {
