@@ -108,6 +108,14 @@ bool same(const std::map<std::string, torch::Tensor>& a, const std::map<std::str
   return a.size() == b.size();
 }
 
+/// What the load-error cases share: a directory for the checkpoint, a fresh model, and its values
+/// before any load (a failed load must leave them unchanged).
+struct load_fixture {
+  temp_dir dir;
+  tiny_vlm m;
+  const std::map<std::string, torch::Tensor> before = snapshot(m);
+};
+
 }  // namespace
 
 TEST_CASE("load_weights: newer and legacy hub prefixes both load, converting bf16 to the module dtype") {
@@ -142,14 +150,13 @@ TEST_CASE("load_weights: newer and legacy hub prefixes both load, converting bf1
   }
 }
 
-TEST_CASE("load_weights: the first present candidate prefix wins, the longest module prefix binds") {
-  temp_dir dir;
+TEST_CASE_METHOD(load_fixture,
+                 "load_weights: the first present candidate prefix wins, the longest module prefix binds") {
   auto ts = hub_tensors("model.language_model.", "model.visual.", "lm_head.");
   // A second copy of the head under the legacy name: the first candidate ("lm_head.") is used, and
   // the other copy is an extra unless ignored.
   ts["language_model.lm_head.weight"] = torch::zeros({10, 4});
   checkpoint ck(write_checkpoint(dir, ts));
-  tiny_vlm m;
   CHECK_THAT(load_error(m, ck, bindings), Contains("extra") && Contains("'language_model.lm_head.weight'"));
   load_options o;
   o.ignore_extra = {"^language_model\\.lm_head\\."};
@@ -168,13 +175,11 @@ TEST_CASE("load_weights: the first present candidate prefix wins, the longest mo
   CHECK(torch::equal(l1->q_proj->weight, ts.at("model.language_model.layers.0.q_proj.weight").to(torch::kFloat32)));
 }
 
-TEST_CASE("load_weights: a missing tensor is an error naming it and the names tried; the module is unchanged") {
-  temp_dir dir;
+TEST_CASE_METHOD(load_fixture,
+                 "load_weights: a missing tensor is an error naming it and the names tried; the module is unchanged") {
   auto ts = hub_tensors("model.language_model.", "model.visual.", "lm_head.");
   ts.erase("model.language_model.layers.1.q_proj.bias");
   checkpoint ck(write_checkpoint(dir, ts));
-  tiny_vlm m;
-  const auto before = snapshot(m);
   const std::string msg = load_error(m, ck, bindings);
   CHECK_THAT(msg, Contains("1 missing") && Contains("'language_model.layers.1.q_proj.bias'") &&
                       Contains("'model.language_model.layers.1.q_proj.bias'") &&
@@ -190,14 +195,12 @@ TEST_CASE("load_weights: a missing tensor is an error naming it and the names tr
   CHECK(torch::equal(l1->q_proj->weight, ts.at("model.language_model.layers.1.q_proj.weight").to(torch::kFloat32)));
 }
 
-TEST_CASE("load_weights: an extra checkpoint tensor is an error naming it unless ignore_extra matches") {
-  temp_dir dir;
+TEST_CASE_METHOD(load_fixture,
+                 "load_weights: an extra checkpoint tensor is an error naming it unless ignore_extra matches") {
   auto ts = hub_tensors("model.language_model.", "model.visual.", "lm_head.");
   ts["model.visual.unused_head.weight"] = torch::ones({2});
   ts["model.language_model.rotary_emb.inv_freq"] = torch::ones({2});
   checkpoint ck(write_checkpoint(dir, ts));
-  tiny_vlm m;
-  const auto before = snapshot(m);
   const std::string msg = load_error(m, ck, bindings);
   CHECK_THAT(msg, Contains("2 extra") && Contains("'model.visual.unused_head.weight'") &&
                       Contains("'model.language_model.rotary_emb.inv_freq'"));
@@ -210,23 +213,18 @@ TEST_CASE("load_weights: an extra checkpoint tensor is an error naming it unless
   CHECK_THAT(load_error(m, ck, bindings, o), Contains("1 extra") && Contains("inv_freq") && !Contains("unused_head"));
 }
 
-TEST_CASE("load_weights: a mis-shaped tensor is an error naming it with both shapes") {
-  temp_dir dir;
+TEST_CASE_METHOD(load_fixture, "load_weights: a mis-shaped tensor is an error naming it with both shapes") {
   auto ts = hub_tensors("language_model.model.", "visual.", "language_model.lm_head.");
   ts["visual.weight"] = torch::zeros({5, 3});
   checkpoint ck(write_checkpoint(dir, ts));
-  tiny_vlm m;
-  const auto before = snapshot(m);
   const std::string msg = load_error(m, ck, bindings);
   CHECK_THAT(msg, Contains("1 mis-shaped") && Contains("'visual.weight'") && Contains("[5, 3]") && Contains("[5, 2]"));
   CHECK_THAT(msg, !Contains("extra"));  // a mis-shaped tensor is not also reported as unused
   CHECK(same(before, snapshot(m)));
 }
 
-TEST_CASE("load_weights: tensors no binding covers, and invalid regexes, are errors") {
-  temp_dir dir;
+TEST_CASE_METHOD(load_fixture, "load_weights: tensors no binding covers, and invalid regexes, are errors") {
   checkpoint ck(write_checkpoint(dir, hub_tensors("model.language_model.", "model.visual.", "lm_head.")));
-  tiny_vlm m;
   std::vector<weight_binding> partial(bindings.begin(), bindings.begin() + 2);  // no lm_head binding
   CHECK_THAT(load_error(m, ck, partial), Contains("no binding") && Contains("'lm_head.weight'") &&
                                              Contains("extra") && Contains("'lm_head.weight'"));
