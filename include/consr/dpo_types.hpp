@@ -28,30 +28,26 @@ enum class loss_reduction {
   none,  ///< per-pair values in metrics.loss; dpo_forward returns their sum
 };
 
-namespace detail {
-inline constexpr enum_name<dpo_loss_type> dpo_loss_type_names[] = {{dpo_loss_type::consr, "consr", " (eq. 14)"},
-                                                                   {dpo_loss_type::standard, "standard", " (eq. 7)"}};
-inline constexpr enum_name<loss_reduction> loss_reduction_names[] = {
-    {loss_reduction::mean, "mean"}, {loss_reduction::sum, "sum"}, {loss_reduction::none, "none"}};
-}  // namespace detail
-
-/// Name of a loss type: "standard" or "consr".
-inline const char* to_string(dpo_loss_type t) noexcept { return detail::name_of(t, detail::dpo_loss_type_names); }
+/// The loss types' names, "consr" and "standard" (consr::to_string, parse_dpo_loss_type).
+constexpr detail::enum_table<dpo_loss_type, 2> enum_names(dpo_loss_type) noexcept {
+  return {"consr::parse_dpo_loss_type",
+          "loss_type",
+          {{dpo_loss_type::consr, "consr", " (eq. 14)"}, {dpo_loss_type::standard, "standard", " (eq. 7)"}}};
+}
 
 /// The dpo_loss_type named `name` ("consr" or "standard", as to_string writes them).
 /// Throws consr::error naming 'loss_type' otherwise.
-inline dpo_loss_type parse_dpo_loss_type(std::string_view name) {
-  return detail::parse_name(name, detail::dpo_loss_type_names, "consr::parse_dpo_loss_type", "loss_type");
-}
+inline dpo_loss_type parse_dpo_loss_type(std::string_view name) { return detail::parse_enum<dpo_loss_type>(name); }
 
-/// Name of a reduction: "mean", "sum" or "none".
-inline const char* to_string(loss_reduction r) noexcept { return detail::name_of(r, detail::loss_reduction_names); }
+/// The reductions' names, "mean", "sum" and "none" (consr::to_string, parse_loss_reduction).
+constexpr detail::enum_table<loss_reduction, 3> enum_names(loss_reduction) noexcept {
+  using r = loss_reduction;
+  return {"consr::parse_loss_reduction", "reduction", {{r::mean, "mean"}, {r::sum, "sum"}, {r::none, "none"}}};
+}
 
 /// The loss_reduction named `name` ("mean", "sum" or "none", as to_string writes them).
 /// Throws consr::error naming 'reduction' otherwise.
-inline loss_reduction parse_loss_reduction(std::string_view name) {
-  return detail::parse_name(name, detail::loss_reduction_names, "consr::parse_loss_reduction", "reduction");
-}
+inline loss_reduction parse_loss_reduction(std::string_view name) { return detail::parse_enum<loss_reduction>(name); }
 
 /// Options of dpo_forward / dpo_backward.
 struct dpo_options {

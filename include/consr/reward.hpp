@@ -32,18 +32,14 @@ enum class reward_space {
   log,          ///< extension: differences of mean token log-probs (log P) instead
 };
 
-namespace detail {
-inline constexpr enum_name<reward_space> reward_space_names[] = {{reward_space::probability, "probability"},
-                                                                 {reward_space::log, "log"}};
-}  // namespace detail
-
-/// Name of a reward space: "probability" or "log".
-inline const char* to_string(reward_space s) noexcept { return detail::name_of(s, detail::reward_space_names); }
+/// The reward spaces' names, "probability" and "log" (consr::to_string, parse_reward_space).
+constexpr detail::enum_table<reward_space, 2> enum_names(reward_space) noexcept {
+  using s = reward_space;
+  return {"consr::parse_reward_space", "space", {{s::probability, "probability"}, {s::log, "log"}}};
+}
 
 /// The reward_space named `name` ("probability" or "log"). Throws consr::error naming 'space' otherwise.
-inline reward_space parse_reward_space(std::string_view name) {
-  return detail::parse_name(name, detail::reward_space_names, "consr::parse_reward_space", "space");
-}
+inline reward_space parse_reward_space(std::string_view name) { return detail::parse_enum<reward_space>(name); }
 
 /// Options of contrastive_reward.
 struct reward_options {
@@ -150,8 +146,7 @@ index_t contrastive_reward_check(const strided_view<V1, 1, S>& logp, const strid
   static_assert(is_index_type_v<Label>, "consr::contrastive_reward: labels must be int32 or int64");
   CONSR_CHECK_ARG(std::isfinite(options.lambda) && options.lambda >= 0.0 && options.lambda <= 1.0, fn,
                   "options.lambda", "is ", options.lambda, " but must be a finite value in [0, 1] (eq. 6)");
-  CONSR_CHECK_ARG(options.space == reward_space::probability || options.space == reward_space::log, fn,
-                  "options.space", "is not a reward_space value (", static_cast<int>(options.space), ")");
+  check_enum_value(options.space, fn, "options.space", "reward_space");
   check_view(logp, fn, "logp");
   const index_t n = logp.size();
   check_view(logp_corrupt, fn, "logp_corrupt");

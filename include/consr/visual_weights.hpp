@@ -21,18 +21,13 @@ namespace consr {
 /// Which side a visual weight belongs to (eq. 13).
 enum class weight_side { chosen, rejected };
 
-namespace detail {
-inline constexpr enum_name<weight_side> weight_side_names[] = {{weight_side::chosen, "chosen"},
-                                                               {weight_side::rejected, "rejected"}};
-}  // namespace detail
-
-/// Name of a side: "chosen" or "rejected".
-inline const char* to_string(weight_side s) noexcept { return detail::name_of(s, detail::weight_side_names); }
+/// The sides' names, "chosen" and "rejected" (consr::to_string, parse_weight_side).
+constexpr detail::enum_table<weight_side, 2> enum_names(weight_side) noexcept {
+  return {"consr::parse_weight_side", "side", {{weight_side::chosen, "chosen"}, {weight_side::rejected, "rejected"}}};
+}
 
 /// The weight_side named `name` ("chosen" or "rejected"). Throws consr::error naming 'side' otherwise.
-inline weight_side parse_weight_side(std::string_view name) {
-  return detail::parse_name(name, detail::weight_side_names, "consr::parse_weight_side", "side");
-}
+inline weight_side parse_weight_side(std::string_view name) { return detail::parse_enum<weight_side>(name); }
 
 /// Options of visual_weights (eq. 13; paper defaults α = 0.5, ε = 0.2).
 struct visual_weight_options {
@@ -65,8 +60,7 @@ index_t visual_weights_check(const strided_view<V1, 1, Space>& logp_clean,
                   " but must be finite");
   CONSR_CHECK_ARG(options.clip_lo <= options.clip_hi, fn, "options.clip_lo", "is ", options.clip_lo,
                   " but must be <= options.clip_hi (", options.clip_hi, ")");
-  CONSR_CHECK_ARG(side == weight_side::chosen || side == weight_side::rejected, fn, "side",
-                  "is not a weight_side value (", static_cast<int>(side), ")");
+  check_enum_value(side, fn, "side", "weight_side");
   check_view(logp_clean, fn, "logp_clean");
   const index_t n = logp_clean.size();
   check_view(logp_corrupt, fn, "logp_corrupt");

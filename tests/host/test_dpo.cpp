@@ -763,6 +763,13 @@ TEST_CASE("dpo: invalid input names the argument", "[dpo]") {
   CHECK(arg(fwd(w, l, bad)) == "options.beta");
   bad.beta = -0.1;
   CHECK(arg(fwd(w, l, bad)) == "options.beta");
+  consr::dpo_options bad_enum = o;
+  bad_enum.loss = static_cast<consr::dpo_loss_type>(5);
+  CHECK(catch_error(fwd(w, l, bad_enum)).what() ==
+        std::string("consr::dpo_forward: argument 'options.loss': is not a dpo_loss_type value (5)"));
+  bad_enum = o;
+  bad_enum.reduction = static_cast<consr::loss_reduction>(-1);
+  CHECK(arg(fwd(w, l, bad_enum)) == "options.reduction");
 
   seq_t no_weights = w;
   no_weights.weights = {};
@@ -931,4 +938,26 @@ TEST_CASE("visual_weights: eqs. 12-13 by hand, clipping at both ends, chosen vs 
           consr::visual_weights(cview(clean), cview(corrupt), consr::weight_side::chosen,
                                 consr::make_view(wc.data(), 3));
         }) == "weights");
+}
+
+TEST_CASE("option enums: to_string and parse_<enum> are inverse; unknown values are named", "[dpo]") {
+  for (auto t : {consr::dpo_loss_type::consr, consr::dpo_loss_type::standard})
+    CHECK(consr::parse_dpo_loss_type(consr::to_string(t)) == t);
+  for (auto r : {consr::loss_reduction::mean, consr::loss_reduction::sum, consr::loss_reduction::none})
+    CHECK(consr::parse_loss_reduction(consr::to_string(r)) == r);
+  for (auto s : {consr::weight_side::chosen, consr::weight_side::rejected})
+    CHECK(consr::parse_weight_side(consr::to_string(s)) == s);
+  CHECK(std::string(consr::to_string(consr::loss_reduction::sum)) == "sum");
+  CHECK(std::string(consr::to_string(static_cast<consr::weight_side>(9))) == "unknown");
+  CHECK(catch_error([] { consr::parse_loss_reduction("avg"); }).what() ==
+        std::string("consr::parse_loss_reduction: argument 'reduction': is \"avg\" but must be \"mean\", \"sum\" or "
+                    "\"none\""));
+  CHECK(catch_error([] { consr::parse_weight_side(""); }).argument() == "side");
+
+  const std::vector<double> clean = {-0.1, -0.2}, corrupt = {-0.3, -0.4};
+  std::vector<double> w(2);
+  CHECK(catch_error([&] {
+          consr::visual_weights(cview(clean), cview(corrupt), static_cast<consr::weight_side>(2),
+                                consr::make_view(w.data(), 2));
+        }).what() == std::string("consr::visual_weights: argument 'side': is not a weight_side value (2)"));
 }

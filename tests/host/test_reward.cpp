@@ -239,6 +239,10 @@ TEST_CASE("contrastive_reward: errors name the argument", "[reward]") {
   CHECK(error_argument([&] { call(out, bad); }) == "options.lambda");
   bad.lambda = nan_v;
   CHECK(error_argument([&] { call(out, bad); }) == "options.lambda");
+  consr::reward_options bad_space;
+  bad_space.space = static_cast<consr::reward_space>(7);
+  CHECK(consr_test::error_message([&] { call(out, bad_space); }) ==
+        "consr::contrastive_reward: argument 'options.space': is not a reward_space value (7)");
   CHECK(error_argument([&] {
           consr::contrastive_reward(v3, consr::make_view(x.data(), 2), v3, o, out);
         }) == "logp_corrupt");

@@ -32,21 +32,17 @@ enum class noise_schedule {
   cosine,         ///< Nichol & Dhariwal: ᾱ(τ) ∝ cos²((τ + 0.008)/1.008 · π/2), β capped at 0.999
 };
 
-namespace detail {
-inline constexpr enum_name<noise_schedule> noise_schedule_names[] = {{noise_schedule::sigmoid, "sigmoid"},
-                                                                     {noise_schedule::linear, "linear"},
-                                                                     {noise_schedule::scaled_linear, "scaled_linear"},
-                                                                     {noise_schedule::cosine, "cosine"}};
-}  // namespace detail
-
-/// Name of a schedule, for messages.
-inline const char* to_string(noise_schedule s) noexcept { return detail::name_of(s, detail::noise_schedule_names); }
+/// The schedules' names, for consr::to_string(noise_schedule) and parse_noise_schedule.
+constexpr detail::enum_table<noise_schedule, 4> enum_names(noise_schedule) noexcept {
+  using s = noise_schedule;
+  return {"consr::parse_noise_schedule",
+          "schedule",
+          {{s::sigmoid, "sigmoid"}, {s::linear, "linear"}, {s::scaled_linear, "scaled_linear"}, {s::cosine, "cosine"}}};
+}
 
 /// The noise_schedule named `name` (to_string's names: "sigmoid", "linear", "scaled_linear",
 /// "cosine"), for options read from strings. Throws consr::error naming 'schedule' otherwise.
-inline noise_schedule parse_noise_schedule(std::string_view name) {
-  return detail::parse_name(name, detail::noise_schedule_names, "consr::parse_noise_schedule", "schedule");
-}
+inline noise_schedule parse_noise_schedule(std::string_view name) { return detail::parse_enum<noise_schedule>(name); }
 
 /// A β schedule and its cumulative products, in fp64 (spec §3). Steps are
 /// 0-based: t ∈ [0, T−1] and ᾱ_t = Π_{k=0..t} (1 − β_k), so t = 0 already

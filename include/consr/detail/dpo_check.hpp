@@ -119,11 +119,8 @@ void dpo_check_lengths(const dpo_sequences<T, Offset, Label>& s, index_t num_pai
 template <class T, class Offset, class Label, class Space>
 index_t dpo_check(const dpo_sequences<T, Offset, Label, Space>& chosen,
                   const dpo_sequences<T, Offset, Label, Space>& rejected, const dpo_options& o, const char* fn) {
-  CONSR_CHECK_ARG(o.loss == dpo_loss_type::standard || o.loss == dpo_loss_type::consr, fn, "options.loss",
-                  "is not a dpo_loss_type value (", static_cast<int>(o.loss), ")");
-  CONSR_CHECK_ARG(o.reduction == loss_reduction::mean || o.reduction == loss_reduction::sum ||
-                      o.reduction == loss_reduction::none,
-                  fn, "options.reduction", "is not a loss_reduction value (", static_cast<int>(o.reduction), ")");
+  check_enum_value(o.loss, fn, "options.loss", "dpo_loss_type");
+  check_enum_value(o.reduction, fn, "options.reduction", "loss_reduction");
   CONSR_CHECK_ARG(std::isfinite(o.beta) && o.beta > 0.0, fn, "options.beta", "is ", o.beta,
                   " but must be finite and > 0");
   const index_t num_chosen = dpo_check_side(chosen, o, dpo_chosen_names, fn);

@@ -1,10 +1,13 @@
-// consr/detail/enum_names.hpp — the names of the option enums, one table per enum: to_string and
-// parse_<enum> of each family header (dpo.hpp, reward.hpp, corruption/noise.hpp) read it.
+// consr/detail/enum_names.hpp — the names of the option enums: each family header (dpo_types.hpp,
+// reward.hpp, visual_weights.hpp, corruption/noise.hpp) gives its table by an enum_names overload;
+// consr::to_string and parse_<enum> (through parse_enum) read it.
 #pragma once
 
 #include <cstddef>
+#include <iterator>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "../error.hpp"
 
@@ -19,30 +22,59 @@ struct enum_name {
   const char* note = "";
 };
 
-/// The name of `value` in `names`, or "unknown" for a value outside the enum.
+/// Every name of an option enum E, in the order parse errors list them, with the function that
+/// parses them and its argument (for the error). A family header declares, next to its enum,
+///   constexpr detail::enum_table<E, N> enum_names(E) noexcept { return {parser, argument, {...}}; }
+/// found by argument-dependent lookup; consr::to_string(E) and parse_enum<E> read it.
 template <class E, std::size_t N>
-constexpr const char* name_of(E value, const enum_name<E> (&names)[N]) noexcept {
-  for (const enum_name<E>& n : names)
-    if (n.value == value) return n.name;
-  return "unknown";
-}
+struct enum_table {
+  const char* parser;    ///< e.g. "consr::parse_reward_space"
+  const char* argument;  ///< e.g. "space"
+  enum_name<E> names[N];
+};
 
-/// The value named `text` in `names`. Otherwise throws consr::error from `fn` naming `arg`:
-/// is "text" but must be "a", "b" or "c" (the names in table order, each with its note).
-template <class E, std::size_t N>
-E parse_name(std::string_view text, const enum_name<E> (&names)[N], const char* fn, const char* arg) {
-  for (const enum_name<E>& n : names)
+/// True for an enum with an enum_names overload.
+template <class E, class = void>
+inline constexpr bool has_enum_names_v = false;
+template <class E>
+inline constexpr bool has_enum_names_v<E, std::void_t<decltype(enum_names(E{}))>> = true;
+
+/// The value of E named `text`. Otherwise throws consr::error from the table's parser naming its
+/// argument: is "text" but must be "a", "b" or "c" (the names in table order, each with its note).
+template <class E>
+E parse_enum(std::string_view text) {
+  constexpr auto table = enum_names(E{});
+  for (const enum_name<E>& n : table.names)
     if (text == n.name) return n.value;
   std::string expected;
-  for (std::size_t i = 0; i < N; ++i) {
-    if (i > 0) expected += i + 1 < N ? ", " : " or ";
+  const std::size_t count = std::size(table.names);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i > 0) expected += i + 1 < count ? ", " : " or ";
     expected += '"';
-    expected += names[i].name;
+    expected += table.names[i].name;
     expected += '"';
-    expected += names[i].note;
+    expected += table.names[i].note;
   }
-  throw_error(fn, arg, "is \"" + std::string(text) + "\" but must be " + expected);
+  throw_error(table.parser, table.argument, "is \"" + std::string(text) + "\" but must be " + expected);
+}
+
+/// Throws consr::error from `fn` naming `arg` unless `value` is one of E's named values
+/// ("is not a <type> value (N)": a value cast from an integer outside the enum).
+template <class E>
+void check_enum_value(E value, const char* fn, const char* arg, const char* type) {
+  for (const enum_name<E>& n : enum_names(E{}).names)
+    if (n.value == value) return;
+  throw_error(fn, arg, "is not a " + std::string(type) + " value (" + std::to_string(static_cast<int>(value)) + ")");
 }
 
 }  // namespace detail
+
+/// The name of an option enum's value (noise_schedule, reward_space, weight_side, dpo_loss_type,
+/// loss_reduction), as parse_<enum> reads it; "unknown" for a value outside the enum.
+template <class E, std::enable_if_t<detail::has_enum_names_v<E>, int> = 0>
+constexpr const char* to_string(E value) noexcept {
+  for (const detail::enum_name<E>& n : enum_names(E{}).names)
+    if (n.value == value) return n.name;
+  return "unknown";
+}
 }  // namespace consr
