@@ -331,6 +331,28 @@ TEST_CASE("models: a left-padded batch with and without images equals each row a
   }
 }
 
+TEST_CASE("models: image_features without an image, or pixels without their layout, names the function and argument",
+          "[models]") {
+  for (const std::string& dir : {qwen_dir, llava_dir}) {
+    fixture f(dir);
+    auto model = load_model(dir);
+    torch::NoGradGuard no_grad;
+    const bool qwen = dir == qwen_dir;
+    const std::string fn = qwen ? "consr_runtime::qwen2_5_vl_model::image_features: "
+                                : "consr_runtime::llava_onevision_model::image_features: ";
+    INFO(dir);
+    image_inputs images;
+    CHECK_THROWS_WITH(model->image_features(images),
+                      fn + "argument 'images': neither pixel_values nor features given");
+    images.pixel_values = torch::zeros({1, 3, 4, 4});  // rejected before its shape is read
+    CHECK_THROWS_WITH(model->image_features(images), fn + (qwen ? "argument 'image_grid_thw'" : "argument 'image_sizes'") +
+                                                         ": required with pixel_values");
+    // Given features are returned as they are, without the layout tensor.
+    images.features = f["vision_features"];
+    CHECK(torch::equal(model->image_features(images), f["vision_features"]));
+  }
+}
+
 TEST_CASE("models: bad input is rejected with a clear error", "[models]") {
   const fixture& f = qwen_fixture();
   auto model = load_model(qwen_dir);

@@ -46,6 +46,18 @@ std::string find_prefix(const checkpoint& ck, const std::vector<std::string>& ca
   throw runtime_error("consr_runtime::load_model: checkpoint '" + ck.directory() + "' has none of the tensors " + tried);
 }
 
+// What image_features of both families check before running the vision tower: `images` hold the
+// precomputed features (returned on `device`: the tower does not run) or pixel_values with the
+// family's `layout` tensor (Qwen2.5-VL's image_grid_thw, LLaVA-OV's image_sizes), named `layout_name`
+// in the error. Returns an undefined tensor when the tower is to run.
+torch::Tensor given_features(const char* fn, const image_inputs& images, const torch::Tensor& layout,
+                             const char* layout_name, const torch::Device& device) {
+  if (images.features.defined()) return images.features.to(device);
+  if (!images.pixel_values.defined()) fail(fn, "images", "neither pixel_values nor features given");
+  if (!layout.defined()) fail(fn, layout_name, "required with pixel_values");
+  return {};
+}
+
 }  // namespace
 
 // ---- rope index -----------------------------------------------------------------------------------
@@ -155,6 +167,12 @@ void vision_language_model::build_language_model() {
   const text_config& t = text();
   language_model = container_->register_module("language_model", qwen2_model(t, options_));
   if (!t.tie_word_embeddings) lm_head = register_module("lm_head", linear(t.hidden_size, t.vocab_size, false, options_));
+}
+
+void vision_language_model::load_checkpoint(const std::string& dir, const checkpoint& ck,
+                                            const std::vector<weight_binding>& bindings, const load_options& options) {
+  load_weights(*this, ck, bindings, options);
+  directory_ = dir;
 }
 
 torch::Tensor vision_language_model::embed(const model_inputs& inputs) {
@@ -292,20 +310,18 @@ std::shared_ptr<qwen2_5_vl_model> qwen2_5_vl_model::load(const std::string& dir,
   model->lm_hub_prefix_ = find_prefix(ck, {"model.language_model.", "model."}, "embed_tokens.weight");
   load_options opt;
   if (model->text().tie_word_embeddings) opt.ignore_extra.push_back("^lm_head\\.weight$");
-  load_weights(*model, ck,
-               {{"model.language_model.", {model->lm_hub_prefix_}},
-                {"model.visual.", {"model.visual.", "visual."}},
-                {"lm_head.", {"lm_head."}}},
-               opt);
-  model->directory_ = dir;
+  model->load_checkpoint(dir, ck,
+                         {{"model.language_model.", {model->lm_hub_prefix_}},
+                          {"model.visual.", {"model.visual.", "visual."}},
+                          {"lm_head.", {"lm_head."}}},
+                         opt);
   return model;
 }
 
 torch::Tensor qwen2_5_vl_model::image_features(const image_inputs& images) {
-  const char* fn = "qwen2_5_vl_model::image_features";
-  if (images.features.defined()) return images.features.to(device());
-  if (!images.pixel_values.defined()) fail(fn, "images", "neither pixel_values nor features given");
-  if (!images.image_grid_thw.defined()) fail(fn, "image_grid_thw", "required with pixel_values");
+  const torch::Tensor given =
+      given_features("qwen2_5_vl_model::image_features", images, images.image_grid_thw, "image_grid_thw", device());
+  if (given.defined()) return given;
   return visual->forward(images.pixel_values.to(device(), dtype()), images.image_grid_thw.to(torch::kInt64));
 }
 
@@ -346,15 +362,14 @@ std::shared_ptr<llava_onevision_model> llava_onevision_model::load(const std::st
     if (model->text().tie_word_embeddings) opt.ignore_extra.push_back("^lm_head\\.weight$");
     opt.ignore_extra.push_back("^model\\.vision_tower\\.vision_tower\\.vision_model\\.head\\.");  // SigLIP's unused pooling head
     opt.ignore_extra.push_back("\\.rotary_emb\\.inv_freq$");  // computed, not loaded (older saves kept it)
-    load_weights(*model, ck,
-                 {{"model.language_model.", {"model."}},
-                  {"lm_head.", {"lm_head."}},
-                  {"model.vision_tower.vision_model.", {"model.vision_tower.vision_tower.vision_model."}},
-                  {"model.multi_modal_projector.linear_1.", {"model.mm_projector.0."}},
-                  {"model.multi_modal_projector.linear_2.", {"model.mm_projector.2."}},
-                  {"model.image_newline", {"model.image_newline"}}},
-                 opt);
-    model->directory_ = dir;
+    model->load_checkpoint(dir, ck,
+                           {{"model.language_model.", {"model."}},
+                            {"lm_head.", {"lm_head."}},
+                            {"model.vision_tower.vision_model.", {"model.vision_tower.vision_tower.vision_model."}},
+                            {"model.multi_modal_projector.linear_1.", {"model.mm_projector.0."}},
+                            {"model.multi_modal_projector.linear_2.", {"model.mm_projector.2."}},
+                            {"model.image_newline", {"model.image_newline"}}},
+                           opt);
     return model;
   }
   model->lm_hub_prefix_ = find_prefix(ck, {"model.language_model.", "language_model.model."}, "embed_tokens.weight");
@@ -367,23 +382,22 @@ std::shared_ptr<llava_onevision_model> llava_onevision_model::load(const std::st
   opt.ignore_extra.push_back("^(model\\.)?vision_tower\\.(vision_model\\.)?head\\.");
   // SigLIP without the vision_model level: transformers 5.24's save_pretrained writes
   // vision_tower.embeddings.*; the hub conversion script vision_tower.vision_model.*.
-  load_weights(*model, ck,
-               {{"model.language_model.", {model->lm_hub_prefix_}},
-                {"lm_head.", {model->lm_head_hub_prefix_}},
-                {"model.vision_tower.vision_model.",
-                 {"model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.", "vision_tower."}},
-                {"model.multi_modal_projector.", {"model.multi_modal_projector.", "multi_modal_projector."}},
-                {"model.image_newline", {"model.image_newline", "image_newline"}}},
-               opt);
-  model->directory_ = dir;
+  model->load_checkpoint(
+      dir, ck,
+      {{"model.language_model.", {model->lm_hub_prefix_}},
+       {"lm_head.", {model->lm_head_hub_prefix_}},
+       {"model.vision_tower.vision_model.",
+        {"model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.", "vision_tower."}},
+       {"model.multi_modal_projector.", {"model.multi_modal_projector.", "multi_modal_projector."}},
+       {"model.image_newline", {"model.image_newline", "image_newline"}}},
+      opt);
   return model;
 }
 
 torch::Tensor llava_onevision_model::image_features(const image_inputs& images) {
-  const char* fn = "llava_onevision_model::image_features";
-  if (images.features.defined()) return images.features.to(device());
-  if (!images.pixel_values.defined()) fail(fn, "images", "neither pixel_values nor features given");
-  if (!images.image_sizes.defined()) fail(fn, "image_sizes", "required with pixel_values");
+  const torch::Tensor given =
+      given_features("llava_onevision_model::image_features", images, images.image_sizes, "image_sizes", device());
+  if (given.defined()) return given;
   return vision->forward(images.pixel_values.to(device(), dtype()), images.image_sizes.to(torch::kInt64),
                          images.batch_num_images);
 }

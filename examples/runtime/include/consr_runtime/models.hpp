@@ -30,6 +30,9 @@ namespace consr_runtime {
 
 class qwen2_5_vl_vision_model_impl;  // vision.hpp
 class llava_onevision_vision_impl;   // vision.hpp
+class checkpoint;                    // safetensors.hpp
+struct weight_binding;               // weights.hpp
+struct load_options;                 // weights.hpp
 
 /// The processed images of one forward, in the order of their placeholder runs in `input_ids`
 /// (row by row). Exactly what the processors' `pack` produce, or precomputed `features`.
@@ -158,6 +161,10 @@ class vision_language_model : public torch::nn::Module {
   vision_language_model(model_config config, const torch::TensorOptions& options);
   /// Registers `language_model` (under `model`) and `lm_head`; call from the derived constructor.
   void build_language_model();
+  /// What each family's load() ends with: the tensors of `ck`, the checkpoint of `dir`, copied in
+  /// under `bindings` and `options` (load_weights), and `dir` kept as directory().
+  void load_checkpoint(const std::string& dir, const checkpoint& ck, const std::vector<weight_binding>& bindings,
+                       const load_options& options);
   /// The `model` container module (holds the vision parts and `language_model`).
   std::shared_ptr<torch::nn::Module> container_;
 
