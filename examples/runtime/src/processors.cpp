@@ -538,6 +538,20 @@ llava_onevision_packed llava_onevision_image_processor::operator()(const std::ve
 
 namespace {
 
+// A family's pack output of one image as the family-independent packed_image: the pixels, the
+// family's layout tensor (Qwen2-VL: image_grid_thw, LLaVA-OneVision: image_sizes) and the image's tokens.
+void copy_layout(packed_image& out, const qwen2_vl_packed& p) { out.image_grid_thw = p.image_grid_thw; }
+void copy_layout(packed_image& out, const llava_onevision_packed& p) { out.image_sizes = p.image_sizes; }
+
+template <class Packed>
+packed_image one_image(const Packed& p) {
+  packed_image out;
+  out.pixel_values = p.pixel_values;
+  copy_layout(out, p);
+  out.num_image_tokens = p.num_image_tokens.at(0);
+  return out;
+}
+
 // What the families share: the model type, the image and video token ids and the family's processor.
 template <class Processor>
 class family_base : public image_processor {
@@ -571,12 +585,7 @@ class qwen2_vl_family final : public family_base<qwen2_vl_image_processor> {
     (void)processor_.resized_size(height, width);
   }
   packed_image pack(const torch::Tensor& normalized, std::int64_t, std::int64_t) const override {
-    qwen2_vl_packed p = processor_.pack(normalized);
-    packed_image out;
-    out.pixel_values = p.pixel_values;
-    out.image_grid_thw = p.image_grid_thw;
-    out.num_image_tokens = p.num_image_tokens.at(0);
-    return out;
+    return one_image(processor_.pack(normalized));
   }
   vision_workload workload(std::int64_t height, std::int64_t width) const override {
     const auto [h, w] = processor_.resized_size(height, width);
@@ -595,12 +604,7 @@ class llava_onevision_family final : public family_base<llava_onevision_image_pr
   std::optional<pixel_bounds> bounds() const override { return std::nullopt; }
   void check_size(std::int64_t, std::int64_t) const override {}  // anyres takes any size
   packed_image pack(const torch::Tensor& normalized, std::int64_t height, std::int64_t width) const override {
-    llava_onevision_packed p = processor_.pack({normalized}, {{height, width}});
-    packed_image out;
-    out.pixel_values = p.pixel_values;
-    out.image_sizes = p.image_sizes;
-    out.num_image_tokens = p.num_image_tokens.at(0);
-    return out;
+    return one_image(processor_.pack({normalized}, {{height, width}}));
   }
   vision_workload workload(std::int64_t height, std::int64_t width) const override {
     const auto& c = processor_.config();
