@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda_device_check.cuh"  // tests/cuda: the no-device skip the CUDA tests make too
+
 namespace consr_bench_cuda {
 namespace {
 
@@ -69,12 +71,7 @@ std::string device_description() {
 // One main for every CUDA benchmark binary: without a device it says so and
 // exits 77 (as the CUDA tests), else it adds the device to the context.
 int main(int argc, char** argv) {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    std::printf("skipped: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-    return 77;
-  }
+  if (!consr_cuda_main::cuda_device_present()) return consr_cuda_main::no_device_exit_code;
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   consr_bench_cuda::add_device_context();
