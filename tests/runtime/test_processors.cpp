@@ -166,6 +166,27 @@ TEST_CASE("Qwen2-VL processor rejects bad arguments with named errors", "[proces
   CHECK_THROWS_AS(consr_runtime::qwen2_vl_image_processor::from_file(models_dir + "/nowhere"), consr_runtime::runtime_error);
 }
 
+TEST_CASE("processor config keys of the wrong type or range are named with the file; null keeps the default",
+          "[processors]") {
+  const std::string prefix = "consr_runtime::parse_qwen2_vl_processor_config: 'pp.json': key ";
+  const std::vector<std::pair<std::string, std::string>> rows = {
+      {R"({"do_resize": "yes"})", "'do_resize' must be a boolean"},
+      {R"({"rescale_factor": "x"})", "'rescale_factor' must be a number"},
+      {R"({"patch_size": 1.5})", "'patch_size' must be an integer"},
+      {R"({"patch_size": 0})", "'patch_size' = 0 must be >= 1"},
+  };
+  for (const auto& [text, message] : rows) {
+    INFO(text);
+    CHECK_THROWS_WITH(consr_runtime::parse_qwen2_vl_processor_config(text, "pp.json"), prefix + message);
+  }
+  const consr_runtime::qwen2_vl_processor_config defaults;
+  const auto nulls = consr_runtime::parse_qwen2_vl_processor_config(
+      R"({"do_resize": null, "rescale_factor": null, "patch_size": null})", "pp.json");
+  CHECK(nulls.do_resize == defaults.do_resize);
+  CHECK(nulls.rescale_factor == defaults.rescale_factor);
+  CHECK(nulls.patch_size == defaults.patch_size);
+}
+
 TEST_CASE("LLaVA-OneVision processor reproduces HF tiles, image_sizes and token counts", "[processors]") {
   const auto& [dir, ref, meta] = model_reference(models_dir + "/llava_onevision_tiny");
   const auto proc = consr_runtime::llava_onevision_image_processor::from_directory(dir);

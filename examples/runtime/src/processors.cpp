@@ -33,12 +33,21 @@ nlohmann::json parse_object(const std::string& text, const std::string& source, 
   return j;
 }
 
+// The value of `key` in `j`, or nullptr when it is absent or null (the caller's default applies).
+// Throws naming the key and `source` when the value is not `kind` (as `is_kind` tells).
+const nlohmann::json* find_typed(const nlohmann::json& j, const char* key, bool (nlohmann::json::*is_kind)() const,
+                                 const char* kind, const std::string& source, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return nullptr;
+  if (!((*it).*is_kind)()) fail(where, "'" + source + "': key '" + key + "' must be " + kind);
+  return &*it;
+}
+
 std::int64_t get_int(const nlohmann::json& j, const char* key, std::int64_t fallback, const std::string& source,
                      const std::string& where, std::int64_t min_value = 1) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number_integer()) fail(where, "'" + source + "': key '" + key + "' must be an integer");
-  const auto v = it->get<std::int64_t>();
+  const nlohmann::json* found = find_typed(j, key, &nlohmann::json::is_number_integer, "an integer", source, where);
+  if (!found) return fallback;
+  const auto v = found->get<std::int64_t>();
   if (v < min_value)
     fail(where, "'" + source + "': key '" + key + "' = " + std::to_string(v) + " must be >= " + std::to_string(min_value));
   return v;
@@ -46,18 +55,14 @@ std::int64_t get_int(const nlohmann::json& j, const char* key, std::int64_t fall
 
 bool get_bool(const nlohmann::json& j, const char* key, bool fallback, const std::string& source,
               const std::string& where) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) fail(where, "'" + source + "': key '" + key + "' must be a boolean");
-  return it->get<bool>();
+  const nlohmann::json* found = find_typed(j, key, &nlohmann::json::is_boolean, "a boolean", source, where);
+  return found ? found->get<bool>() : fallback;
 }
 
 double get_double(const nlohmann::json& j, const char* key, double fallback, const std::string& source,
                   const std::string& where) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) fail(where, "'" + source + "': key '" + key + "' must be a number");
-  return it->get<double>();
+  const nlohmann::json* found = find_typed(j, key, &nlohmann::json::is_number, "a number", source, where);
+  return found ? found->get<double>() : fallback;
 }
 
 std::array<double, 3> get_triple(const nlohmann::json& j, const char* key, std::array<double, 3> fallback,
