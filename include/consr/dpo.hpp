@@ -320,8 +320,7 @@ void dpo_backward_impl(const dpo_sequences<T, Offset, Label>& chosen, const dpo_
     CONSR_CHECK_ARG(o.reduction == loss_reduction::none, fn, "grad_loss_per_pair",
                     "is a per-pair upstream gradient, which needs options.reduction == none; pass a scalar "
                     "grad_loss for mean or sum");
-    check_view(grad_loss_per_pair, fn, "grad_loss_per_pair");
-    check_extent(grad_loss_per_pair, 0, num_pairs, fn, "grad_loss_per_pair", "one upstream gradient per pair");
+    check_view_extent(grad_loss_per_pair, 0, num_pairs, fn, "grad_loss_per_pair", "one upstream gradient per pair");
   } else {
     CONSR_CHECK_ARG(o.reduction != loss_reduction::none, fn, "options.reduction",
                     "is none, which needs a per-pair upstream gradient (grad_loss_per_pair), not a scalar");

@@ -234,17 +234,14 @@ linear_extents check_linear_inputs(const host_view<const T, 2>& hidden, const ho
   check_gemm_rows(hidden, fn, "hidden");
   const index_t tokens = hidden.extent(0);
   const index_t hidden_size = hidden.extent(1);
-  check_view(weight, fn, "weight");
-  check_extent(weight, 1, hidden_size, fn, "weight", "hidden size, columns of hidden");
+  check_view_extent(weight, 1, hidden_size, fn, "weight", "hidden size, columns of hidden");
   check_gemm_rows(weight, fn, "weight");
   const index_t vocab = weight.extent(0);
   if (bias.size() != 0) {
-    check_view(bias, fn, "bias");
-    check_extent(bias, 0, vocab, fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
+    check_view_extent(bias, 0, vocab, fn, "bias", "vocabulary size, rows of weight; or an empty view for no bias");
     check_unit_stride_vector(bias, fn, "bias");
   }
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, tokens, fn, "labels", "tokens, rows of hidden");
+  check_view_extent(labels, 0, tokens, fn, "labels", "tokens, rows of hidden");
   return {tokens, hidden_size, vocab};
 }
 
@@ -431,28 +428,23 @@ void linear_token_logprobs_backward_impl(host_view<const T, 2> hidden, host_view
   // ---- checks: everything before anything is written -------------------------------------------
   const linear_extents extents = check_linear_inputs(hidden, weight, bias, labels, options, fn);
   const index_t tokens = extents.tokens, hidden_size = extents.hidden_size, vocab = extents.vocab;
-  check_view(lse, fn, "lse");
-  check_extent(lse, 0, tokens, fn, "lse", "tokens, rows of hidden");
-  check_view(grad_token_logp, fn, "grad_token_logp");
-  check_extent(grad_token_logp, 0, tokens, fn, "grad_token_logp", "tokens, rows of hidden");
+  check_view_extent(lse, 0, tokens, fn, "lse", "tokens, rows of hidden");
+  check_view_extent(grad_token_logp, 0, tokens, fn, "grad_token_logp", "tokens, rows of hidden");
   const bool want_hidden = grad_hidden.size() != 0;
   const bool want_weight = grad_weight.size() != 0;
   const bool want_bias = grad_bias.size() != 0;
   if (want_hidden) {
-    check_view(grad_hidden, fn, "grad_hidden");
-    check_extent(grad_hidden, 0, tokens, fn, "grad_hidden", "tokens, rows of hidden; or an empty view to skip it");
+    check_view_extent(grad_hidden, 0, tokens, fn, "grad_hidden", "tokens, rows of hidden; or an empty view to skip it");
     check_extent(grad_hidden, 1, hidden_size, fn, "grad_hidden", "hidden size, columns of hidden");
     check_gemm_rows(grad_hidden, fn, "grad_hidden");
   }
   if (want_weight) {
-    check_view(grad_weight, fn, "grad_weight");
-    check_extent(grad_weight, 0, vocab, fn, "grad_weight", "vocabulary size, rows of weight; or an empty view");
+    check_view_extent(grad_weight, 0, vocab, fn, "grad_weight", "vocabulary size, rows of weight; or an empty view");
     check_extent(grad_weight, 1, hidden_size, fn, "grad_weight", "hidden size, columns of weight");
     check_gemm_rows(grad_weight, fn, "grad_weight");
   }
   if (want_bias) {
-    check_view(grad_bias, fn, "grad_bias");
-    check_extent(grad_bias, 0, vocab, fn, "grad_bias", "vocabulary size, rows of weight; or an empty view");
+    check_view_extent(grad_bias, 0, vocab, fn, "grad_bias", "vocabulary size, rows of weight; or an empty view");
     check_unit_stride_vector(grad_bias, fn, "grad_bias");
   }
   check_view(workspace, fn, "workspace");
@@ -605,10 +597,7 @@ void linear_token_logprobs(strided_view<HiddenT, 2, S1> hidden, strided_view<Wei
   using Label = std::remove_const_t<LabelT>;
   constexpr bool same_type = std::is_same_v<std::remove_const_t<WeightT>, T>;
   static_assert(same_type, "consr::linear_token_logprobs: hidden and weight must have the same element type");
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<T>> && std::is_same_v<LseT, accum_t<T>>;
-  static_assert(outputs_ok,
-                "consr::linear_token_logprobs: token_logp and lse must be non-const views of accum_t<T> (float for "
-                "float/bfloat16/float16, double for double)");
+  constexpr bool outputs_ok = detail::logprob_outputs_ok<T, LogpT, LseT>();
   if constexpr (detail::all_host_v<S1, S2, S3, S4, S5> && same_type && outputs_ok)
     detail::linear_token_logprobs_impl<Gemm, T, Label>(hidden, weight, bias, labels, token_logp, lse, options,
                                                        workspace);

@@ -286,8 +286,7 @@ void check_logits_and_labels(const host_view<const Logit, 2>& logits, const host
   check_logprob_options(options, fn);
   check_view(logits, fn, "logits");
   check_unit_inner_stride(logits, fn, "logits");
-  check_view(labels, fn, "labels");
-  check_extent(labels, 0, logits.extent(0), fn, "labels", "rows of logits");
+  check_view_extent(labels, 0, logits.extent(0), fn, "labels", "rows of logits");
 }
 
 // A rank-1 output written by several rows must not map two rows to one element.
@@ -303,13 +302,11 @@ void check_distinct_rows(const host_view<T, 1>& v, const char* fn, const char* a
 template <class Acc>
 bool check_row_outputs(const host_view<Acc, 1>& token_logp, const host_view<Acc, 1>& lse, index_t rows,
                        const char* fn, const char* what, const char* lse_what) {
-  check_view(token_logp, fn, "token_logp");
-  check_extent(token_logp, 0, rows, fn, "token_logp", what);
+  check_view_extent(token_logp, 0, rows, fn, "token_logp", what);
   check_distinct_rows(token_logp, fn, "token_logp");
   const bool write_lse = lse.size() != 0;
   if (write_lse) {
-    check_view(lse, fn, "lse");
-    check_extent(lse, 0, rows, fn, "lse", lse_what);
+    check_view_extent(lse, 0, rows, fn, "lse", lse_what);
     check_distinct_rows(lse, fn, "lse");
   }
   return write_lse;
@@ -395,10 +392,8 @@ void check_gradient_views(const host_view<const Logit, 2>& logits, const host_vi
                           const host_view<Grad, 2>& grad_logits, const char* fn) {
   const index_t rows = logits.extent(0);
   const index_t vocab = logits.extent(1);
-  check_view(grad_token_logp, fn, "grad_token_logp");
-  check_extent(grad_token_logp, 0, rows, fn, "grad_token_logp", "rows of logits");
-  check_view(grad_logits, fn, "grad_logits");
-  check_extent(grad_logits, 0, rows, fn, "grad_logits", "rows of logits");
+  check_view_extent(grad_token_logp, 0, rows, fn, "grad_token_logp", "rows of logits");
+  check_view_extent(grad_logits, 0, rows, fn, "grad_logits", "rows of logits");
   check_extent(grad_logits, 1, vocab, fn, "grad_logits", "vocabulary size of logits");
   check_unit_inner_stride(grad_logits, fn, "grad_logits");
   CONSR_CHECK_ARG(rows <= 1 || vocab == 0 || grad_logits.stride(0) >= vocab || grad_logits.stride(0) <= -vocab, fn,
@@ -501,8 +496,7 @@ void token_logprobs_backward_impl(host_view<const Logit, 2> logits, host_view<co
   constexpr const char* fn = "consr::token_logprobs_backward";
   check_backward_types<Logit, Label, Grad>();
   check_logits_and_labels(logits, labels, options, fn);
-  check_view(lse, fn, "lse");
-  check_extent(lse, 0, logits.extent(0), fn, "lse", "rows of logits");
+  check_view_extent(lse, 0, logits.extent(0), fn, "lse", "rows of logits");
   check_gradient_views(logits, grad_token_logp, grad_logits, fn);
   check_labels(labels, logits.extent(1), options.ignore_index, fn);
   logprob_backward_rows<false>(logits, labels, lse, grad_token_logp, grad_logits, host_view<accum_t<Logit>, 1>{},
@@ -524,6 +518,17 @@ void token_logprobs_forward_backward_impl(host_view<const Logit, 2> logits, host
   check_labels(labels, logits.extent(1), options.ignore_index, fn);
   logprob_backward_rows<true>(logits, labels, host_view<const accum_t<Logit>, 1>{}, grad_token_logp, grad_logits,
                               token_logp, lse, options);
+}
+
+/// The forwards' output types (token_logprobs, linear_token_logprobs, host and CUDA): token_logp
+/// and lse are non-const views of accum_t<T>, T the logits' or hidden's element type. Asserted at
+/// compile time; the value lets an entry point skip its body when it fails (one error, not many).
+template <class T, class LogpT, class LseT = accum_t<T>>
+constexpr bool logprob_outputs_ok() noexcept {
+  constexpr bool ok = std::is_same_v<LogpT, accum_t<T>> && std::is_same_v<LseT, accum_t<T>>;
+  static_assert(ok, "consr: token_logp and lse must be non-const views of accum_t<T>, T the element type of the "
+                    "logits (or hidden): float for float/bfloat16/float16, double for double");
+  return ok;
 }
 
 }  // namespace detail
@@ -557,10 +562,7 @@ void token_logprobs(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1
   CONSR_REQUIRE_HOST_SPACES(S1, S2, S3, S4);
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
-  static_assert(outputs_ok,
-                "consr::token_logprobs: token_logp and lse must be non-const views of accum_t<Logit> (float for "
-                "float/bfloat16/float16 logits, double for double)");
+  constexpr bool outputs_ok = detail::logprob_outputs_ok<Logit, LogpT, LseT>();
   if constexpr (detail::all_host_v<S1, S2, S3, S4> && outputs_ok)
     detail::token_logprobs_impl<Logit, Label>(logits, labels, token_logp, lse, options);
 }
@@ -572,10 +574,7 @@ void token_logprobs(strided_view<LogitsT, 2, S1> logits, strided_view<LabelsT, 1
   CONSR_REQUIRE_HOST_SPACES(S1, S2, S3);
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
-  constexpr bool output_ok = std::is_same_v<LogpT, accum_t<Logit>>;
-  static_assert(output_ok,
-                "consr::token_logprobs: token_logp must be a non-const view of accum_t<Logit> (float for "
-                "float/bfloat16/float16 logits, double for double)");
+  constexpr bool output_ok = detail::logprob_outputs_ok<Logit, LogpT>();
   if constexpr (detail::all_host_v<S1, S2, S3> && output_ok)
     detail::token_logprobs_impl<Logit, Label>(logits, labels, token_logp, host_view<accum_t<Logit>, 1>{}, options);
 }

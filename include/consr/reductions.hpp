@@ -222,12 +222,10 @@ index_t check_scored_segments(const host_view<V, 1>& values, const char* values_
   assert_output_type<R>();
   check_view(values, fn, values_arg);
   if (has_labels) {
-    check_view(labels, fn, "labels");
-    check_extent(labels, 0, values.size(), fn, "labels", labels_what);
+    check_view_extent(labels, 0, values.size(), fn, "labels", labels_what);
   }
   const index_t num_segments = check_packed_offsets(offsets, values.size(), fn, "offsets", values_arg);
-  check_view(out, fn, "out");
-  check_extent(out, 0, num_segments, fn, "out", out_what);
+  check_view_extent(out, 0, num_segments, fn, "out", out_what);
   check_no_broadcast(out, fn, "out");
   return num_segments;
 }

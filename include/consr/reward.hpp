@@ -149,17 +149,13 @@ index_t contrastive_reward_check(const strided_view<V1, 1, S>& logp, const strid
   check_enum_value(options.space, fn, "options.space", "reward_space");
   check_view(logp, fn, "logp");
   const index_t n = logp.size();
-  check_view(logp_corrupt, fn, "logp_corrupt");
-  check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp'");
-  check_view(logp_semantic, fn, "logp_semantic");
-  check_extent(logp_semantic, 0, n, fn, "logp_semantic", "the same tokens as 'logp'");
+  check_view_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp'");
+  check_view_extent(logp_semantic, 0, n, fn, "logp_semantic", "the same tokens as 'logp'");
   if (has_labels) {
-    check_view(labels, fn, "labels");
-    check_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
+    check_view_extent(labels, 0, n, fn, "labels", "one label per token of 'logp'");
   }
   const index_t num_candidates = check_segment_offsets(offsets, n, fn, "offsets", "logp");
-  check_view(out.reward, fn, "out.reward");
-  check_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
+  check_view_extent(out.reward, 0, num_candidates, fn, "out.reward", "one reward per candidate");
   check_no_broadcast(out.reward, fn, "out.reward");
   check_optional_output(out.p, num_candidates, fn, "out.p", "one per candidate");
   check_optional_output(out.p_corrupt, num_candidates, fn, "out.p_corrupt", "one per candidate");

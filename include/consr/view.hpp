@@ -180,6 +180,14 @@ void check_extent(const strided_view<T, R, S>& v, int d, index_t expected, const
                   " (", what, ")");
 }
 
+/// check_view, then check_extent on dimension `d`: an argument whose size another one fixes.
+template <class T, int R, class S>
+void check_view_extent(const strided_view<T, R, S>& v, int d, index_t expected, const char* fn, const char* arg,
+                       const char* what) {
+  check_view(v, fn, arg);
+  check_extent(v, d, expected, fn, arg, what);
+}
+
 /// Checks that rows (the last dimension) are contiguous.
 template <class T, int R, class S>
 void check_unit_inner_stride(const strided_view<T, R, S>& v, const char* fn, const char* arg) {

@@ -63,10 +63,8 @@ index_t visual_weights_check(const strided_view<V1, 1, Space>& logp_clean,
   check_enum_value(side, fn, "side", "weight_side");
   check_view(logp_clean, fn, "logp_clean");
   const index_t n = logp_clean.size();
-  check_view(logp_corrupt, fn, "logp_corrupt");
-  check_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
-  check_view(weights, fn, "weights");
-  check_extent(weights, 0, n, fn, "weights", "one weight per token");
+  check_view_extent(logp_corrupt, 0, n, fn, "logp_corrupt", "the same tokens as 'logp_clean'");
+  check_view_extent(weights, 0, n, fn, "weights", "one weight per token");
   check_no_broadcast(weights, fn, "weights");
   return n;
 }

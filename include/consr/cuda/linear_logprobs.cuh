@@ -510,10 +510,7 @@ status linear_token_logprobs(cublasHandle_t handle, void* d_temp_storage, std::s
   constexpr bool same_type =
       std::is_same_v<std::remove_const_t<WeightT>, T> && std::is_same_v<std::remove_const_t<BiasT>, T>;
   static_assert(same_type, "consr::cuda::linear_token_logprobs: hidden, weight and bias must have one element type");
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<T>> && std::is_same_v<LseT, accum_t<T>>;
-  static_assert(outputs_ok,
-                "consr::cuda::linear_token_logprobs: token_logp and lse must be non-const device views of "
-                "accum_t<T> (float for float/bfloat16/float16, double for double)");
+  constexpr bool outputs_ok = ::consr::detail::logprob_outputs_ok<T, LogpT, LseT>();
   if constexpr (same_type && outputs_ok && all_device_spaces_v<S1, S2, S3, S4, S5, S6>) {
     return detail::linear_forward<T, Label>(handle, d_temp_storage, temp_storage_bytes, hidden, weight, bias, labels,
                                             token_logp, lse, options, error, stream);

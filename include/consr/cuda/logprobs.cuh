@@ -382,10 +382,7 @@ status token_logprobs_entry(void* d_temp_storage, std::size_t* temp_storage_byte
   CONSR_CUDA_REQUIRE_DEVICE_VIEW(S4, "consr::cuda::token_logprobs", "lse", "token_logprobs");
   using Logit = std::remove_const_t<LogitsT>;
   using Label = std::remove_const_t<LabelsT>;
-  constexpr bool outputs_ok = std::is_same_v<LogpT, accum_t<Logit>> && std::is_same_v<LseT, accum_t<Logit>>;
-  static_assert(outputs_ok,
-                "consr::cuda::token_logprobs: token_logp and lse must be non-const device views of accum_t<Logit> "
-                "(float for float/bfloat16/float16 logits, double for double)");
+  constexpr bool outputs_ok = ::consr::detail::logprob_outputs_ok<Logit, LogpT, LseT>();
   if constexpr (outputs_ok && all_device_spaces_v<S1, S2, S3, S4>) {
     return logprob_forward<Logit, Label>(d_temp_storage, temp_storage_bytes, logits, labels, token_logp, lse, options,
                                          error, stream);

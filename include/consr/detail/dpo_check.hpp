@@ -141,11 +141,10 @@ void dpo_check_grads(const dpo_sequences<T, Offset, Label, Space>& chosen,
                      const dpo_sequences<T, Offset, Label, Space>& rejected,
                      const strided_view<T, 1, Space>& grad_chosen, const strided_view<T, 1, Space>& grad_rejected,
                      const char* fn) {
-  check_view(grad_chosen, fn, "grad_chosen_logp");
-  check_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
+  check_view_extent(grad_chosen, 0, chosen.policy_logp.size(), fn, "grad_chosen_logp", "one per token of chosen");
   check_no_broadcast(grad_chosen, fn, "grad_chosen_logp");
-  check_view(grad_rejected, fn, "grad_rejected_logp");
-  check_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp", "one per token of rejected");
+  check_view_extent(grad_rejected, 0, rejected.policy_logp.size(), fn, "grad_rejected_logp",
+                    "one per token of rejected");
   check_no_broadcast(grad_rejected, fn, "grad_rejected_logp");
   check_disjoint(chosen.policy_logp, grad_chosen, fn, "chosen.policy_logp", "grad_chosen_logp");
   check_disjoint(rejected.policy_logp, grad_rejected, fn, "rejected.policy_logp", "grad_rejected_logp");
