@@ -65,17 +65,21 @@ inline constexpr float exp_float_c2 = 2 * 0x1.fffffcp-2f;
 inline constexpr float exp_float_c1 = 2.0f;
 inline constexpr float exp_float_c0 = 2.0f;
 
+/// Horner's rule c0 + r·(c1 + r·(c2 + … + r·cn)): q = cn, then q = q·r + ck for k = n−1 … 0, in
+/// this order wherever it is inlined (so the float and double exps round as written out).
+template <class T>
+CONSR_HOST_DEVICE CONSR_FORCEINLINE T horner(T, T cn) noexcept {
+  return cn;
+}
+template <class T, class... C>
+CONSR_HOST_DEVICE CONSR_FORCEINLINE T horner(T r, T c0, T c1, C... rest) noexcept {
+  return horner<T>(r, c1, rest...) * r + c0;
+}
+
 CONSR_HOST_DEVICE CONSR_FORCEINLINE float exp_float_reduced(float x, float n) noexcept {
   float r = x - n * exp_float_ln2_hi;
   r = r - n * exp_float_ln2_lo;
-  float q = exp_float_c6;
-  q = q * r + exp_float_c5;
-  q = q * r + exp_float_c4;
-  q = q * r + exp_float_c3;
-  q = q * r + exp_float_c2;
-  q = q * r + exp_float_c1;
-  q = q * r + exp_float_c0;
-  return q;
+  return horner(r, exp_float_c0, exp_float_c1, exp_float_c2, exp_float_c3, exp_float_c4, exp_float_c5, exp_float_c6);
 }
 
 /// exp(x) for float, branch-free and vectorizable (see the file comment for
@@ -146,18 +150,7 @@ CONSR_HOST_DEVICE CONSR_FORCEINLINE double vector_exp(double x) noexcept {
   const double n = t - round_magic;
   double r = x - n * ln2_hi;
   r = r - n * ln2_lo;
-  double q = c11;
-  q = q * r + c10;
-  q = q * r + c9;
-  q = q * r + c8;
-  q = q * r + c7;
-  q = q * r + c6;
-  q = q * r + c5;
-  q = q * r + c4;
-  q = q * r + c3;
-  q = q * r + c2;
-  q = q * r + c1;
-  q = q * r + c0;
+  const double q = horner(r, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11);
   const double scale = bits_double((n_bits + 1022u) << 52);  // 2^(n-1)
   const std::uint64_t keep = 0u - static_cast<std::uint64_t>(!(x < x_flush));
   const std::uint64_t overflow = 0u - static_cast<std::uint64_t>(x > x_max);
